@@ -1,0 +1,218 @@
+"""Station configuration: one TOML file, validated by pydantic.
+
+Errors name the file, the field path and the problem, e.g.
+`station.toml: device[2].unit: must be 1..247 on an RTU bus, got 300`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from drivers.profile import ProfileError, load_profile
+
+
+class ConfigError(ValueError):
+    """The station config is invalid; `problems` lists every (path, message) found."""
+
+    def __init__(self, file: str, problems: list[tuple[str, str]]):
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(f"{file}: {path}: {msg}" for path, msg in problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationInfo(_Section):
+    id: str = Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = ""
+
+
+class BusConfig(_Section):
+    """A Modbus line: an RS-485 port (rtu) or the LAN (tcp)."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["rtu", "tcp"]
+    port: str | None = Field(default=None, description="serial device, rtu only")
+    baudrate: int = Field(default=9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    retries: int = Field(default=1, ge=0, le=10)
+    inter_request_delay_ms: float | None = Field(
+        default=None, ge=0, description="gap between requests; default 3.5 characters (RTU)"
+    )
+
+
+class DeviceConfig(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    profile: str
+    bus: str
+    unit: int = Field(ge=0, le=255)
+    host: str | None = None
+    port: int = Field(default=502, ge=1, le=65535)
+    interval_s: float = Field(default=1.0, gt=0, le=3600)
+    timeout_s: float | None = Field(default=None, gt=0, le=30)
+    offline_after: int = Field(default=3, ge=1, description="consecutive failed polls")
+
+
+class ConnectorConfig(_Section):
+    id: int = Field(ge=1, le=99)
+    evse: str | None = None
+    meter: str | None = None
+    max_current_a: float = Field(default=32, ge=6, le=80)
+    phases: Literal[1, 3] = 3
+
+
+class StoreConfig(_Section):
+    path: Path = Path("/var/lib/evedge/evedge.db")
+    readings_max_rows: int = Field(default=500_000, ge=1000, description="readings ring size")
+    readings_max_age_days: float = Field(default=14, gt=0)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SimConfig(_Section):
+    """The simulated station (hil/) behind `evedge demo` and `evedge sim`."""
+
+    control_port: int = Field(default=15020, ge=1, le=65535)
+    ev_max_current_a: float = Field(default=32, gt=0)
+    ev_phases: Literal[1, 3] = 3
+    plugged_s: float = Field(default=40, gt=0, description="demo: how long each car charges")
+    pause_s: float = Field(default=8, ge=0, description="demo: gap between cars")
+    voltage_v: float = Field(default=230.0, gt=0)
+
+
+class StationConfig(_Section):
+    station: StationInfo
+    bus: list[BusConfig] = Field(default_factory=list)
+    device: list[DeviceConfig] = Field(default_factory=list)
+    connector: list[ConnectorConfig] = Field(default_factory=list)
+    store: StoreConfig = StoreConfig()
+    log: LogConfig = LogConfig()
+    sim: SimConfig = SimConfig()
+
+    def bus_by_name(self, name: str) -> BusConfig:
+        return next(b for b in self.bus if b.name == name)
+
+    def device_by_name(self, name: str) -> DeviceConfig:
+        return next(d for d in self.device if d.name == name)
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top)"
+
+
+def _message(err: dict) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    ctx = err.get("ctx", {})
+    got = err.get("input")
+    bounds = {"greater_than_equal": "ge", "less_than_equal": "le", "greater_than": "gt"}
+    if kind in bounds and not isinstance(got, dict):
+        return f"{msg.lower()}, got {got!r}"
+    if kind == "missing":
+        return "required"
+    if ctx and "expected" in ctx:
+        return f"must be {ctx['expected']}, got {got!r}"
+    return msg.removeprefix("Value error, ")
+
+
+def _cross_check(cfg: StationConfig) -> list[tuple[str, str]]:
+    """Checks that span sections: names, references, profile kinds, addressing."""
+    problems: list[tuple[str, str]] = []
+    buses = {}
+    for i, b in enumerate(cfg.bus):
+        if b.name in buses:
+            problems.append((f"bus[{i}].name", f"duplicate bus name {b.name!r}"))
+        buses[b.name] = b
+        if b.kind == "rtu" and not b.port:
+            problems.append((f"bus[{i}].port", "required for an rtu bus (e.g. /dev/ttyUSB0)"))
+        if b.kind == "tcp" and b.port:
+            problems.append(
+                (f"bus[{i}].port", "a tcp bus has no serial port; set host/port per device")
+            )
+    kinds: dict[str, str] = {}
+    rtu_units: dict[tuple[str, int], str] = {}
+    for i, d in enumerate(cfg.device):
+        where = f"device[{i}]"
+        if d.name in kinds:
+            problems.append((f"{where}.name", f"duplicate device name {d.name!r}"))
+        try:
+            kinds[d.name] = load_profile(d.profile).kind
+        except ProfileError as e:
+            problems.append((f"{where}.profile", str(e)))
+            kinds[d.name] = "?"
+        bus = buses.get(d.bus)
+        if bus is None:
+            problems.append((f"{where}.bus", f"no bus named {d.bus!r}; have {sorted(buses)}"))
+            continue
+        if bus.kind == "rtu":
+            if not 1 <= d.unit <= 247:
+                problems.append((f"{where}.unit", f"must be 1..247 on an RTU bus, got {d.unit}"))
+            if d.host:
+                problems.append((f"{where}.host", "a device on an rtu bus has no host"))
+            other = rtu_units.setdefault((d.bus, d.unit), d.name)
+            if other != d.name:
+                problems.append(
+                    (f"{where}.unit", f"unit {d.unit} already used by {other} on {d.bus}")
+                )
+        elif not d.host:
+            problems.append((f"{where}.host", "required for a device on a tcp bus"))
+    ids = set()
+    for i, c in enumerate(cfg.connector):
+        where = f"connector[{i}]"
+        if c.id in ids:
+            problems.append((f"{where}.id", f"duplicate connector id {c.id}"))
+        ids.add(c.id)
+        if not c.evse and not c.meter:
+            problems.append((where, "needs an evse, a meter, or both"))
+        for role in ("evse", "meter"):
+            name = getattr(c, role)
+            if name is None:
+                continue
+            if name not in kinds:
+                problems.append((f"{where}.{role}", f"no device named {name!r}"))
+            elif kinds[name] not in (role, "?"):
+                problems.append((f"{where}.{role}", f"{name} is a {kinds[name]}, not an {role}"))
+    return problems
+
+
+def parse_config(text: str, file: str = "station.toml") -> StationConfig:
+    """Parse and validate config text; raises ConfigError naming `file`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, [("(syntax)", f"not valid TOML: {e}")]) from None
+    try:
+        cfg = StationConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(
+            file, [(_path(err["loc"]), _message(err)) for err in e.errors()]
+        ) from None
+    problems = _cross_check(cfg)
+    if problems:
+        raise ConfigError(file, problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> StationConfig:
+    """Load and validate a station config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(p.name, [("(file)", f"cannot read {p}: {e.strerror}")]) from None
+    return parse_config(text, p.name)

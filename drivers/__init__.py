@@ -1,0 +1,1 @@
+"""Device access: Modbus transports, block-read planner, device profiles (data), codecs."""
