@@ -64,6 +64,11 @@ class EventBus:
         self._subs.add(sub)
         return sub
 
+    def publish_many(self, events: list[Event]) -> None:
+        """Publish several events in order."""
+        for event in events:
+            self.publish(event)
+
     def publish(self, event: Event) -> None:
         """Deliver `event` to matching subscribers, without waiting."""
         self.published += 1

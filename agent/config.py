@@ -58,7 +58,6 @@ class DeviceConfig(_Section):
     host: str | None = None
     port: int = Field(default=502, ge=1, le=65535)
     interval_s: float = Field(default=1.0, gt=0, le=3600)
-    timeout_s: float | None = Field(default=None, gt=0, le=30)
     offline_after: int = Field(default=3, ge=1, description="consecutive failed polls")
 
 

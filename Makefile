@@ -1,0 +1,51 @@
+# evedge — quick start: `make demo` (simulated station, live view), `make test` (everything).
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+SYSTEM_DEPS := socat mosquitto
+
+.PHONY: test demo deps install lint format bench clean
+
+# Debian packages the tests need (real peers on loopback): installed when missing, as root.
+deps:
+	@missing=""; \
+	for c in $(SYSTEM_DEPS); do \
+	  command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "error: the tests need:$$missing — install them with: sudo apt-get install$$missing" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: deps install lint
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/evedge demo
+
+bench: install
+	$(BIN)/python bench/poll_efficiency.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

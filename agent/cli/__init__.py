@@ -1,0 +1,1 @@
+"""The `evedge` command line: the service entry point and the technician's tools."""

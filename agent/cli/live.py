@@ -1,0 +1,158 @@
+"""Live terminal view of a station: per-connector charging state, phases, device health."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from agent.config import StationConfig
+from agent.events import DeviceHealth, HealthState, Reading, utcnow
+
+CP_MEANING = {
+    "A": "no vehicle",
+    "B": "vehicle connected",
+    "C": "charging",
+    "D": "charging, ventilation",
+    "E": "pilot short / no supply",
+    "F": "EVSE fault",
+}
+HEALTH_STYLE = {
+    HealthState.OK: "green",
+    HealthState.DEGRADED: "yellow",
+    HealthState.OFFLINE: "bold red",
+    HealthState.UNKNOWN: "dim",
+}
+
+
+@dataclass
+class LiveState:
+    """What the live view shows, fed by bus events."""
+
+    cfg: StationConfig
+    readings: dict[tuple[str, str], Reading] = field(default_factory=dict)
+    health: dict[str, DeviceHealth] = field(default_factory=dict)
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    started: datetime = field(default_factory=utcnow)
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+    def feed(self, event: object) -> None:
+        """Take one bus event."""
+        if isinstance(event, Reading):
+            self.readings[(event.device, event.quantity)] = event
+        elif isinstance(event, DeviceHealth):
+            self.health[event.device] = event
+
+    def note(self, text: str) -> None:
+        """Add a line to the event log shown under the view."""
+        self.log.append(f"{utcnow():%H:%M:%S}  {text}")
+        for listener in self.listeners:
+            listener(text)
+
+    def value(self, device: str | None, quantity: str):
+        if device is None:
+            return None
+        r = self.readings.get((device, quantity))
+        return None if r is None else r.value
+
+
+def _fmt(v, spec: str = "", unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v:{spec}}{unit}" if spec else f"{v}{unit}"
+
+
+def _connector_panel(state: LiveState, c) -> Panel:
+    meter = c.meter or c.evse
+    cp = state.value(c.evse, "cp_state")
+    cp_text = Text(
+        f"{cp or '—'}  {CP_MEANING.get(cp, '')}", style="bold green" if cp in ("C", "D") else "bold"
+    )
+    top = Table.grid(padding=(0, 2))
+    top.add_row("CP state", cp_text)
+    top.add_row("contactor", _fmt(state.value(c.evse, "contactor_closed")))
+    top.add_row("offered", _fmt(state.value(c.evse, "offered_current_a"), ".0f", " A"))
+    top.add_row("enabled", _fmt(state.value(c.evse, "charging_enabled")))
+    err = state.value(c.evse, "evse_error_code")
+    top.add_row("EVSE error", Text(_fmt(err), style="red" if err else ""))
+    phases = Table(box=None, pad_edge=False)
+    phases.add_column("")
+    for ph in ("L1", "L2", "L3"):
+        phases.add_column(ph, justify="right")
+    for label, q, spec, unit in (
+        ("voltage", "voltage", ".1f", " V"),
+        ("current", "current", ".2f", " A"),
+    ):
+        phases.add_row(
+            label, *[_fmt(state.value(meter, f"{q}_l{i}"), spec, unit) for i in (1, 2, 3)]
+        )
+    power = state.value(meter, "power_w")
+    energy = state.value(meter, "energy_import_wh")
+    totals = Table.grid(padding=(0, 2))
+    totals.add_row(
+        "power", Text(_fmt(None if power is None else power / 1000, ".2f", " kW"), style="bold")
+    )
+    totals.add_row("energy register", _fmt(energy, ",", " Wh"))
+    totals.add_row("frequency", _fmt(state.value(meter, "frequency_hz"), ".2f", " Hz"))
+    title = (
+        f"connector {c.id} — EVSE {c.evse or '—'}, meter {c.meter or '(EVSE)'}"
+        f" — max {c.max_current_a:g} A"
+    )
+    return Panel(Group(top, Text(""), phases, Text(""), totals), title=title, border_style="cyan")
+
+
+def _health_table(state: LiveState) -> Table:
+    t = Table(title="device health", expand=True)
+    for col in (
+        "device",
+        "bus",
+        "state",
+        "latency",
+        "polls",
+        "timeouts",
+        "bad frames",
+        "exceptions",
+        "last good",
+    ):
+        t.add_column(col, justify="right" if col not in ("device", "bus", "state") else "left")
+    now = utcnow()
+    for d in state.cfg.device:
+        h = state.health.get(d.name)
+        if h is None:
+            t.add_row(d.name, d.bus, Text("unknown", style="dim"), *["—"] * 6)
+            continue
+        age = "—" if h.last_good is None else f"{(now - h.last_good).total_seconds():.1f} s ago"
+        exc = ", ".join(f"{c:02d}×{n}" for c, n in sorted(h.exceptions.items())) or "0"
+        t.add_row(
+            d.name,
+            d.bus,
+            Text(h.state.value, style=HEALTH_STYLE[h.state]),
+            _fmt(h.latency_ms, ".0f", " ms"),
+            str(h.polls),
+            str(h.timeouts),
+            str(h.crc_errors),
+            exc,
+            age,
+        )
+    return t
+
+
+def render(state: LiveState) -> Group:
+    """The whole view as one renderable."""
+    up = (utcnow() - state.started).total_seconds()
+    head = Text.assemble(
+        (f"evedge · station {state.cfg.station.id}", "bold"),
+        f"   {utcnow():%Y-%m-%d %H:%M:%S} UTC   up {up:.0f} s   Ctrl-C to stop",
+    )
+    parts = [head, *(_connector_panel(state, c) for c in state.cfg.connector), _health_table(state)]
+    if state.log:
+        parts.append(Panel("\n".join(state.log), title="events", border_style="dim"))
+    return Group(*parts)

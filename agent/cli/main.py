@@ -1,0 +1,122 @@
+"""`evedge` entry point: the service (`run`), the demo, the simulator and technician tools."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from agent.cli import modbus_cmd
+from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, load_or_exit
+from agent.config import ConfigError, load_config
+from agent.logsetup import setup_logging
+
+app = typer.Typer(
+    help="evedge — edge agent for EV charging stations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Check and show station configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(modbus_cmd.app, name="modbus")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path, typer.Argument(help="station config to validate")],
+    json: JsonOpt = False,
+) -> None:
+    """Validate a station config: every problem with its field path, exit 2 if any."""
+    try:
+        cfg = load_config(file)
+    except ConfigError as e:
+        if json:
+            emit_json(
+                {
+                    "ok": False,
+                    "file": str(file),
+                    "problems": [{"path": p, "message": m} for p, m in e.problems],
+                }
+            )
+        else:
+            for p, m in e.problems:
+                console.print(f"[red]{e.file}[/]: {p}: {m}", highlight=False)
+        raise typer.Exit(int(Exit.USAGE)) from None
+    if json:
+        emit_json(
+            {
+                "ok": True,
+                "file": str(file),
+                "station": cfg.station.id,
+                "buses": len(cfg.bus),
+                "devices": len(cfg.device),
+                "connectors": len(cfg.connector),
+            }
+        )
+        return
+    table = Table(title=f"{file}: station {cfg.station.id} — config ok")
+    for col in ("device", "profile", "bus", "address", "interval"):
+        table.add_column(col)
+    for d in cfg.device:
+        b = cfg.bus_by_name(d.bus)
+        addr = f"unit {d.unit}" + (f" @ {d.host}:{d.port}" if b.kind == "tcp" else f" @ {b.port}")
+        table.add_row(d.name, d.profile, f"{b.name} ({b.kind})", addr, f"{d.interval_s:g} s")
+    console.print(table)
+
+
+@app.command("run")
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs/--console-logs", help="JSON lines (service default)")
+    ] = True,
+) -> None:
+    """Run the agent: poll every device, publish readings, keep the store."""
+    from agent.runtime import run_agent
+
+    cfg = load_or_exit(config)
+    setup_logging(cfg.log.level, json=json_logs)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_agent(cfg))
+
+
+@app.command("demo")
+def demo(
+    config: ConfigOpt = DEMO_CONFIG,
+    duration: Annotated[float | None, typer.Option(help="stop after SECONDS")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Run the agent against the simulated station, charging cars back to back, live."""
+    from agent.cli.demo import run_demo
+
+    cfg = load_or_exit(config)
+    setup_logging("warning", json=json)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_demo(cfg, duration=duration, as_json=json))
+
+
+@app.command("sim")
+def sim(config: ConfigOpt = DEMO_CONFIG) -> None:
+    """Run the simulated station alone (Modbus servers + control port), for tests and HIL."""
+    from hil.control import run_sim
+
+    cfg = load_or_exit(config)
+    setup_logging(cfg.log.level, json=False)
+    console.print(
+        f"simulating station {cfg.station.id}: {len(cfg.device)} devices; "
+        f"control on 127.0.0.1:{cfg.sim.control_port}; Ctrl-C to stop"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_sim(cfg))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,184 @@
+"""`evedge modbus read|scan`: profile-aware Modbus tools for the technician (like mbpoll)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from agent.cli.common import Exit, console, emit_json, fail
+from drivers import quantities
+from drivers.device import CycleResult, Device
+from drivers.profile import ProfileError, load_profile, profile_names
+from drivers.transport import Link, ModbusFailure, SerialSettings, TcpSettings
+
+app = typer.Typer(
+    help="Read and scan Modbus devices, decoded by device profile.", no_args_is_help=True
+)
+
+TcpOpt = Annotated[str | None, typer.Option("--tcp", help="HOST:PORT of a Modbus TCP device")]
+SerialOpt = Annotated[str | None, typer.Option("--serial", help="serial port, e.g. /dev/ttyUSB0")]
+BaudOpt = Annotated[int, typer.Option("--baud", help="serial baud rate")]
+ParityOpt = Annotated[str, typer.Option("--parity", help="N, E or O")]
+StopOpt = Annotated[int, typer.Option("--stopbits")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds per request")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _link(
+    tcp: str | None, serial: str | None, baud: int, parity: str, stopbits: int, timeout: float
+) -> Link:
+    if bool(tcp) == bool(serial):
+        raise fail("give exactly one of --tcp HOST:PORT or --serial PORT", Exit.USAGE)
+    if tcp:
+        host, _, port = tcp.rpartition(":")
+        if not host or not port.isdigit():
+            raise fail(f"--tcp wants HOST:PORT, got {tcp!r}", Exit.USAGE)
+        return Link(TcpSettings(host, int(port)), timeout_s=timeout)
+    if parity.upper() not in ("N", "E", "O"):
+        raise fail(f"--parity must be N, E or O, got {parity!r}", Exit.USAGE)
+    if stopbits not in (1, 2):
+        raise fail(f"--stopbits must be 1 or 2, got {stopbits}", Exit.USAGE)
+    assert serial is not None
+    return Link(SerialSettings(serial, baud, parity.upper(), stopbits), timeout_s=timeout)
+
+
+@app.command("read")
+def read(
+    profile: Annotated[
+        str, typer.Option("--profile", help=f"one of: {', '.join(profile_names())}")
+    ],
+    unit: Annotated[
+        int | None, typer.Option("--unit", help="unit id (default: the profile's)")
+    ] = None,
+    tcp: TcpOpt = None,
+    serial: SerialOpt = None,
+    baud: BaudOpt = 9600,
+    parity: ParityOpt = "N",
+    stopbits: StopOpt = 1,
+    timeout: TimeoutOpt = 1.0,
+    json: JsonOpt = False,
+) -> None:
+    """Read every quantity of a profile from one device and print it decoded."""
+    try:
+        prof = load_profile(profile)
+    except ProfileError as e:
+        raise fail(str(e), Exit.USAGE) from None
+    link = _link(tcp, serial, baud, parity, stopbits, timeout)
+    device = Device("cli", prof, link, prof.default_unit if unit is None else unit)
+
+    async def go() -> tuple[CycleResult, CycleResult]:
+        try:
+            ident = await device.read_identity()
+            cycle = await device.read_cycle() if not ident.aborted else ident
+            return ident, cycle
+        finally:
+            link.close()
+
+    try:
+        ident, cycle = asyncio.run(go())
+    except ModbusFailure as e:
+        raise fail(str(e), Exit.UNREACHABLE) from None
+    values = {**ident.values, **cycle.values}
+    failures = [str(f) for f in ident.failures + cycle.failures]
+    if json:
+        emit_json(
+            {
+                "profile": prof.name,
+                "link": link.name,
+                "unit": device.unit,
+                "values": {
+                    q: {"value": v, "unit": quantities.get(q).unit} for q, v in values.items()
+                },
+                "failures": failures,
+                "requests": link.requests,
+                "latency_ms": round(cycle.latency_s * 1000, 1),
+            }
+        )
+    else:
+        _print_values(prof, device, link, values, failures, cycle)
+    if cycle.aborted:
+        raise typer.Exit(int(Exit.UNREACHABLE))
+    if failures:
+        raise typer.Exit(int(Exit.CHECK_FAILED))
+
+
+def _print_values(prof, device: Device, link: Link, values, failures, cycle: CycleResult) -> None:
+    table = Table(title=f"{prof.manufacturer} {prof.model} — unit {device.unit} on {link.name}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    table.add_column("register", style="dim")
+    for reg in prof.readable():
+        if reg.quantity not in values:
+            continue
+        v = values[reg.quantity]
+        shown = "n/a" if v is None else str(v)
+        table.add_row(
+            reg.quantity,
+            shown,
+            quantities.get(reg.quantity).unit,
+            f"{reg.function} {reg.address} {reg.type}",
+        )
+    console.print(table)
+    console.print(f"{link.requests} requests, {cycle.latency_s * 1000:.0f} ms")
+    for f in failures:
+        console.print(f"[red]failed:[/] {f}", highlight=False)
+
+
+@app.command("scan")
+def scan(
+    tcp: TcpOpt = None,
+    serial: SerialOpt = None,
+    baud: BaudOpt = 9600,
+    parity: ParityOpt = "N",
+    stopbits: StopOpt = 1,
+    timeout: TimeoutOpt = 0.2,
+    first: Annotated[int, typer.Option("--from", help="first unit id")] = 1,
+    last: Annotated[int, typer.Option("--to", help="last unit id")] = 247,
+    address: Annotated[int, typer.Option("--address", help="register to probe")] = 0,
+    function: Annotated[str, typer.Option("--function", help="input or holding")] = "holding",
+    json: JsonOpt = False,
+) -> None:
+    """Find the unit ids that answer on a bus. An exception reply counts: the device is there."""
+    if not 0 <= first <= last <= 255:
+        raise fail("unit ids must satisfy 0 <= --from <= --to <= 255", Exit.USAGE)
+    if function not in ("input", "holding"):
+        raise fail("--function must be input or holding", Exit.USAGE)
+    link = _link(tcp, serial, baud, parity, stopbits, timeout)
+    found: list[dict] = []
+
+    async def go() -> None:
+        try:
+            for unit in range(first, last + 1):
+                try:
+                    await link.read(function, address, 1, unit)  # type: ignore[arg-type]
+                    found.append({"unit": unit, "reply": "data"})
+                except ModbusFailure as e:
+                    if e.kind == "exception":
+                        found.append({"unit": unit, "reply": f"exception {e.code:02d}"})
+                    elif e.kind == "disconnected":
+                        raise
+                    elif e.kind == "bad_frame":
+                        found.append({"unit": unit, "reply": "garbled"})
+        finally:
+            link.close()
+
+    with console.status(f"scanning units {first}..{last} on {link.name}", spinner="dots"):
+        try:
+            asyncio.run(go())
+        except ModbusFailure as e:
+            raise fail(str(e), Exit.UNREACHABLE) from None
+    if json:
+        emit_json({"link": link.name, "found": found})
+    else:
+        table = Table(title=f"units answering on {link.name}")
+        table.add_column("unit", justify="right")
+        table.add_column("reply")
+        for f in found:
+            table.add_row(str(f["unit"]), f["reply"])
+        console.print(table if found else "no unit answered")
+    if not found:
+        raise typer.Exit(int(Exit.CHECK_FAILED))

@@ -1,0 +1,214 @@
+"""The SQLite connection: durability pragmas, schema migrations, and the `Store` facade."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from agent.events import DeviceHealth, Reading, utcnow
+from agent.store import readings as rd
+from agent.store.migrations import LATEST_VERSION, MIGRATIONS, statements
+
+log = structlog.get_logger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message names the file and what to do."""
+
+
+class StoreCorruptError(StoreError):
+    """The file at the store path is not a readable SQLite database."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer evedge whose schema this code does not know."""
+
+
+def open_db(path: str | Path) -> sqlite3.Connection:
+    """Open (creating if absent) the store database at `path` and migrate it to the latest schema.
+
+    WAL journal, `synchronous=FULL` (a committed row survives a power cut), foreign keys on,
+    a busy timeout for the CLI reading while the service writes. The connection is in
+    autocommit mode: use `transaction()` for writes. Raises `StoreCorruptError` for a file
+    that is not a database (it is never recreated) and `SchemaTooNewError` for a newer schema.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"{path}: cannot create the store directory: {e}") from e
+    try:
+        # check_same_thread=False: Store serialises access with its own lock, and callers
+        # reach it from asyncio.to_thread workers, which are not always the same thread.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open the store database: {e}") from e
+    try:
+        _configure(conn, path)
+        _migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Reading the schema first makes a non-database fail here, before any pragma writes.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.OperationalError as e:
+        raise StoreError(f"{path}: cannot open the store database: {e}") from e
+    except sqlite3.DatabaseError as e:
+        raise StoreCorruptError(
+            f"{path}: not a valid SQLite database ({e}). The file was left untouched: move it "
+            "aside (keep it, it may hold billing data) and restart to create a fresh store."
+        ) from e
+    if mode.lower() != "wal":
+        # Still durable with synchronous=FULL, only readers block the writer; worth a warning.
+        log.warning("store.no_wal", path=str(path), journal_mode=mode)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in the database (0 for a new, empty one)."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+    IMMEDIATE takes the write lock up front, so a second writer waits (busy_timeout) at
+    BEGIN instead of failing halfway through with SQLITE_BUSY.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        # SQLite may already have rolled back by itself (e.g. SQLITE_FULL); don't mask the cause.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    start = schema_version(conn)
+    if start > LATEST_VERSION:
+        raise SchemaTooNewError(
+            f"{path}: database schema version {start} is newer than this evedge supports "
+            f"(up to {LATEST_VERSION}). Upgrade evedge, or restore the backup that matches "
+            "this version. The file was not modified."
+        )
+    for m in MIGRATIONS:
+        if m.version <= start:
+            continue
+        with transaction(conn):
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            current = schema_version(conn)
+            if current >= m.version:
+                continue
+            if current != m.version - 1:
+                raise StoreError(f"{path}: schema version {current} cannot take migration {m}")
+            for stmt in statements(m.sql):
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {m.version:d}")
+        log.info("store.migrated", path=str(path), version=m.version, migration=m.name)
+
+
+class Store:
+    """Synchronous access to the store; thread-safe, meant to be called via asyncio.to_thread."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._conn = open_db(self.path)
+        self._lock = threading.Lock()
+
+    def append_readings(self, readings: Sequence[Reading]) -> int:
+        """Insert `readings` in one transaction; returns how many were written."""
+        if not readings:
+            return 0
+        with self._lock, transaction(self._conn):
+            return rd.insert_readings(self._conn, readings)
+
+    def latest(self, device: str | None = None) -> list[Reading]:
+        """The newest reading per (device, quantity), optionally for one device only."""
+        with self._lock:
+            return rd.select_latest(self._conn, device)
+
+    def history(
+        self, device: str, quantity: str, since: datetime | None = None, limit: int = 1000
+    ) -> list[Reading]:
+        """Readings of one quantity since `since` (inclusive): the newest `limit`, oldest first."""
+        with self._lock:
+            return rd.select_history(self._conn, device, quantity, since, limit)
+
+    def put_health(self, h: DeviceHealth) -> None:
+        """Record `h` as its device's latest health (an older event never overwrites a newer)."""
+        with self._lock, transaction(self._conn):
+            rd.upsert_health(self._conn, h)
+
+    def write_batch(self, readings: Sequence[Reading], healths: Sequence[DeviceHealth]) -> int:
+        """Readings and health updates in a single transaction; returns rows written."""
+        with self._lock, transaction(self._conn):
+            n = rd.insert_readings(self._conn, readings) if readings else 0
+            for h in healths:
+                rd.upsert_health(self._conn, h)
+        return n + len(healths)
+
+    def health(self) -> list[DeviceHealth]:
+        """Latest stored health of every device."""
+        with self._lock:
+            return rd.select_health(self._conn)
+
+    def prune(self, max_rows: int, max_age_days: float, now: datetime | None = None) -> int:
+        """Trim the readings ring to the newest `max_rows` no older than `max_age_days`.
+
+        Only readings are pruned; returns the number of rows deleted.
+        """
+        t0 = time.perf_counter()
+        with self._lock, transaction(self._conn):
+            deleted = rd.prune_readings(self._conn, max_rows, max_age_days, now or utcnow())
+        if deleted:
+            ms = round((time.perf_counter() - t0) * 1000, 1)
+            log.info("store.pruned", path=str(self.path), rows=deleted, duration_ms=ms)
+        return deleted
+
+    def count_readings(self) -> int:
+        """Number of readings currently in the ring."""
+        with self._lock:
+            return rd.count_readings(self._conn)
+
+    def schema_version(self) -> int:
+        """Schema version of the open database."""
+        with self._lock:
+            return schema_version(self._conn)
+
+    def integrity_check(self) -> str:
+        """Run SQLite's full integrity check: "ok", or the problems it found, one per line."""
+        with self._lock:
+            rows = self._conn.execute("PRAGMA integrity_check").fetchall()
+        return "\n".join(str(r[0]) for r in rows)
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
