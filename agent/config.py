@@ -185,7 +185,10 @@ def _cross_check(cfg: StationConfig) -> list[tuple[str, str]]:
             if name not in kinds:
                 problems.append((f"{where}.{role}", f"no device named {name!r}"))
             elif kinds[name] not in (role, "?"):
-                problems.append((f"{where}.{role}", f"{name} is a {kinds[name]}, not an {role}"))
+                what = {"evse": "an EVSE controller", "meter": "a meter"}
+                problems.append(
+                    (f"{where}.{role}", f"{name} is {what[kinds[name]]}, not {what[role]}")
+                )
     return problems
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -19,6 +20,7 @@ from agent.store.migrations import LATEST_VERSION, MIGRATIONS, statements
 log = structlog.get_logger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -53,7 +55,13 @@ def open_db(path: str | Path) -> sqlite3.Connection:
     except sqlite3.Error as e:
         raise StoreError(f"{path}: cannot open the store database: {e}") from e
     try:
-        _configure(conn, path)
+        # Validate before anything that writes (WAL mode is recorded in the file header), so a
+        # file we refuse is left byte-for-byte as we found it.
+        _sqlite_call(path, lambda: _check(conn, path))
+        mode = _sqlite_call(path, lambda: _set_pragmas(conn))
+        if mode.lower() != "wal":
+            # Still durable with synchronous=FULL; only readers block the writer. Worth a warning.
+            log.warning("store.no_wal", path=str(path), journal_mode=mode)
         _migrate(conn, path)
     except BaseException:
         conn.close()
@@ -61,14 +69,10 @@ def open_db(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
-def _configure(conn: sqlite3.Connection, path: Path) -> None:
+def _sqlite_call(path: Path, fn: Callable[[], T]) -> T:
+    """Run `fn`, turning low-level sqlite errors into StoreErrors that name the file."""
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # Reading the schema first makes a non-database fail here, before any pragma writes.
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
+        return fn()
     except sqlite3.OperationalError as e:
         raise StoreError(f"{path}: cannot open the store database: {e}") from e
     except sqlite3.DatabaseError as e:
@@ -76,9 +80,33 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
             f"{path}: not a valid SQLite database ({e}). The file was left untouched: move it "
             "aside (keep it, it may hold billing data) and restart to create a fresh store."
         ) from e
-    if mode.lower() != "wal":
-        # Still durable with synchronous=FULL, only readers block the writer; worth a warning.
-        log.warning("store.no_wal", path=str(path), journal_mode=mode)
+
+
+def _check(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # The first real read: a file that is not a database fails here.
+    has_tables = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' LIMIT 1"
+    ).fetchone()
+    version = schema_version(conn)
+    if version > LATEST_VERSION:
+        raise SchemaTooNewError(
+            f"{path}: database schema version {version} is newer than this evedge supports "
+            f"(up to {LATEST_VERSION}). Upgrade evedge, or restore the backup that matches "
+            "this version. The file was not modified."
+        )
+    if version == 0 and has_tables:
+        raise StoreError(
+            f"{path}: an SQLite database with tables but no evedge schema version; it is not "
+            "an evedge store. Point [store] path at another file. The file was not modified."
+        )
+
+
+def _set_pragmas(conn: sqlite3.Connection) -> str:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return mode
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -106,25 +134,23 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     start = schema_version(conn)
-    if start > LATEST_VERSION:
-        raise SchemaTooNewError(
-            f"{path}: database schema version {start} is newer than this evedge supports "
-            f"(up to {LATEST_VERSION}). Upgrade evedge, or restore the backup that matches "
-            "this version. The file was not modified."
-        )
     for m in MIGRATIONS:
         if m.version <= start:
             continue
-        with transaction(conn):
-            # Re-read under the write lock: another process may have migrated meanwhile.
-            current = schema_version(conn)
-            if current >= m.version:
-                continue
-            if current != m.version - 1:
-                raise StoreError(f"{path}: schema version {current} cannot take migration {m}")
-            for stmt in statements(m.sql):
-                conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {m.version:d}")
+        try:
+            with transaction(conn):
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                current = schema_version(conn)
+                if current >= m.version:
+                    continue
+                for stmt in statements(m.sql):
+                    conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version = {m.version:d}")
+        except sqlite3.Error as e:
+            raise StoreError(
+                f"{path}: schema migration {m.version} ({m.name}) failed: {e}. It was rolled "
+                f"back; the database is still at version {schema_version(conn)}."
+            ) from e
         log.info("store.migrated", path=str(path), version=m.version, migration=m.name)
 
 

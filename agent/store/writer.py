@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import structlog
@@ -69,6 +69,10 @@ class StoreWriter:
     def dropped(self) -> int:
         """Events the bus dropped because this writer's queue was full."""
         return self._sub.dropped
+
+    def counters(self) -> dict[str, object]:
+        """All counters in one dict (for status output and health)."""
+        return {**asdict(self.stats), "dropped": self.dropped, "pending": len(self._pending)}
 
     async def run(self) -> None:
         """Write until cancelled; on cancel, commit whatever was received, then re-raise."""
