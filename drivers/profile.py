@@ -65,11 +65,16 @@ class Register(_Strict):
     @field_validator("quantity")
     @classmethod
     def _known_quantity(cls, v: str) -> str:
-        quantities.get(v)  # raises KeyError with the known names
+        try:
+            quantities.get(v)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Register:
+        if self.quantity not in quantities.QUANTITIES:
+            return self  # already reported by the field validator
         if self.type == "ascii" and self.count is None:
             raise ValueError("type ascii needs count (registers)")
         if self.type != "ascii" and self.count is not None:

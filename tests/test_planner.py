@@ -125,7 +125,9 @@ def test_every_shipped_profile_plans_within_its_limits(name: str) -> None:
     for once in (False, True):
         for b in plan_profile(profile, once=once):
             assert isinstance(b, Block)
-            limit = profile.limits.max_bits if b.function in ("coil", "discrete") else (
-                profile.limits.max_registers
+            limit = (
+                profile.limits.max_bits
+                if b.function in ("coil", "discrete")
+                else (profile.limits.max_registers)
             )
             assert b.count <= limit
