@@ -1,0 +1,2 @@
+"""Billing: OCPI 2.2.1 tariffs as data (`tariff`), the cost engine (`pricing`), the
+`evedge tariff` commands (`tariff_cmd`) and the OCMF signing key (`keys`)."""
