@@ -42,7 +42,10 @@ def _raw(reg: Register, words: list[int], order: WordOrder) -> int | float | str
     if t == "ascii":
         # Text is always high byte first within a register, registers in address order.
         data = b"".join(w.to_bytes(2, "big") for w in words)
-        text = data.split(b"\x00", 1)[0].decode("ascii", errors="strict").strip()
+        try:
+            text = data.split(b"\x00", 1)[0].decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise DecodeError(f"{reg.quantity}: text is not ASCII: {data.hex()}") from None
         if not text.isprintable():
             raise DecodeError(f"{reg.quantity}: text contains unprintable characters")
         return text
@@ -90,8 +93,6 @@ def decode(
     raw = _raw(reg, words, order)
     if isinstance(raw, str):
         return raw
-    if isinstance(raw, int) and raw in reg.not_available:
-        raise NotAvailable(reg.quantity)
     if isinstance(raw, float):
         if raw != raw or raw in (float("inf"), float("-inf")):
             raise DecodeError(f"{reg.quantity}: register holds NaN or infinity")
@@ -101,13 +102,15 @@ def decode(
             raw &= 0xFF
         elif reg.byte == "high":
             raw = (raw >> 8) & 0xFF
+        if raw in reg.not_available:
+            raise NotAvailable(reg.quantity)
         if reg.map is not None:
             try:
                 word = reg.map[raw]
             except KeyError:
                 raise DecodeError(f"{reg.quantity}: raw value {raw} is not in the map") from None
             if quantities.get(reg.quantity).kind == "bool":
-                return word.lower() in ("true", "1", "on", "closed", "yes")
+                return word == "true"
             return word
         if quantities.get(reg.quantity).kind == "str":
             return str(raw)  # numeric identity, e.g. a u32 serial number
@@ -122,15 +125,21 @@ def encode(reg: Register, value: Value, order: WordOrder = "big", exponent: int 
     """Encode a canonical value into the register's words (for writes and the simulator)."""
     t = reg.type
     if t == "ascii":
-        data = str(value).encode("ascii")[: reg.words * 2].ljust(reg.words * 2, b"\x00")
+        try:
+            data = str(value).encode("ascii")
+        except UnicodeEncodeError:
+            raise DecodeError(f"{reg.quantity}: {value!r} is not ASCII") from None
+        data = data[: reg.words * 2].ljust(reg.words * 2, b"\x00")
         return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
     if reg.map is not None:
-        want = str(value) if not isinstance(value, bool) else value
+        want = str(value).lower() if isinstance(value, bool) else str(value)
         for raw, word in reg.map.items():
-            if (word.lower() in ("true", "1", "on", "closed", "yes")) == want or word == want:
+            if word == want:
                 return _encode_int(reg, raw, order)
         raise DecodeError(f"{reg.quantity}: {value!r} has no raw value in the map")
     if isinstance(value, str):
+        if not value.strip().lstrip("-").isdigit():
+            raise DecodeError(f"{reg.quantity}: {value!r} is not a number")
         return _encode_int(reg, int(value), order)
     if t == "bool" or isinstance(value, bool):
         return _encode_int(reg, int(bool(value)), order)

@@ -88,6 +88,8 @@ class Register(_Strict):
             raise ValueError(
                 f"unit for {self.quantity} must be {q.unit!r} after scaling, got {self.unit!r}"
             )
+        if q.kind == "bool" and self.map is not None and set(self.map.values()) - {"true", "false"}:
+            raise ValueError(f'{self.quantity} is a flag: map raw values to "true" or "false"')
         if q.kind == "str" and self.type in ("float32", "t5", "t6", "bool") and self.map is None:
             raise ValueError(f"{self.quantity} is text: use ascii, an integer type, or a map")
         if "w" in self.access and self.function in ("input", "discrete"):
