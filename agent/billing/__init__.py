@@ -1,2 +1,3 @@
 """Billing: OCPI 2.2.1 tariffs as data (`tariff`), the cost engine (`pricing`), the
-`evedge tariff` commands (`tariff_cmd`) and the OCMF signing key (`keys`)."""
+`evedge tariff` commands (`tariff_cmd`), and signed OCMF charge records (`ocmf`, `chain`,
+`keys`)."""

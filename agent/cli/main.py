@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from agent.billing import tariff_cmd
 from agent.cli import modbus_cmd
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, load_or_exit
 from agent.config import ConfigError, load_config
@@ -23,6 +24,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check and show station configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(modbus_cmd.app, name="modbus")
+app.add_typer(tariff_cmd.app, name="tariff")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
