@@ -94,6 +94,7 @@ BASE_VALUES = {
     "max_hw_current_a": "32",
     "failsafe_current_a": "6",
     "failsafe_timeout_s": "30",
+    "thd": "3.2",
     "evse_error_code": "3",
 }
 
