@@ -13,7 +13,6 @@ import contextlib
 import time
 
 import structlog
-from hil.station import SimStation
 from rich.live import Live
 
 from agent.cli.common import console, emit_json
@@ -23,6 +22,7 @@ from agent.events import DeviceHealth, Reading
 from agent.runtime import Agent
 from drivers.device import Device
 from drivers.transport import ModbusFailure
+from hil.station import SimStation
 
 log = structlog.get_logger(__name__)
 
