@@ -273,9 +273,13 @@ class SimRtuServer(_SimServerMixin, ModbusSerialServer):
         self.rng = random.Random(seed)
 
 
+class ListenError(RuntimeError):
+    """A simulated device cannot listen where the config puts it (port taken, bad path)."""
+
+
 async def start_server(server: ModbusTcpServer | ModbusSerialServer, where: str) -> None:
     """Start listening in the background; RuntimeError naming `where` if it can't."""
     try:
         await server.serve_forever(background=True)
     except RuntimeError as e:
-        raise RuntimeError(f"simulator cannot listen on {where}: {e}") from None
+        raise ListenError(f"simulator cannot listen on {where}: {e}") from None

@@ -18,7 +18,7 @@ from rich.live import Live
 from agent.cli.common import console, emit_json
 from agent.cli.live import LiveState, render
 from agent.config import ConnectorConfig, StationConfig
-from agent.events import DeviceHealth, Reading
+from agent.events import DeviceHealth, Reading, utcnow
 from agent.runtime import Agent
 from drivers.device import Device
 from drivers.transport import ModbusFailure
@@ -68,6 +68,8 @@ class DemoDriver:
             if not await self._wait_cp({"B", "C"}, 5):
                 self._say("no vehicle seen on the control pilot")
             start_wh = self.state.value(meter, "energy_import_wh")
+            if isinstance(start_wh, int):
+                self.state.sessions[self.c.id] = (start_wh, utcnow())
             self._say("card DEMO-0042 accepted: charging authorized")
             try:
                 if evse is not None:
@@ -86,6 +88,7 @@ class DemoDriver:
             self.sessions += 1
             if isinstance(start_wh, int) and isinstance(end_wh, int):
                 self._say(f"session {self.sessions} done: {end_wh - start_wh:,} Wh delivered")
+            self.state.sessions.pop(self.c.id, None)
             self.sim.unplug(self.c.id)
             self._say("vehicle unplugged")
             await asyncio.sleep(sim_cfg.pause_s)

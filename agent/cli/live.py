@@ -41,6 +41,8 @@ class LiveState:
     log: deque[str] = field(default_factory=lambda: deque(maxlen=8))
     started: datetime = field(default_factory=utcnow)
     listeners: list[Callable[[str], None]] = field(default_factory=list)
+    # connector id -> (energy register Wh at session start, start time): the session so far
+    sessions: dict[int, tuple[int, datetime]] = field(default_factory=dict)
 
     def feed(self, event: object) -> None:
         """Take one bus event."""
@@ -78,7 +80,9 @@ def _connector_panel(state: LiveState, c) -> Panel:
     )
     top = Table.grid(padding=(0, 2))
     top.add_row("CP state", cp_text)
-    top.add_row("contactor", _fmt(state.value(c.evse, "contactor_closed")))
+    contactor = state.value(c.evse, "contactor_closed")
+    if contactor is not None:  # not every controller reports it
+        top.add_row("contactor", _fmt(contactor))
     top.add_row("offered", _fmt(state.value(c.evse, "offered_current_a"), ".0f", " A"))
     top.add_row("enabled", _fmt(state.value(c.evse, "charging_enabled")))
     err = state.value(c.evse, "evse_error_code")
@@ -87,13 +91,14 @@ def _connector_panel(state: LiveState, c) -> Panel:
     phases.add_column("")
     for ph in ("L1", "L2", "L3"):
         phases.add_column(ph, justify="right")
-    for label, q, spec, unit in (
-        ("voltage", "voltage", ".1f", " V"),
-        ("current", "current", ".2f", " A"),
+    for label, fmt, spec, unit in (
+        ("voltage", "voltage_l{}", ".1f", " V"),
+        ("current", "current_l{}", ".2f", " A"),
+        ("power", "power_l{}_w", ".0f", " W"),
     ):
-        phases.add_row(
-            label, *[_fmt(state.value(meter, f"{q}_l{i}"), spec, unit) for i in (1, 2, 3)]
-        )
+        row = [state.value(meter, fmt.format(i)) for i in (1, 2, 3)]
+        if any(v is not None for v in row):
+            phases.add_row(label, *[_fmt(v, spec, unit) for v in row])
     power = state.value(meter, "power_w")
     energy = state.value(meter, "energy_import_wh")
     totals = Table.grid(padding=(0, 2))
@@ -102,6 +107,13 @@ def _connector_panel(state: LiveState, c) -> Panel:
     )
     totals.add_row("energy register", _fmt(energy, ",", " Wh"))
     totals.add_row("frequency", _fmt(state.value(meter, "frequency_hz"), ".2f", " Hz"))
+    if c.id in state.sessions and isinstance(energy, int):
+        start_wh, since = state.sessions[c.id]
+        minutes, seconds = divmod(int((utcnow() - since).total_seconds()), 60)
+        totals.add_row(
+            "session",
+            Text(f"{(energy - start_wh) / 1000:.3f} kWh in {minutes}:{seconds:02d}", style="bold"),
+        )
     title = (
         f"connector {c.id} — EVSE {c.evse or '—'}, meter {c.meter or '(EVSE)'}"
         f" — max {c.max_current_a:g} A"

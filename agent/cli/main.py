@@ -12,9 +12,12 @@ from rich.table import Table
 
 from agent.billing import tariff_cmd
 from agent.cli import modbus_cmd
-from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, load_or_exit
+from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
 from agent.config import ConfigError, load_config
 from agent.logsetup import setup_logging
+from hil.serial_pair import SerialPairError
+from hil.server import ListenError
+from hil.station import SimError
 
 app = typer.Typer(
     help="evedge — edge agent for EV charging stations.",
@@ -28,6 +31,7 @@ app.add_typer(tariff_cmd.app, name="tariff")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+SIM_ERRORS = (ListenError, SerialPairError, SimError)
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 
 
@@ -101,8 +105,11 @@ def demo(
 
     cfg = load_or_exit(config)
     setup_logging("warning", json=json)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_demo(cfg, duration=duration, as_json=json))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_demo(cfg, duration=duration, as_json=json))
+    except SIM_ERRORS as e:
+        raise fail(f"{e} — is another demo or simulator running?", Exit.UNREACHABLE) from None
 
 
 @app.command("sim")
@@ -116,8 +123,11 @@ def sim(config: ConfigOpt = DEMO_CONFIG) -> None:
         f"simulating station {cfg.station.id}: {len(cfg.device)} devices; "
         f"control on 127.0.0.1:{cfg.sim.control_port}; Ctrl-C to stop"
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_sim(cfg))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_sim(cfg))
+    except SIM_ERRORS as e:
+        raise fail(f"{e} — is another demo or simulator running?", Exit.UNREACHABLE) from None
 
 
 if __name__ == "__main__":
