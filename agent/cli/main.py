@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from agent.billing import tariff_cmd
-from agent.cli import modbus_cmd
+from agent.cli import modbus_cmd, simctl_cmd
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
 from agent.config import ConfigError, load_config
 from agent.logsetup import setup_logging
@@ -28,6 +28,7 @@ config_app = typer.Typer(help="Check and show station configs.", no_args_is_help
 app.add_typer(config_app, name="config")
 app.add_typer(modbus_cmd.app, name="modbus")
 app.add_typer(tariff_cmd.app, name="tariff")
+app.add_typer(simctl_cmd.app, name="simctl")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]

@@ -1,0 +1,89 @@
+"""`evedge sim` + `evedge simctl` as a technician uses them: real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVEDGE = [sys.executable, "-m", "agent.cli.main"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sim_config(tmp_path: Path) -> Path:
+    text = (ROOT / "config" / "demo.toml").read_text()
+    text = text.replace("port = 15021", f"port = {_free_port()}")
+    text = text.replace("port = 15022", f"port = {_free_port()}")
+    text = text.replace("control_port = 15020", f"control_port = {_free_port()}")
+    path = tmp_path / "sim.toml"
+    path.write_text(text)
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*EVEDGE, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.fixture
+def sim(sim_config: Path):
+    proc = subprocess.Popen(
+        [*EVEDGE, "sim", "--config", str(sim_config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while run("simctl", "snapshot", "--json", "--config", str(sim_config)).returncode != 0:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "simulator did not come up"
+        time.sleep(0.2)
+    yield sim_config
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_plug_inject_and_clear_change_what_the_simulator_serves(sim: Path) -> None:
+    cfg = ["--config", str(sim)]
+    assert run("simctl", "plug", "1", *cfg).returncode == 0
+    snap = json.loads(run("simctl", "snapshot", "--json", *cfg).stdout)
+    assert snap["connectors"]["1"]["cp_state"] == "B"
+    res = run("simctl", "inject", "voltage_sag", "--connector", "1", "--set", "volts=40",
+              "--set", "phase=2", "--json", *cfg)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    fault_id = json.loads(res.stdout)["id"]
+    snap = json.loads(run("simctl", "snapshot", "--json", *cfg).stdout)
+    volts = snap["devices"]["meter1"]["values"]
+    assert volts["voltage_l1"] - volts["voltage_l2"] > 30
+    res = run("simctl", "clear", fault_id, *cfg)
+    assert res.returncode == 0 and fault_id in res.stdout
+    snap = json.loads(run("simctl", "snapshot", "--json", *cfg).stdout)
+    assert abs(snap["devices"]["meter1"]["values"]["voltage_l2"] - 230) < 15
+
+
+def test_bad_fault_is_refused_with_the_known_kinds(sim: Path) -> None:
+    res = run("simctl", "inject", "meteor_strike", "--device", "meter1", "--config", str(sim))
+    assert res.returncode == 1
+    assert "unknown fault kind 'meteor_strike'" in res.stderr
+    assert "no_response" in res.stderr
+    res = run(
+        "simctl", "inject", "slow", "--device", "meter1", "--set", "delay", "--config", str(sim)
+    )
+    assert res.returncode == 2
+
+
+def test_no_simulator_is_exit_3_with_how_to_start_one(sim_config: Path) -> None:
+    res = run("simctl", "unplug", "1", "--config", str(sim_config))
+    assert res.returncode == 3
+    assert "evedge sim --config" in res.stderr.replace("\n", "")
