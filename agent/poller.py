@@ -63,8 +63,9 @@ class HealthTracker:
                 self.state = HealthState.DEGRADED
         else:
             self.consecutive_failures = 0
-            self.last_good = utcnow()
-            self.latency_ms = round(result.latency_s * 1000, 1)
+            if result.values or not result.failures:  # something was read
+                self.last_good = utcnow()
+                self.latency_ms = round(result.latency_s * 1000, 1)
             self.state = HealthState.DEGRADED if result.failures else HealthState.OK
         return self.state != before
 
@@ -127,14 +128,19 @@ class LinkPoller:
     async def poll(self, pd: PolledDevice) -> CycleResult:
         """Poll one device once and publish its readings and health."""
         dev = pd.device
+        refused: list[ModbusFailure] = []
         if not pd.identified:
             ident = await dev.read_identity()
             if ident.aborted:
                 return self._account(pd, ident)
-            pd.identified = True
+            # A refused identity read (04 busy, a split) is counted and asked for again next
+            # poll; values the device does not have are unsupported by then.
+            pd.identified = ident.ok
+            refused = ident.failures
             self.bus.publish_many(readings_of(dev.name, ident.values, utcnow()))
         ts = utcnow()
         result = await dev.read_cycle()
+        result.failures[:0] = refused
         if not result.aborted:
             self.bus.publish_many(readings_of(dev.name, result.values, ts))
         return self._account(pd, result)

@@ -22,6 +22,9 @@ from drivers.transport import Link, ModbusFailure
 log = structlog.get_logger(__name__)
 
 SPLIT_CODES = (2, 3)
+# A gateway answering for its target: 10 path unavailable, 11 target did not respond. The
+# device itself said nothing, so the cycle fails like a timeout (Modbus spec §7).
+UNREACHABLE_CODES = (10, 11)
 
 
 class WriteVerifyError(RuntimeError):
@@ -84,7 +87,7 @@ class Device:
                 words = await self._read_block(block)
             except ModbusFailure as e:
                 result.failures.append(e)
-                if e.kind != "exception":
+                if e.kind != "exception" or e.code in UNREACHABLE_CODES:
                     result.aborted = True
                     adapted.extend([block, *pending])
                     break
@@ -149,7 +152,16 @@ class Device:
         """Read every cyclic value once. Values of failed blocks are absent, never stale."""
         result = CycleResult()
         t0 = time.monotonic()
-        self.layout = await self._read_layout(self.layout, result)
+        known = set(self.unsupported)
+        layout = await self._read_layout(self.layout, result)
+        if self.layout and not layout:
+            # Every value refused: not a device without them but one refusing us (wrong
+            # profile or unit, or a passing state). Keep the layout and ask again; nothing
+            # was read, so the cycle failed.
+            self.unsupported = known
+            result.aborted = True
+        else:
+            self.layout = layout
         result.latency_s = time.monotonic() - t0
         return result
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -94,6 +95,7 @@ class Link:
         self.inter_request_delay_s = inter_request_delay_s
         self._lock = asyncio.Lock()
         self._rx_bytes = 0
+        self._tx_tid = b""
         self._last_done = 0.0
         self.requests = 0
         if isinstance(settings, SerialSettings):
@@ -120,9 +122,28 @@ class Link:
             )
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
-            self._rx_bytes = len(data)
+        if sending:
+            self._tx_tid = data[:2]
+        else:
+            self._rx_bytes = len(data) - self._stale_tcp_bytes(data)
         return data
+
+    def _stale_tcp_bytes(self, data: bytes) -> int:
+        """Leading bytes that are whole answers to earlier requests: a slow device answering
+        after its timeout. pymodbus skips them by transaction id; they are not line noise."""
+        if not isinstance(self.settings, TcpSettings):
+            return 0
+        used = 0
+        while len(data) - used >= 8:
+            size = 6 + int.from_bytes(data[used + 4 : used + 6], "big")
+            if (
+                data[used + 2 : used + 4] != b"\0\0"  # protocol id: Modbus is 0
+                or data[used : used + 2] == self._tx_tid
+                or len(data) - used < size
+            ):
+                break
+            used += size
+        return used
 
     async def connect(self) -> None:
         """Open the connection if it is not open; ModbusFailure('disconnected') if it can't."""
@@ -133,7 +154,10 @@ class Link:
         except (OSError, ModbusException) as e:
             raise ModbusFailure("disconnected", f"{self.name}: cannot open: {e}") from None
         if not ok:
-            raise ModbusFailure("disconnected", f"{self.name}: cannot connect")
+            why = "cannot connect"
+            if isinstance(self.settings, SerialSettings) and not os.path.exists(self.settings.port):
+                why = f"cannot open: no serial port {self.settings.port} (adapter unplugged?)"
+            raise ModbusFailure("disconnected", f"{self.name}: {why}")
 
     def close(self) -> None:
         """Close the connection (it reopens on the next request)."""
@@ -194,7 +218,9 @@ class Link:
 
     async def _execute(self, call, address: int, unit: int, delay_s: float, what: str, **kw):
         async with self._lock:
+            cancels = _cancels()
             await self.connect()
+            _raise_swallowed_cancel(cancels)
             await self._pace(delay_s)
             self._rx_bytes = 0
             self.requests += 1
@@ -222,11 +248,26 @@ class Link:
                 raise ModbusFailure("disconnected", f"{self.name}: {what}: {e}") from None
             finally:
                 self._last_done = time.monotonic()
+            _raise_swallowed_cancel(cancels)
             if rsp.isError():
                 code = getattr(rsp, "exception_code", None)
                 name = EXCEPTION_NAMES.get(code, "unknown exception")
                 raise ModbusFailure("exception", f"{what}: exception {code:02d} ({name})", code)
             return rsp
+
+
+def _cancels() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _raise_swallowed_cancel(before: int) -> None:
+    """Re-raise a cancel pymodbus swallowed. Its asyncio.wait_for (Python 3.11) returns the
+    answer instead of raising when the cancel lands as the answer arrives; the task would
+    then poll on, and whoever awaits its end (the agent's stop) would hang. Only a cancel
+    that came during the call counts: a task cleaning up after a cancel may still talk."""
+    if _cancels() > before:
+        raise asyncio.CancelledError
 
 
 def describe(settings: SerialSettings | TcpSettings) -> str:

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from agent.cli.common import Exit, console, emit_json, fail
 from drivers import quantities
-from drivers.device import CycleResult, Device
+from drivers.device import UNREACHABLE_CODES, CycleResult, Device
 from drivers.profile import ProfileError, load_profile, profile_names
-from drivers.transport import Link, ModbusFailure, SerialSettings, TcpSettings
+from drivers.transport import Link, ModbusFailure, SerialSettings, TcpSettings, describe
 
 app = typer.Typer(
     help="Read and scan Modbus devices, decoded by device profile.", no_args_is_help=True
@@ -27,22 +27,27 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds per reques
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _link(
-    tcp: str | None, serial: str | None, baud: int, parity: str, stopbits: int, timeout: float
-) -> Link:
+def _settings(
+    tcp: str | None, serial: str | None, baud: int, parity: str, stopbits: int
+) -> SerialSettings | TcpSettings:
+    """The link settings the options give; exit 2 with a clear message if they are wrong.
+
+    Only settings here: a pymodbus client needs a running event loop, so the Link itself
+    is made inside asyncio.run().
+    """
     if bool(tcp) == bool(serial):
         raise fail("give exactly one of --tcp HOST:PORT or --serial PORT", Exit.USAGE)
     if tcp:
         host, _, port = tcp.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise fail(f"--tcp wants HOST:PORT, got {tcp!r}", Exit.USAGE)
-        return Link(TcpSettings(host, int(port)), timeout_s=timeout)
+        return TcpSettings(host, int(port))
     if parity.upper() not in ("N", "E", "O"):
         raise fail(f"--parity must be N, E or O, got {parity!r}", Exit.USAGE)
     if stopbits not in (1, 2):
         raise fail(f"--stopbits must be 1 or 2, got {stopbits}", Exit.USAGE)
     assert serial is not None
-    return Link(SerialSettings(serial, baud, parity.upper(), stopbits), timeout_s=timeout)
+    return SerialSettings(serial, baud, parity.upper(), stopbits)
 
 
 @app.command("read")
@@ -66,21 +71,23 @@ def read(
         prof = load_profile(profile)
     except ProfileError as e:
         raise fail(str(e), Exit.USAGE) from None
-    link = _link(tcp, serial, baud, parity, stopbits, timeout)
-    device = Device("cli", prof, link, prof.default_unit if unit is None else unit)
+    settings = _settings(tcp, serial, baud, parity, stopbits)
+    unit_id = prof.default_unit if unit is None else unit
 
-    async def go() -> tuple[CycleResult, CycleResult]:
+    async def go() -> tuple[Device, CycleResult, CycleResult]:
+        device = Device("cli", prof, Link(settings, timeout_s=timeout), unit_id)
         try:
             ident = await device.read_identity()
             cycle = await device.read_cycle() if not ident.aborted else ident
-            return ident, cycle
+            return device, ident, cycle
         finally:
-            link.close()
+            device.link.close()
 
     try:
-        ident, cycle = asyncio.run(go())
+        device, ident, cycle = asyncio.run(go())
     except ModbusFailure as e:
         raise fail(str(e), Exit.UNREACHABLE) from None
+    link = device.link
     values = {**ident.values, **cycle.values}
     failures = [str(f) for f in ident.failures + cycle.failures]
     if json:
@@ -97,10 +104,11 @@ def read(
                 "latency_ms": round(cycle.latency_s * 1000, 1),
             }
         )
-    else:
+    elif values or not cycle.aborted:
         _print_values(prof, device, link, values, failures, cycle)
     if cycle.aborted:
-        raise typer.Exit(int(Exit.UNREACHABLE))
+        last = cycle.failures[-1] if cycle.failures else "no answer"
+        raise fail(f"read nothing from unit {device.unit} on {link.name}: {last}", Exit.UNREACHABLE)
     if failures:
         raise typer.Exit(int(Exit.CHECK_FAILED))
 
@@ -147,16 +155,20 @@ def scan(
         raise fail("unit ids must satisfy 0 <= --from <= --to <= 255", Exit.USAGE)
     if function not in ("input", "holding"):
         raise fail("--function must be input or holding", Exit.USAGE)
-    link = _link(tcp, serial, baud, parity, stopbits, timeout)
+    settings = _settings(tcp, serial, baud, parity, stopbits)
+    name = describe(settings)
     found: list[dict] = []
 
     async def go() -> None:
+        link = Link(settings, timeout_s=timeout)
         try:
             for unit in range(first, last + 1):
                 try:
                     await link.read(function, address, 1, unit)  # type: ignore[arg-type]
                     found.append({"unit": unit, "reply": "data"})
                 except ModbusFailure as e:
+                    if e.kind == "exception" and e.code in UNREACHABLE_CODES:
+                        continue  # a TCP gateway saying this unit did not answer
                     if e.kind == "exception":
                         found.append({"unit": unit, "reply": f"exception {e.code:02d}"})
                     elif e.kind == "disconnected":
@@ -166,15 +178,15 @@ def scan(
         finally:
             link.close()
 
-    with console.status(f"scanning units {first}..{last} on {link.name}", spinner="dots"):
+    with console.status(f"scanning units {first}..{last} on {name}", spinner="dots"):
         try:
             asyncio.run(go())
         except ModbusFailure as e:
             raise fail(str(e), Exit.UNREACHABLE) from None
     if json:
-        emit_json({"link": link.name, "found": found})
+        emit_json({"link": name, "found": found})
     else:
-        table = Table(title=f"units answering on {link.name}")
+        table = Table(title=f"units answering on {name}")
         table.add_column("unit", justify="right")
         table.add_column("reply")
         for f in found:

@@ -1,0 +1,74 @@
+"""Shared fixtures of the Modbus integration tests: free ports, a socat pair, station configs."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from agent.config import StationConfig, parse_config
+from hil.serial_pair import SerialPair
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (right now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return str(v)
+
+
+def station_config(
+    *devices: dict,
+    rtu_port: str | None = None,
+    baudrate: int = 38400,
+    timeout_s: float = 0.2,
+    retries: int = 0,
+    connectors: tuple[dict, ...] = (),
+    extra: str = "",
+) -> StationConfig:
+    """A validated station config.
+
+    Each device is a dict of [[device]] keys (name, profile, unit, ...); one with a `port`
+    is served over TCP on 127.0.0.1, one without sits on the rtu bus `rs485` (`rtu_port`).
+    """
+    lines = [
+        '[station]\nid = "TEST"',
+        f'[[bus]]\nname = "lan"\nkind = "tcp"\ntimeout_s = {timeout_s}\nretries = {retries}',
+    ]
+    if rtu_port is not None:
+        lines.append(
+            f'[[bus]]\nname = "rs485"\nkind = "rtu"\nport = "{rtu_port}"\n'
+            f"baudrate = {baudrate}\ntimeout_s = {timeout_s}\nretries = {retries}"
+        )
+    for d in devices:
+        d = dict(d)
+        if "port" in d:
+            d.setdefault("bus", "lan")
+            d.setdefault("host", "127.0.0.1")
+        else:
+            d.setdefault("bus", "rs485")
+        body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in d.items())
+        lines.append(f"[[device]]\n{body}")
+    for c in connectors:
+        body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in c.items())
+        lines.append(f"[[connector]]\n{body}")
+    return parse_config("\n\n".join(lines) + "\n" + extra)
+
+
+@pytest.fixture
+def serial_pair():
+    """A running socat null-modem pair: (agent_end, sim_end); the pair object is attached."""
+    pair = SerialPair()
+    pair.start()
+    try:
+        yield pair
+    finally:
+        pair.stop()
