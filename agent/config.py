@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.diagnosis.config import DiagnosisConfig
+from agent.sessions.config import AuthConfig, BillingConfig, SessionsConfig
 from drivers.profile import ProfileError, load_profile
 
 
@@ -98,6 +100,10 @@ class StationConfig(_Section):
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
     sim: SimConfig = SimConfig()
+    billing: BillingConfig | None = None  # absent: no session engine (polling only)
+    sessions: SessionsConfig = SessionsConfig()
+    auth: AuthConfig = AuthConfig()
+    diagnosis: DiagnosisConfig = Field(default_factory=DiagnosisConfig)
 
     def bus_by_name(self, name: str) -> BusConfig:
         return next(b for b in self.bus if b.name == name)

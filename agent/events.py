@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -60,3 +61,110 @@ class DeviceHealth(Event):
     crc_errors: int = 0
     exceptions: dict[int, int] = Field(default_factory=dict, description="Modbus code -> count")
     last_error: str | None = None
+
+
+class SessionEvent(Event):
+    """A connector's status changed, or its session started, progressed or stopped.
+
+    `kind`: status | started | progress | stopped | rejected | resumed. Tokens never travel
+    on the bus in clear: `id_tag` is masked. Money is Decimal (None: not priced / unknown).
+    """
+
+    connector: int
+    status: str
+    kind: str
+    session_id: str | None = None
+    id_tag: str | None = None
+    method: str | None = None
+    reason: str | None = None
+    energy_wh: int | None = None
+    power_w: float | None = None
+    cost_excl_vat: Decimal | None = None
+    cost_incl_vat: Decimal | None = None
+    currency: str | None = None
+    detail: str = ""
+
+
+class ChargeRecordWritten(Event):
+    """A session's charge record is committed (signed, chained): the outbox's trigger."""
+
+    record_id: str
+    session_id: str
+    connector: int
+    seq: int
+    hash: str
+    energy_wh: int
+    total_excl_vat: Decimal | None = None
+    total_incl_vat: Decimal | None = None
+    currency: str | None = None
+    stop_reason: str
+    review: bool = False
+
+
+class Evidence(BaseModel):
+    """One figure a fault was raised on: a reading, a health counter, a threshold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str  # "meter1.voltage_l1", "health.meter1.state", "delta(meter1.energy_import_wh, 30s)"
+    value: float | int | str | bool | None
+    unit: str = ""
+    device: str | None = None
+    ts: AwareDatetime | None = None  # when the device measured it (None: derived or config)
+
+
+class FaultCodes(BaseModel):
+    """How a fault is reported upstream: OCPP 1.6 StatusNotification, MREC, OCPP 2.0.1."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    error_code: str  # OCPP 1.6 ChargePointErrorCode
+    vendor_id: str = Field(max_length=255)
+    vendor_error_code: str = Field(max_length=50)
+    info: str = Field(max_length=50)
+    mrec: str | None = None  # ChargeX CX001..CX026, also in vendor_error_code when set
+    component: str  # OCPP 2.0.1 component, e.g. PowerContactor
+    variable: str  # OCPP 2.0.1 variable, e.g. Problem
+
+
+class Symptom(BaseModel):
+    """A fault the root cause explains (suppressed: not raised on its own)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    rule: str
+    scope: str
+    title: str
+
+
+class FaultRaised(Event):
+    """Diagnosis found a root cause. Texts are per language (en, de)."""
+
+    fault_id: str
+    rule: str
+    scope: str  # "connector:1", "device:meter1", "bus:rs485", "station"
+    title: dict[str, str]
+    root_cause: dict[str, str]
+    severity: str  # critical | error | warning | info
+    connectors: list[int]
+    devices: list[str]
+    evidence: list[Evidence]
+    confidence: float = Field(ge=0, le=1)
+    codes: FaultCodes
+    faulted: bool  # the connector(s) become Faulted; False: a warning
+    driver_message: dict[str, str]
+    technician_steps: dict[str, list[str]]
+    explains: list[Symptom] = Field(default_factory=list)
+    side: str = "unknown"  # charger | vehicle | unknown
+    side_basis: str = ""
+
+
+class FaultCleared(Event):
+    """A raised fault is over: resolved, explained by another root cause, or retired."""
+
+    fault_id: str
+    rule: str
+    scope: str
+    connectors: list[int]
+    devices: list[str]
+    raised_ts: AwareDatetime
+    reason: str  # resolved | explained | retired
+    explained_by: str | None = None  # fault_id of the root cause that now covers it
+    detail: str = ""

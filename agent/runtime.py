@@ -10,6 +10,8 @@ import structlog
 
 from agent.bus import EventBus
 from agent.config import StationConfig
+from agent.diagnosis.service import DiagnosisService
+from agent.sessions.engine import SessionEngine
 from agent.station import Station, build_station
 from agent.store.db import Store
 from agent.store.writer import StoreWriter
@@ -31,6 +33,12 @@ class Agent:
             max_rows=cfg.store.readings_max_rows,
             max_age_days=cfg.store.readings_max_age_days,
         )
+        # Sessions and billing run only when the config has a [billing] section.
+        self.sessions = SessionEngine(cfg, self.bus, self.station.devices) if cfg.billing else None
+        profiles = {name: d.profile for name, d in self.station.devices.items()}
+        self.diagnosis = (
+            DiagnosisService(cfg, self.bus, profiles) if cfg.diagnosis.enabled else None
+        )
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -45,6 +53,10 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.writer.run(), name="store-writer"))
         for p in self.station.pollers:
             self._tasks.append(asyncio.create_task(p.run(), name=f"poll {p.link.name}"))
+        if self.sessions is not None:
+            self._tasks.append(asyncio.create_task(self.sessions.run(), name="sessions"))
+        if self.diagnosis is not None:
+            self._tasks.append(asyncio.create_task(self.diagnosis.run(), name="diagnosis"))
 
     async def stop(self) -> None:
         """Stop pollers first, then let the writer commit what it holds, then close."""
@@ -56,6 +68,8 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
         self._tasks.clear()
+        if self.sessions is not None:
+            self.sessions.close()
         self.store.close()
         log.info("agent.stop", written=self.writer.stats.written)
 

@@ -207,7 +207,10 @@ def load_profile_file(path: Path) -> Profile:
 
 @cache
 def load_profile(name: str) -> Profile:
-    """Load a shipped profile by name (file stem), e.g. 'eastron-sdm630'."""
+    """Load a shipped profile by name (file stem), e.g. 'eastron-sdm630', or a profile
+    file by path (a name ending in .toml: site-specific or simulator-only devices)."""
+    if name.endswith(".toml"):
+        return load_profile_file(Path(name))
     path = PROFILE_DIR / f"{name}.toml"
     if not path.exists():
         raise ProfileError(f"unknown profile {name!r}; shipped: {', '.join(profile_names())}")

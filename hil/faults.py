@@ -25,7 +25,9 @@ class FaultError(ValueError):
 
 
 COMM_FAULTS = frozenset({"no_response", "exception", "garbage", "truncated", "crc_error", "slow"})
-SUPPLY_FAULTS = frozenset({"voltage_loss", "voltage_sag", "voltage_swell", "supply_outage"})
+SUPPLY_FAULTS = frozenset(
+    {"voltage_loss", "voltage_sag", "voltage_swell", "supply_outage", "frequency_deviation"}
+)
 ENERGY_FAULTS = frozenset({"energy_frozen", "energy_backwards", "energy_jump"})
 
 # EVSE faults and the canonical fault (quantities.EVSE_FAULTS) whose vendor code they raise.
@@ -40,7 +42,9 @@ EVSE_FAULT_CODES: dict[str, str] = {
     "diode_fault": "diode_missing",
     "ev_overcurrent": "overcurrent",
 }
-EVSE_FAULT_KINDS = frozenset(EVSE_FAULT_CODES)
+# evse_error_code forces the controller's raw vendor code (any code, mapped or not).
+EVSE_FAULT_KINDS = frozenset(EVSE_FAULT_CODES) | {"evse_error_code"}
+VALUE_FAULTS = frozenset({"not_available"})
 
 _EXC_CODES = sorted(int(c) for c in ExcCodes)
 
@@ -153,6 +157,26 @@ class SupplyOutage(_Fault):
     kind: Literal["supply_outage"]
 
 
+class FrequencyDeviation(_Fault):
+    """Supply frequency off nominal by `hz` (island grid, generator)."""
+
+    kind: Literal["frequency_deviation"]
+    hz: float = Field(ge=-10, le=10, description="offset from nominal, Hz")
+
+    @model_validator(mode="after")
+    def _nonzero(self) -> FrequencyDeviation:
+        if self.hz == 0:
+            raise ValueError("hz must not be 0")
+        return self
+
+
+class NotAvailable(_Fault):
+    """The device serves its "not available" marker for `quantity` (ABB 0xFFFF...)."""
+
+    kind: Literal["not_available"]
+    quantity: str
+
+
 class EnergyFrozen(_Fault):
     """Energy registers stop counting (the true counter goes on)."""
 
@@ -198,7 +222,7 @@ class ContactorStuckOpen(_Fault):
 
 
 class OverTemperature(_Fault):
-    """EVSE temperature at `temperature_c`, charging stops."""
+    """EVSE temperature at `temperature_c`; from 80 °C the controller stops charging."""
 
     kind: Literal["over_temperature"]
     temperature_c: float = Field(default=85.0, ge=-40, le=200)
@@ -222,6 +246,13 @@ class DiodeFault(_Fault):
     kind: Literal["diode_fault"]
 
 
+class EvseErrorCode(_Fault):
+    """The EVSE controller reports raw vendor error `code` (whatever its profile says)."""
+
+    kind: Literal["evse_error_code"]
+    code: int = Field(ge=0, le=0xFFFFFFFF)
+
+
 class EvOvercurrent(_Fault):
     """EV draws `current_a` per phase whatever is offered; EVSE trips after 5 s."""
 
@@ -240,6 +271,8 @@ FaultRequest = Annotated[
     | VoltageSag
     | VoltageSwell
     | SupplyOutage
+    | FrequencyDeviation
+    | NotAvailable
     | EnergyFrozen
     | EnergyBackwards
     | EnergyJump
@@ -251,7 +284,8 @@ FaultRequest = Annotated[
     | RcdTrip
     | LockFailure
     | DiodeFault
-    | EvOvercurrent,
+    | EvOvercurrent
+    | EvseErrorCode,
     Field(discriminator="kind"),
 ]
 

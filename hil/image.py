@@ -124,6 +124,15 @@ class DeviceImage:
         for reg in self.registers(quantity):
             self._put(reg, self._encode(reg, value))
 
+    def set_not_available(self, quantity: str) -> None:
+        """Serve the device's "not available" marker for `quantity` (its readable register)."""
+        reg = next(r for r in self.registers(quantity) if r.readable)
+        if not reg.not_available:
+            raise ValueError(f"{quantity}: profile {self.profile.name} has no marker")
+        raw = reg.not_available[0] & ((1 << (16 * reg.words)) - 1)
+        words = codec.bytes_to_words(raw.to_bytes(2 * reg.words, "big"), self.profile.order(reg))
+        self._put(reg, words)
+
     def get(self, quantity: str) -> Value:
         """Decode `quantity` from the image, preferring its readable register."""
         regs = self.registers(quantity)

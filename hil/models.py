@@ -22,6 +22,7 @@ AMBIENT_C = 25.0
 THERMAL_K_C_PER_A2 = 0.02  # steady-state rise per A² of phase current: 32 A -> +20 °C
 THERMAL_TAU_S = 300.0
 OVERCURRENT_TRIP_S = 5.0  # IEC 61851-1 annex A: the EVSE opens within seconds
+OVERTEMP_TRIP_C = 80.0  # a forced temperature below this only warms (the derating zone)
 SUPPLY_IMPEDANCE_OHM = 0.08  # a 32 A load pulls the phase down by about 2.5 V
 NOMINAL_HZ = 50.0
 
@@ -98,9 +99,14 @@ class Evse:
             or f.rcd_trip
             or f.lock_failure
             or f.diode_fault
-            or f.over_temperature_c is not None
+            or self.overheated()
             or self.tripped
         )
+
+    def overheated(self) -> bool:
+        """True if an injected temperature is past the controller's own trip point."""
+        t = self.faults.over_temperature_c
+        return t is not None and t >= OVERTEMP_TRIP_C
 
     def pwm_on(self) -> bool:
         """True if the EVSE signals a current on the pilot (duty cycle between 10 and 96 %)."""
@@ -180,7 +186,7 @@ def _error(evse: Evse, ev: EV) -> str:
         return "rcd_dc"
     if evse.contactor_closed != evse.contactor_commanded:
         return "contactor_fault"  # detected through the auxiliary contact
-    if f.over_temperature_c is not None:
+    if evse.overheated():
         return "overtemperature"
     if f.lock_failure and ev.plugged:
         return "lock_failure"
@@ -191,6 +197,28 @@ def _error(evse: Evse, ev: EV) -> str:
     return "none"
 
 
+@dataclass(frozen=True)
+class Noise:
+    """Realistic imperfections of a station in the field, all off by default.
+
+    voltage_pct / current_ripple_pct: each device's readings of phase voltage / current
+    vary by up to ± this percentage (uniform, redrawn every model tick); jitter_s: every
+    answer is delayed by 0..jitter_s; drop_rate: the chance that one answer is lost
+    (a one-off timeout), after which the device answers the next `recover_requests`.
+    """
+
+    voltage_pct: float = 0.0
+    current_ripple_pct: float = 0.0
+    jitter_s: float = 0.0
+    drop_rate: float = 0.0
+    recover_requests: int = 20
+
+    @classmethod
+    def realistic(cls) -> Noise:
+        """Voltage ±3 %, current ripple ±2 %, up to 20 ms jitter, one answer in 500 lost."""
+        return cls(voltage_pct=3.0, current_ripple_pct=2.0, jitter_s=0.02, drop_rate=0.002)
+
+
 @dataclass
 class SupplyFaults:
     """Injected supply faults: lost phases (0-based), per-phase offsets (V), total outage."""
@@ -198,6 +226,7 @@ class SupplyFaults:
     lost: set[int] = field(default_factory=set)
     offset_v: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     outage: bool = False
+    offset_hz: float = 0.0
 
 
 class Supply:
@@ -230,7 +259,9 @@ class Supply:
 
     def frequency(self, voltages: list[float]) -> float:
         """Supply frequency; a meter with no voltage at all measures none."""
-        return round(NOMINAL_HZ + self.drift_hz, 2) if any(voltages) else 0.0
+        if not any(voltages):
+            return 0.0
+        return round(NOMINAL_HZ + self.drift_hz + self.faults.offset_hz, 2)
 
 
 def electrical_values(

@@ -63,6 +63,8 @@ class ServedDevice:
 
 
 FaultLookup = Callable[[str], list[F.ActiveFault]]
+# Per answer to a device: (lose it, extra delay in s) — the station's realistic noise.
+AnswerNoise = Callable[[str], tuple[bool, float]]
 
 
 class RoutingContext(ModbusServerContext):
@@ -74,12 +76,19 @@ class RoutingContext(ModbusServerContext):
     pymodbus datastores.)
     """
 
-    def __init__(self, devices: list[ServedDevice], faults: FaultLookup, rtu: bool):
+    def __init__(
+        self,
+        devices: list[ServedDevice],
+        faults: FaultLookup,
+        rtu: bool,
+        noise: AnswerNoise | None = None,
+    ):
         self.old_simulator = True  # makes ModbusBaseServer use this object as is
         self.simdevices = []
         self.devices = {d.unit: d for d in devices}
         self.faults = faults
         self.rtu = rtu
+        self.noise = noise
 
     def device_ids(self) -> list[int]:
         """Unit ids served."""
@@ -207,6 +216,8 @@ class _SimServerMixin:
         plan = ResponsePlan()
         if dev is None:
             return plan
+        if self.context.noise is not None:
+            plan.silent, plan.delay_s = self.context.noise(dev.name)
         for fault in self.context.faults(dev.name):
             kind = fault.kind
             if kind == "no_response":

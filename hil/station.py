@@ -39,6 +39,7 @@ from hil.models import (
     Evse,
     EvseFaultFlags,
     Meter,
+    Noise,
     Supply,
     charge_step,
     electrical_values,
@@ -108,6 +109,9 @@ class SimDevice:
     session_wh: int = 0
     warned: set[str] = field(default_factory=set)
     published: list[str] = field(default_factory=list)  # quantities the model writes, in order
+    noise_v: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # reading factors
+    noise_i: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    answers_left: int = 0  # answers guaranteed after a one-off lost answer (noise)
 
     @property
     def name(self) -> str:
@@ -143,6 +147,7 @@ class SimStation:
     by their time on the wire at the bus baud rate. `seed` makes noise and serials
     reproducible. `tick_s` is the model period in real time (None: call step() yourself).
     `strict_addresses` overrides the per-profile default (strict when max_gap is 0).
+    `noise` adds realistic measurement noise, answer jitter and one-off lost answers.
     """
 
     def __init__(
@@ -154,6 +159,7 @@ class SimStation:
         *,
         tick_s: float | None = 0.1,
         strict_addresses: bool | None = None,
+        noise: Noise | None = None,
     ):
         self.cfg = cfg
         self.serial_ports = dict(serial_ports or {})
@@ -162,7 +168,10 @@ class SimStation:
         self.tick_s = tick_s
         self.time_s = 0.0
         self.faults = F.FaultSet()
+        self.noise = noise or Noise()
         self._rng = random.Random(f"{seed}:station")
+        self._noise_rng = random.Random(f"{seed}:noise")
+        self.answers_lost = 0  # one-off lost answers the noise caused so far
         self._servers: list[SimTcpServer | SimRtuServer] = []
         self._tick_task: asyncio.Task[None] | None = None
 
@@ -245,13 +254,14 @@ class SimStation:
                 )
         try:
             for (host, port), served in tcp.items():
-                srv = SimTcpServer(RoutingContext(served, comm, rtu=False), host, port, self.seed)
+                ctx = RoutingContext(served, comm, rtu=False, noise=self._answer_noise)
+                srv = SimTcpServer(ctx, host, port, self.seed)
                 self._servers.append(srv)
                 await start_server(srv, f"tcp {host}:{port}")
             for name, served in rtu.items():
                 bus = self.cfg.bus_by_name(name)
                 srv = SimRtuServer(
-                    RoutingContext(served, comm, rtu=True),
+                    RoutingContext(served, comm, rtu=True, noise=self._answer_noise),
                     self.serial_ports[name],
                     baudrate=bus.baudrate,
                     parity=bus.parity,
@@ -335,11 +345,42 @@ class SimStation:
                 volts = dev.supply.voltages(list(load))
                 amps = [a if v > 0 else 0.0 for a, v in zip(load, volts, strict=True)]
                 hz, pf = dev.supply.frequency(volts), BASE_POWER_FACTOR
+            volts, amps = self._noisy(dev, volts, amps, dt)
             dev.electrical = electrical_values(volts, amps, pf, hz)
             dev.meter.integrate(dev.electrical, dt)
             if dev.connector is not None and self.connectors[dev.connector].ev.plugged:
                 dev.session_wh = dev.meter.import_wh - dev.session_start_wh
             self._publish(dev)
+
+    def _noisy(
+        self, dev: SimDevice, volts: list[float], amps: list[float], dt: float
+    ) -> tuple[list[float], list[float]]:
+        """The device's own reading of voltages and currents (noise redrawn per tick)."""
+        n = self.noise
+        if not (n.voltage_pct or n.current_ripple_pct):
+            return volts, amps
+        if dt > 0:
+            rng = self._noise_rng
+            dev.noise_v = [1 + rng.uniform(-1, 1) * n.voltage_pct / 100 for _ in range(3)]
+            dev.noise_i = [1 + rng.uniform(-1, 1) * n.current_ripple_pct / 100 for _ in range(3)]
+        return (
+            [round(v * f, 1) for v, f in zip(volts, dev.noise_v, strict=True)],
+            [round(a * f, 2) for a, f in zip(amps, dev.noise_i, strict=True)],
+        )
+
+    def _answer_noise(self, name: str) -> tuple[bool, float]:
+        """(lose this answer, extra delay s) for one request to device `name`."""
+        n, dev = self.noise, self.devices[name]
+        rng = self._noise_rng
+        delay = rng.uniform(0, n.jitter_s) if n.jitter_s else 0.0
+        if dev.answers_left > 0:
+            dev.answers_left -= 1
+            return False, delay
+        if n.drop_rate and rng.random() < n.drop_rate:
+            dev.answers_left = n.recover_requests  # one-off: it recovers at once
+            self.answers_lost += 1
+            return True, delay
+        return False, delay
 
     def _apply_faults(self) -> None:
         """Rebuild the fault flags of every EVSE and supply from the active faults."""
@@ -385,11 +426,14 @@ class SimStation:
         sf.lost.clear()
         sf.offset_v[:] = [0.0, 0.0, 0.0]
         sf.outage = False
+        sf.offset_hz = 0.0
         for f in {id(f): f for f in active}.values():  # once, even if two connectors share it
             req = f.request
             phases = [req.phase - 1] if getattr(req, "phase", None) else [0, 1, 2]
             if req.kind == "supply_outage":
                 sf.outage = True
+            elif req.kind == "frequency_deviation":
+                sf.offset_hz += req.hz
             elif req.kind == "voltage_loss":
                 sf.lost.update(phases)
             else:
@@ -424,6 +468,8 @@ class SimStation:
             code = F.vendor_error_code(dev.profile, evse.error)
             if code is None:  # no vendor code for it: the register shows no error
                 code = F.vendor_error_code(dev.profile, "none") or 0
+            for f in self.faults.on_connector(conn.cfg.id, frozenset({"evse_error_code"})):
+                code = f.request.code  # forced raw vendor code, the newest wins
             pp = next((a for a in PP_CODINGS_A if a >= conn.cfg.max_current_a), 63)
             values.update(
                 {
@@ -502,6 +548,8 @@ class SimStation:
                 if q not in dev.warned:
                     dev.warned.add(q)
                     log.info("%s: cannot show %s=%r: %s", dev.name, q, values[q], e)
+        for f in self.faults.on_device(dev.name, F.VALUE_FAULTS):
+            dev.image.set_not_available(f.request.quantity)
 
     def _initial_meter(self, name: str) -> Meter:
         """A meter that has been in service a while: a seeded, plausible starting count."""
@@ -668,6 +716,18 @@ class SimStation:
                 return list(conn.devices), cid
             assert dev is not None
             return [dev.name], None
+        if kind in F.VALUE_FAULTS:
+            if dev is None:
+                raise F.FaultError(f"{kind}: target a device, not a connector")
+            regs = [r for r in dev.profile.readable() if r.quantity == req.quantity]
+            if not regs:
+                raise F.FaultError(f"{kind}: {dev.name} has no readable {req.quantity}")
+            if not regs[0].not_available:
+                raise F.FaultError(
+                    f"{kind}: profile {dev.profile.name} has no 'not available' marker for "
+                    f"{req.quantity}"
+                )
+            return [dev.name], cid
         if kind in F.ENERGY_FAULTS:
             if dev is not None:
                 devices = [dev.name]

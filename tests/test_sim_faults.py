@@ -388,3 +388,66 @@ async def test_connector_comm_fault_hits_both_devices_and_clear_all(rig):
     with contextlib.suppress(ModbusException):  # a TCP client may need to reconnect
         await rig.meter.read_input_registers(0, count=2, device_id=1)
     assert await rig.m("voltage_l1") > 200
+
+
+# ------------------------------------------------- added for diagnosis scenarios (issue 3)
+
+
+async def test_frequency_deviation(rig):
+    hz = await rig.m("frequency_hz")
+    rig.sim.inject({"kind": "frequency_deviation", "connector": 1, "hz": -1.2})
+    assert await rig.m("frequency_hz") == pytest.approx(hz - 1.2, abs=0.06)
+    assert await rig.m("voltage_l1") > 200  # only the frequency moves
+    rig.sim.clear()
+    assert await rig.m("frequency_hz") == pytest.approx(50, abs=0.06)
+    with pytest.raises(FaultError, match="hz must not be 0"):
+        parse_fault({"kind": "frequency_deviation", "connector": 1, "hz": 0})
+
+
+async def test_not_available():
+    from drivers.codec import NotAvailable as NA
+
+    port = free_port()
+    toml = f"""
+[station]
+id = "SIM-NA"
+[[bus]]
+name = "lan"
+kind = "tcp"
+[[device]]
+name = "meter1"
+profile = "abb-b23"
+bus = "lan"
+host = "127.0.0.1"
+port = {port}
+unit = 1
+"""
+    abb = load_profile("abb-b23")
+    sim = SimStation(parse_config(toml), tick_s=None)
+    await sim.start()
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=0.3, retries=0)
+    try:
+        assert await client.connect()
+        fid = sim.inject({"kind": "not_available", "device": "meter1", "quantity": "voltage_l1"})
+        sim.step(1.0)  # the model publishes again: the marker stays
+        with pytest.raises(NA):
+            await read_value(client, abb, "voltage_l1", 1)
+        assert await read_value(client, abb, "voltage_l2", 1) > 200
+        sim.clear(fid)
+        assert await read_value(client, abb, "voltage_l1", 1) > 200
+        with pytest.raises(FaultError, match="no 'not available' marker"):
+            sim.inject({"kind": "not_available", "device": "meter1", "quantity": "model"})
+        with pytest.raises(FaultError, match="has no readable cp_state"):
+            sim.inject({"kind": "not_available", "device": "meter1", "quantity": "cp_state"})
+    finally:
+        client.close()
+        await sim.stop()
+
+
+async def test_evse_error_code(rig):
+    rig.sim.inject({"kind": "evse_error_code", "connector": 1, "code": 99})  # not in the table
+    assert await rig.e("evse_error_code") == 99
+    rig.sim.clear()
+    assert await rig.e("evse_error_code") == 0
+    with pytest.raises(FaultError, match="meter1 is not an EVSE"):
+        rig.sim.inject({"kind": "evse_error_code", "device": "meter1", "code": 3})

@@ -1,9 +1,12 @@
 """`evedge demo`: the whole agent against the simulated station, cars charging back to back.
 
 The simulated station (hil/) serves the config's devices on loopback; the agent polls them
-exactly as it polls hardware. A script plays the driver: plug in, authorize (the agent
-enables the EVSE and sets the offered current through the driver layer, verified by
-read-back), charge, stop, unplug, pause — per connector, for as long as the demo runs.
+exactly as it polls hardware. A script plays the driver: plug in, present card DEMO-0042,
+and later either let the car finish (battery full, it pauses, then is unplugged: parking
+time is billed) or present the card again to stop — per connector, for as long as the demo
+runs. The agent's session engine does the rest: authorizes the card from its local list,
+enables the EVSE through the driver layer (verified by read-back), meters, prices, and
+writes a signed, chained charge record for every session into the configured store.
 """
 
 from __future__ import annotations
@@ -18,17 +21,20 @@ from rich.live import Live
 from agent.cli.common import console, emit_json
 from agent.cli.live import LiveState, render
 from agent.config import ConnectorConfig, StationConfig
-from agent.events import DeviceHealth, Reading, utcnow
+from agent.events import ChargeRecordWritten, DeviceHealth, Reading, SessionEvent
 from agent.runtime import Agent
-from drivers.device import Device
-from drivers.transport import ModbusFailure
+from agent.sessions.engine import CommandRefused
+from agent.sessions.model import card_token
 from hil.station import SimStation
 
 log = structlog.get_logger(__name__)
 
+DEMO_CARD = "DEMO-0042"
+FULL_PARKING_S = 6.0  # how long a full car stays plugged in before its driver returns
+
 
 class DemoDriver:
-    """Plays the driver and the authorizer on one connector, session after session."""
+    """Plays the driver on one connector, session after session."""
 
     def __init__(self, agent: Agent, sim: SimStation, connector: ConnectorConfig, state: LiveState):
         self.agent = agent
@@ -40,58 +46,63 @@ class DemoDriver:
     def _say(self, text: str) -> None:
         self.state.note(f"connector {self.c.id}: {text}")
 
-    async def _wait_cp(self, want: set[str], timeout_s: float) -> bool:
+    async def _wait_status(self, want: set[str], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.state.value(self.c.evse, "cp_state") in want:
+            ev = self.state.sessions.get(self.c.id)
+            if ev is not None and ev.status in want:
                 return True
             await asyncio.sleep(0.1)
         return False
 
-    async def _enable(self, evse: Device, on: bool) -> None:
-        current = self.c.max_current_a if on else 0
-        quantities = {r.quantity for r in evse.profile.registers if r.writable}
-        if "offered_current_a" in quantities and (on or "charging_enabled" not in quantities):
-            await evse.write("offered_current_a", float(current))
-        if "charging_enabled" in quantities:
-            await evse.write("charging_enabled", on)
+    async def _card(self) -> str | None:
+        engine = self.agent.sessions
+        if engine is None:
+            self._say("no [billing] section in the config: no session engine to take the card")
+            return None
+        try:
+            return await engine.authorize(self.c.id, card_token(DEMO_CARD))
+        except CommandRefused as e:
+            self._say(f"card {DEMO_CARD} refused: {e}")
+            return None
 
     async def run(self) -> None:
         """Sessions back to back until cancelled."""
         sim_cfg = self.agent.cfg.sim
-        evse = self.agent.station.devices.get(self.c.evse or "")
-        meter = self.c.meter or self.c.evse
         while True:
             await asyncio.sleep(2)
             self.sim.plug_in(self.c.id)
             self._say("vehicle plugged in")
-            if not await self._wait_cp({"B", "C"}, 5):
-                self._say("no vehicle seen on the control pilot")
-            start_wh = self.state.value(meter, "energy_import_wh")
-            if isinstance(start_wh, int):
-                self.state.sessions[self.c.id] = (start_wh, utcnow())
-            self._say("card DEMO-0042 accepted: charging authorized")
-            try:
-                if evse is not None:
-                    await self._enable(evse, True)
-            except ModbusFailure as e:
-                self._say(f"could not enable the EVSE: {e}")
-            await self._wait_cp({"C", "D"}, 5)
+            await self._wait_status({"Preparing"}, 5)
+            result = await self._card()
+            if result is not None:
+                self._say(f"card {DEMO_CARD} presented: {result}")
+            await self._wait_status({"Charging"}, 5)
             await asyncio.sleep(sim_cfg.plugged_s)
-            try:
-                if evse is not None:
-                    await self._enable(evse, False)
-            except ModbusFailure as e:
-                self._say(f"could not stop the EVSE: {e}")
-            await self._wait_cp({"B", "A"}, 5)
-            end_wh = self.state.value(meter, "energy_import_wh")
             self.sessions += 1
-            if isinstance(start_wh, int) and isinstance(end_wh, int):
-                self._say(f"session {self.sessions} done: {end_wh - start_wh:,} Wh delivered")
-            self.state.sessions.pop(self.c.id, None)
+            if self.sessions % 2:
+                self.sim.ev_suspend(self.c.id, True)
+                self._say("battery full: the car stops charging (parking time starts)")
+                await asyncio.sleep(FULL_PARKING_S)
+            else:
+                result = await self._card()
+                self._say(f"card {DEMO_CARD} presented again: {result}")
+                await self._wait_status({"Finishing", "Available"}, 10)
+                await asyncio.sleep(1)
             self.sim.unplug(self.c.id)
             self._say("vehicle unplugged")
+            await self._wait_status({"Available"}, 10)
             await asyncio.sleep(sim_cfg.pause_s)
+
+
+def _record_note(state: LiveState, ev: ChargeRecordWritten) -> None:
+    total = ev.total_incl_vat if ev.total_incl_vat is not None else ev.total_excl_vat
+    cost = "not priced" if total is None else f"{total} {ev.currency}"
+    flag = " — flagged for review" if ev.review else ""
+    state.note(
+        f"connector {ev.connector}: record {ev.record_id} signed and chained: "
+        f"{ev.energy_wh:,} Wh, {cost} ({ev.stop_reason}){flag}"
+    )
 
 
 async def run_demo(
@@ -102,7 +113,7 @@ async def run_demo(
     await sim.start()
     agent = Agent(cfg)
     state = LiveState(cfg)
-    sub = agent.bus.subscribe(Reading, DeviceHealth)
+    sub = agent.bus.subscribe(Reading, DeviceHealth, SessionEvent, ChargeRecordWritten)
     await agent.start()
     drivers = [DemoDriver(agent, sim, c, state) for c in cfg.connector]
     tasks = [asyncio.create_task(d.run(), name=f"demo connector {d.c.id}") for d in drivers]
@@ -115,6 +126,8 @@ async def run_demo(
                 while deadline is None or time.monotonic() < deadline:
                     while (ev := sub.get_nowait()) is not None:
                         state.feed(ev)
+                        if isinstance(ev, ChargeRecordWritten):
+                            _record_note(state, ev)
                     live.update(render(state))
                     await asyncio.sleep(0.25)
     finally:
@@ -123,8 +136,21 @@ async def run_demo(
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await _close_sessions(agent)
         await agent.stop()
         await sim.stop()
+
+
+async def _close_sessions(agent: Agent) -> None:
+    """End running sessions as a technician would, so the demo leaves only complete records
+    (the simulator goes away with the demo; a restart could not resume them)."""
+    engine = agent.sessions
+    if engine is None:
+        return
+    for cid, conn in engine.connectors.items():
+        if conn.session is not None:
+            with contextlib.suppress(CommandRefused, TimeoutError):
+                await asyncio.wait_for(engine.stop(cid, by="cli"), 15)
 
 
 async def _pump_json(sub, state: LiveState, deadline: float | None) -> None:
@@ -137,5 +163,10 @@ async def _pump_json(sub, state: LiveState, deadline: float | None) -> None:
         except TimeoutError:
             break
         state.feed(ev)
-        kind = "reading" if isinstance(ev, Reading) else "health"
+        kind = {
+            Reading: "reading",
+            DeviceHealth: "health",
+            SessionEvent: "session",
+            ChargeRecordWritten: "record",
+        }[type(ev)]
         emit_json({"type": kind, **ev.model_dump(mode="json")})

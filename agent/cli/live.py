@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.config import StationConfig
-from agent.events import DeviceHealth, HealthState, Reading, utcnow
+from agent.events import DeviceHealth, HealthState, Reading, SessionEvent, utcnow
 
 CP_MEANING = {
     "A": "no vehicle",
@@ -41,8 +41,10 @@ class LiveState:
     log: deque[str] = field(default_factory=lambda: deque(maxlen=8))
     started: datetime = field(default_factory=utcnow)
     listeners: list[Callable[[str], None]] = field(default_factory=list)
-    # connector id -> (energy register Wh at session start, start time): the session so far
-    sessions: dict[int, tuple[int, datetime]] = field(default_factory=dict)
+    # connector id -> its latest SessionEvent (status, session energy, running cost)
+    sessions: dict[int, SessionEvent] = field(default_factory=dict)
+    # connector id -> when its running session started
+    since: dict[int, datetime] = field(default_factory=dict)
 
     def feed(self, event: object) -> None:
         """Take one bus event."""
@@ -50,6 +52,12 @@ class LiveState:
             self.readings[(event.device, event.quantity)] = event
         elif isinstance(event, DeviceHealth):
             self.health[event.device] = event
+        elif isinstance(event, SessionEvent):
+            self.sessions[event.connector] = event
+            if event.kind == "started":
+                self.since[event.connector] = event.ts
+            elif event.session_id is None or event.kind == "stopped":
+                self.since.pop(event.connector, None)
 
     def note(self, text: str) -> None:
         """Add a line to the event log shown under the view."""
@@ -72,6 +80,20 @@ def _fmt(v, spec: str = "", unit: str = "") -> str:
     return f"{v:{spec}}{unit}" if spec else f"{v}{unit}"
 
 
+def session_line(ev: SessionEvent, power_w: float | None = None) -> str:
+    """`Charging · 21.2 kW · 1.23 kWh · 0.49 EUR`: a session at a glance."""
+    parts = [ev.status]
+    power = power_w if power_w is not None else ev.power_w
+    if power is not None:
+        parts.append(f"{power / 1000:.1f} kW")
+    if ev.energy_wh is not None:
+        parts.append(f"{ev.energy_wh / 1000:.2f} kWh")
+    cost = ev.cost_incl_vat if ev.cost_incl_vat is not None else ev.cost_excl_vat
+    if cost is not None:
+        parts.append(f"{cost} {ev.currency}")
+    return " · ".join(parts)
+
+
 def _connector_panel(state: LiveState, c) -> Panel:
     meter = c.meter or c.evse
     cp = state.value(c.evse, "cp_state")
@@ -79,6 +101,9 @@ def _connector_panel(state: LiveState, c) -> Panel:
         f"{cp or '—'}  {CP_MEANING.get(cp, '')}", style="bold green" if cp in ("C", "D") else "bold"
     )
     top = Table.grid(padding=(0, 2))
+    ev = state.sessions.get(c.id)
+    if ev is not None:
+        top.add_row("status", Text(ev.status, style="bold"))
     top.add_row("CP state", cp_text)
     contactor = state.value(c.evse, "contactor_closed")
     if contactor is not None:  # not every controller reports it
@@ -107,12 +132,15 @@ def _connector_panel(state: LiveState, c) -> Panel:
     )
     totals.add_row("energy register", _fmt(energy, ",", " Wh"))
     totals.add_row("frequency", _fmt(state.value(meter, "frequency_hz"), ".2f", " Hz"))
-    if c.id in state.sessions and isinstance(energy, int):
-        start_wh, since = state.sessions[c.id]
-        minutes, seconds = divmod(int((utcnow() - since).total_seconds()), 60)
+    ev = state.sessions.get(c.id)
+    if ev is not None and c.id in state.since:
+        minutes, seconds = divmod(int((utcnow() - state.since[c.id]).total_seconds()), 60)
         totals.add_row(
             "session",
-            Text(f"{(energy - start_wh) / 1000:.3f} kWh in {minutes}:{seconds:02d}", style="bold"),
+            Text(
+                f"{session_line(ev, power)} · {minutes}:{seconds:02d}",
+                style="bold green" if ev.status == "Charging" else "bold",
+            ),
         )
     title = (
         f"connector {c.id} — EVSE {c.evse or '—'}, meter {c.meter or '(EVSE)'}"

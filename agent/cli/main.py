@@ -11,8 +11,10 @@ import typer
 from rich.table import Table
 
 from agent.billing import tariff_cmd
-from agent.cli import modbus_cmd, simctl_cmd
+from agent.cli import billing_cmd, keys_cmd, modbus_cmd, report_cmd, sessions_cmd, simctl_cmd
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.diagnose_cmd import diagnose
+from agent.cli.faults_cmd import faults
 from agent.config import ConfigError, load_config
 from agent.logsetup import setup_logging
 from hil.serial_pair import SerialPairError
@@ -28,7 +30,13 @@ config_app = typer.Typer(help="Check and show station configs.", no_args_is_help
 app.add_typer(config_app, name="config")
 app.add_typer(modbus_cmd.app, name="modbus")
 app.add_typer(tariff_cmd.app, name="tariff")
+app.add_typer(sessions_cmd.app, name="sessions")
+app.add_typer(billing_cmd.app, name="billing")
+app.add_typer(keys_cmd.app, name="keys")
+app.command("report")(report_cmd.report)
 app.add_typer(simctl_cmd.app, name="simctl")
+app.command("faults")(faults)
+app.command("diagnose")(diagnose)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]

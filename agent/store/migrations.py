@@ -65,6 +65,168 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "sessions, charge records, billing state",
+        """
+        -- Charging sessions (issue 4). Times are integer µs since the epoch, UTC, like
+        -- readings.ts; energy is integer Wh from the meter register; money is TEXT holding
+        -- Decimal digits (never REAL). A session's row, samples and events change together in
+        -- one transaction; a closed session has exactly one charge record.
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            connector INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('active', 'closed')),
+            status TEXT NOT NULL,
+            started_ts INTEGER NOT NULL,
+            charging_end_ts INTEGER,
+            ended_ts INTEGER,
+            auth_method TEXT NOT NULL,
+            id_token TEXT NOT NULL,
+            id_token_type TEXT NOT NULL,
+            meter_device TEXT NOT NULL,
+            meter_serial TEXT,
+            start_wh INTEGER NOT NULL CHECK (start_wh >= 0),
+            billed_wh INTEGER NOT NULL DEFAULT 0 CHECK (billed_wh >= 0),
+            tariff_id TEXT,
+            tariff_json TEXT,           -- the tariff in force at the start, as priced
+            limits_json TEXT NOT NULL DEFAULT '{}',
+            payment_json TEXT,
+            ocmf_begin TEXT,
+            tracker_json TEXT NOT NULL, -- metering state: high-water mark, gaps, review reasons
+            stop_reason TEXT,
+            updated_ts INTEGER NOT NULL,
+            CHECK ((state = 'active') = (ended_ts IS NULL))
+        );
+        CREATE UNIQUE INDEX sessions_one_active ON sessions (connector) WHERE state = 'active';
+        CREATE INDEX sessions_started ON sessions (started_ts);
+
+        -- Status transitions and session events (session_id NULL: the connector's own).
+        CREATE TABLE session_events (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT REFERENCES sessions (id),
+            connector INTEGER NOT NULL,
+            ts INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX session_events_session ON session_events (session_id, id);
+        CREATE INDEX session_events_connector ON session_events (connector, ts);
+
+        -- Register readings kept with a session: begin, periodic, clock-aligned, tariff
+        -- change, gap, anomaly, end. session_wh is the billed energy up to this sample.
+        CREATE TABLE meter_samples (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions (id),
+            ts INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            register_wh INTEGER NOT NULL CHECK (register_wh >= 0),
+            session_wh INTEGER NOT NULL CHECK (session_wh >= 0),
+            tx TEXT,                    -- OCMF reading reason when signed: B, T, E, L, R, A, P
+            measurands TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX meter_samples_session ON meter_samples (session_id, ts);
+
+        -- Charge records: the body is the chained JSON (see agent/billing/chain.py); the
+        -- other columns copy body fields for reports. delivered_ts is the outbox marker: set
+        -- once the cloud confirmed the record. Records are kept until then AND the retention
+        -- period passed; never deleted to make room.
+        CREATE TABLE charge_records (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            session_id TEXT NOT NULL UNIQUE REFERENCES sessions (id),
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            body TEXT NOT NULL,
+            connector INTEGER NOT NULL,
+            started_ts INTEGER NOT NULL,
+            ended_ts INTEGER NOT NULL,
+            energy_wh INTEGER NOT NULL CHECK (energy_wh >= 0),
+            currency TEXT,
+            total_excl_vat TEXT,
+            total_incl_vat TEXT,
+            review INTEGER NOT NULL DEFAULT 0 CHECK (review IN (0, 1)),
+            created_ts INTEGER NOT NULL,
+            delivered_ts INTEGER
+        );
+        CREATE INDEX charge_records_started ON charge_records (started_ts);
+        CREATE INDEX charge_records_undelivered ON charge_records (seq) WHERE delivered_ts IS NULL;
+        -- Guards against accidents (a deliberate edit is what `evedge billing verify` finds).
+        CREATE TRIGGER charge_records_immutable
+        BEFORE UPDATE OF seq, id, session_id, prev_hash, hash, body, energy_wh, total_excl_vat,
+            total_incl_vat ON charge_records
+        BEGIN
+            SELECT RAISE(ABORT, 'charge records are immutable; only delivered_ts may be set');
+        END;
+        CREATE TRIGGER charge_records_kept
+        BEFORE DELETE ON charge_records WHEN OLD.delivered_ts IS NULL
+        BEGIN
+            SELECT RAISE(ABORT, 'a charge record the cloud has not confirmed is never deleted');
+        END;
+
+        -- Small durable values: OCMF pagination counter, chain anchor, connector availability.
+        CREATE TABLE billing_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+
+        -- Authorization: the local list (OCPP SendLocalList; seeded from the config) and the
+        -- cache of online answers.
+        CREATE TABLE auth_list (
+            id_token TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            expiry_ts INTEGER,
+            group_id TEXT,
+            source TEXT NOT NULL,
+            updated_ts INTEGER NOT NULL
+        );
+        CREATE TABLE auth_cache (
+            id_token TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            expiry_ts INTEGER,
+            group_id TEXT,
+            updated_ts INTEGER NOT NULL
+        );
+
+        -- Payment terminal pre-authorizations and what became of them.
+        CREATE TABLE payments (
+            ref TEXT PRIMARY KEY,
+            connector INTEGER NOT NULL,
+            session_id TEXT REFERENCES sessions (id),
+            currency TEXT NOT NULL,
+            authorized TEXT NOT NULL,
+            captured TEXT,
+            status TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            updated_ts INTEGER NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        3,
+        "faults: raised and cleared, with their full payload",
+        """
+        -- Diagnosis faults (issue 3). One row per raised fault: payload is the FaultRaised
+        -- event's JSON, cleared the FaultCleared's (NULL while active). Times are integer
+        -- µs since the epoch, UTC. At most one active fault per rule and scope: after a
+        -- restart the active rows are loaded and re-evaluated, never raised twice.
+        CREATE TABLE faults (
+            fault_id TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            raised_ts INTEGER NOT NULL,
+            cleared_ts INTEGER,
+            clear_reason TEXT,
+            payload TEXT NOT NULL,
+            cleared TEXT,
+            CHECK ((cleared_ts IS NULL) = (cleared IS NULL))
+        );
+        CREATE UNIQUE INDEX faults_one_active ON faults (rule, scope) WHERE cleared_ts IS NULL;
+        CREATE INDEX faults_raised ON faults (raised_ts);
+        """,
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

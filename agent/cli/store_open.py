@@ -1,0 +1,29 @@
+"""Opening the store read-side for technician commands (sessions, report, billing verify)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.cli.common import Exit, fail, load_or_exit
+from agent.config import StationConfig
+from agent.sessions.store import SessionStore
+from agent.store.db import StoreError
+
+
+def config_and_store(config: Path) -> tuple[StationConfig, SessionStore]:
+    """The station config and its session store; exit with a clear message if either fails.
+
+    A store that does not exist yet is not created: the agent has not run with this config.
+    """
+    cfg = load_or_exit(config)
+    path = cfg.store.path
+    if not path.exists():
+        raise fail(
+            f"no store at {path}: the agent has not run with {config} yet (or [store] path "
+            "is relative to another working directory)",
+            Exit.CHECK_FAILED,
+        )
+    try:
+        return cfg, SessionStore(path)
+    except StoreError as e:
+        raise fail(str(e), Exit.CHECK_FAILED) from None

@@ -1,0 +1,98 @@
+"""Code tables a fault is reported with: OCPP 1.6, ChargeX MREC, OCPP 2.0.1 components.
+
+Rule files name codes; the loader checks them against these tables, so a typo in a rule
+file is refused at start instead of reaching a central system that rejects the message.
+"""
+
+from __future__ import annotations
+
+# OCPP 1.6 ChargePointErrorCode (StatusNotification.req errorCode).
+OCPP16_ERROR_CODES: frozenset[str] = frozenset(
+    {
+        "ConnectorLockFailure",
+        "EVCommunicationError",
+        "GroundFailure",
+        "HighTemperature",
+        "InternalError",
+        "LocalListConflict",
+        "NoError",
+        "OtherError",
+        "OverCurrentFailure",
+        "OverVoltage",
+        "PowerMeterFailure",
+        "PowerSwitchFailure",
+        "ReaderFailure",
+        "ResetFailure",
+        "UnderVoltage",
+        "WeakSignal",
+    }
+)
+# OCPP 1.6 calls an error with any status but Faulted a warning; EVCommunicationError is
+# defined as a warning only, so a rule may not make the connector Faulted with it.
+WARNING_ONLY = frozenset({"EVCommunicationError"})
+
+# ChargeX Minimum Required Error Codes (MREC), sent as vendorErrorCode under MREC_VENDOR_ID.
+MREC_VENDOR_ID = "https://chargex.inl.gov"
+MREC_CODES: dict[str, str] = {
+    "CX001": "ConnectorLockFailure",
+    "CX002": "GroundFailure",
+    "CX003": "HighTemperature",
+    "CX004": "OverCurrentFailure",
+    "CX005": "OverVoltage",
+    "CX006": "UnderVoltage",
+    "CX007": "WeakSignal",
+    "CX008": "EmergencyStop",
+    "CX009": "AuthorizationTimeout",
+    "CX010": "InvalidVehicleMode",
+    "CX011": "CableCheck",
+    "CX012": "PreCharge",
+    "CX013": "NoInternet",
+    "CX014": "PilotFault",
+    "CX015": "PowerLoss",
+    "CX016": "EVContactorFault",
+    "CX017": "EVSEContactorFault",
+    "CX018": "CableOverTempDerate",
+    "CX019": "CableOverTempStop",
+    "CX020": "PartialInsertion",
+    "CX021": "CapacitanceFault",
+    "CX022": "ResistanceFault",
+    "CX023": "ProximityFault",
+    "CX024": "ConnectorVoltageHigh",
+    "CX025": "BrokenLatch",
+    "CX026": "CutCable",
+}
+
+# vendorId for codes evedge defines itself (rule ids, or an EVSE's own code without MREC).
+EVEDGE_VENDOR_ID = "evedge"
+
+# OCPP 2.0.1 standardized components (Part 2 appendix) and the variables rules may report.
+OCPP201_COMPONENTS: dict[str, frozenset[str]] = {
+    "ChargingStation": frozenset({"Problem"}),
+    "ClockCtrlr": frozenset({"DateTime"}),
+    "Connector": frozenset({"Problem"}),
+    "ConnectorPlugRetentionLock": frozenset({"Problem"}),
+    "Controller": frozenset({"Problem"}),
+    "DataLink": frozenset({"Problem"}),
+    "ElectricalFeed": frozenset({"ACVoltage", "Problem"}),
+    "EVSE": frozenset({"Problem"}),
+    "FiscalMetering": frozenset({"Problem"}),
+    "OverCurrentProtection": frozenset({"Active"}),
+    "PowerContactor": frozenset({"Problem", "Tripped"}),
+    "RCD": frozenset({"Tripped"}),
+    "TemperatureSensor": frozenset({"Temperature", "Problem"}),
+}
+
+# OCPP 1.6 field limits (StatusNotification.req).
+INFO_MAX = 50
+VENDOR_ERROR_CODE_MAX = 50
+VENDOR_ID_MAX = 255
+
+# EVSE error words that are no fault at all: nothing to raise.
+EVSE_NOT_A_FAULT = frozenset({"none", "busy"})
+# What the context reports for a vendor code the device's profile has no entry for.
+UNMAPPED = "unmapped"
+
+
+def truncate(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with an ellipsis when it was longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

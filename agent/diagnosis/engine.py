@@ -1,0 +1,489 @@
+"""The diagnosis engine: rules x scopes, hysteresis, root cause and suppression.
+
+Every rule runs once per matching scope instance (each connector, device, bus, or the
+station). An instance is raised when its condition has been true for `raise_after_s` and
+cleared when it has been false for `clear_after_s`; unknown (missing evidence) changes
+nothing, so a fault neither appears nor disappears on a gap in the data. An instance
+raised again within FLAP_WINDOW_S of its last clear waits twice as long to clear (up to
+8x): an intermittent fault stays one fault instead of flapping.
+
+Root cause: rule A `explains` rule B (transitively). When A is active on a scope that
+shares a device with B's scope, B is suppressed (no FaultRaised of its own), and an
+already raised B is cleared with reason "explained". A due symptom waits while one of its
+explainers is already true but not yet due, so the cause is raised first. The raised
+fault lists the symptoms it explains; they raise its confidence.
+
+The engine is pure: no I/O, no event loop. `ingest()` bus events, `evaluate()` to get the
+FaultRaised / FaultCleared events of this moment; the service publishes and stores them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import structlog
+
+from agent.config import StationConfig
+from agent.diagnosis import codes as C
+from agent.diagnosis.config import DiagnosisConfig
+from agent.diagnosis.context import (
+    DeviceState,
+    Scope,
+    ScopeEnv,
+    build_scopes,
+    device_states,
+)
+from agent.diagnosis.expr import Expr, Value
+from agent.diagnosis.facts import StationFacts
+from agent.diagnosis.rules import Rule, explained_closure
+from agent.diagnosis.sides import ConnectorSessions
+from agent.events import (
+    DeviceHealth,
+    Event,
+    FaultCleared,
+    FaultCodes,
+    FaultRaised,
+    Reading,
+    Symptom,
+    utcnow,
+)
+from drivers.profile import Profile
+
+log = structlog.get_logger(__name__)
+
+FLAP_WINDOW_S = 600.0
+MAX_EVIDENCE = 24
+CONFIDENCE_PER_SYMPTOM = 0.05
+
+Status = Literal["idle", "active", "suppressed"]
+
+
+@dataclass(eq=False)
+class Instance:
+    """One rule on one scope: its condition's last value, timers and fault state."""
+
+    rule: Rule
+    scope: Scope
+    device_kind: str | None
+    raise_after: float
+    clear_after: float
+    value: Value = None
+    true_since: float | None = None
+    false_since: float | None = None
+    status: Status = "idle"
+    raised: FaultRaised | None = None
+    root: Instance | None = None
+    env: ScopeEnv | None = None
+    raises: deque[float] = field(default_factory=deque)
+    expr: Expr = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.expr = self.rule.expr  # resolved once: evaluated every second
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.rule.id, self.scope.key
+
+    def effective_clear_after(self) -> float:
+        """clear_after_s, doubled per re-raise within the flap window (max 8x)."""
+        return self.clear_after * 2 ** min(max(len(self.raises) - 1, 0), 3)
+
+    def track(self, value: Value, now: float) -> None:
+        """Record the condition's value; unknown leaves the timers alone."""
+        self.value = value
+        if value is True:
+            self.false_since = None
+            self.true_since = self.true_since if self.true_since is not None else now
+        elif value is False:
+            self.true_since = None
+            self.false_since = self.false_since if self.false_since is not None else now
+
+
+def _ordered(rules: Mapping[str, Rule]) -> list[str]:
+    """Rule ids with every cause before the symptoms it explains."""
+    out: list[str] = []
+    seen: set[str] = set()
+    explainers = {rid: [r for r in rules.values() if rid in r.explains] for rid in rules}
+
+    def visit(rid: str) -> None:
+        if rid in seen:
+            return
+        seen.add(rid)
+        for r in explainers[rid]:
+            visit(r.id)
+        out.append(rid)
+
+    for rid in rules:
+        visit(rid)
+    return out
+
+
+class DiagnosisEngine:
+    """Evaluates every rule on every scope of a station; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: StationConfig,
+        rules: Mapping[str, Rule],
+        profiles: Mapping[str, Profile],
+        facts: StationFacts | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        dcfg: DiagnosisConfig | None = None,
+    ):
+        self.cfg = cfg
+        self.dcfg = dcfg or getattr(cfg, "diagnosis", None) or DiagnosisConfig()
+        self.rules = {rid: r for rid, r in rules.items() if self._enabled(rid)}
+        self.clock = clock
+        self.facts = facts or StationFacts()
+        thresholds = self.dcfg.thresholds()
+        keep: dict[str, float] = {}
+        for r in self.rules.values():
+            for ref, seconds in r.expr.windows.items():
+                q = ref.parts[1]
+                keep[q] = max(keep.get(q, 0.0), seconds * 1.5 + 5)
+        kinds = {name: p.kind for name, p in profiles.items()}
+        self.devices: dict[str, DeviceState] = device_states(cfg, self.dcfg, dict(profiles), keep)
+        self.scopes = build_scopes(cfg, self.dcfg, kinds)
+        self.bus_kinds = {b.name: b.kind for b in cfg.bus}
+        self.closure = explained_closure(self.rules)
+        self.sessions = {c.id: ConnectorSessions() for c in cfg.connector}
+        self._evse_of: dict[str, list[int]] = {}
+        for c in cfg.connector:
+            if c.evse:
+                self._evse_of.setdefault(c.evse, []).append(c.id)
+        self.instances: list[Instance] = []
+        for rid in _ordered(self.rules):
+            rule = self.rules[rid]
+            tuning = self.dcfg.rule.get(rid)
+            for scope in self.scopes:
+                if scope.kind != rule.scope:
+                    continue
+                kind = kinds.get(scope.role("device") or "") if scope.kind == "device" else None
+                if rule.applies_to != "any" and kind != rule.applies_to:
+                    continue
+                raise_after = rule.seconds("raise_after_s", thresholds)
+                clear_after = rule.seconds("clear_after_s", thresholds)
+                if tuning is not None:
+                    raise_after = _pick(tuning.raise_after_s, raise_after)
+                    clear_after = _pick(tuning.clear_after_s, clear_after)
+                self.instances.append(Instance(rule, scope, kind, raise_after, clear_after))
+        self._by_key = {i.key: i for i in self.instances}
+
+    def _enabled(self, rid: str) -> bool:
+        tuning = self.dcfg.rule.get(rid)
+        return tuning is None or tuning.enabled
+
+    # ------------------------------------------------------------------------ input
+
+    def ingest(self, event: Event) -> None:
+        """Take one bus event (Readings and DeviceHealth; others are ignored)."""
+        now = self.clock().timestamp()
+        if isinstance(event, Reading):
+            dev = self.devices.get(event.device)
+            if dev is None:
+                return
+            dev.ingest_reading(event, now)
+            if event.quantity == "cp_state" and isinstance(event.value, str):
+                for cid in self._evse_of.get(event.device, ()):
+                    self._plug_event(cid, self.sessions[cid].on_cp(event.value))
+        elif isinstance(event, DeviceHealth):
+            dev = self.devices.get(event.device)
+            if dev is not None:
+                dev.ingest_health(event, now)
+
+    def ingest_many(self, events: Iterable[Event]) -> None:
+        """ingest() each event in order."""
+        for e in events:
+            self.ingest(e)
+
+    def note_vehicle(self, connector: int, vehicle: str) -> None:
+        """Name the vehicle of the connector's current plug-in session (sharper sides)."""
+        current = self.sessions[connector].current
+        if current is not None:
+            current.vehicle = vehicle
+
+    def _plug_event(self, cid: int, what: str | None) -> None:
+        if what != "started":
+            return
+        # A tracked fault still active when the next vehicle plugs in counts for it too.
+        for inst in self.instances:
+            if inst.rule.side == "track" and cid in inst.scope.connectors and inst.status != "idle":
+                self.sessions[cid].mark(inst.rule.id)
+
+    # ------------------------------------------------------------------- evaluation
+
+    def evaluate(self) -> list[Event]:
+        """Run every instance now; returns the FaultRaised / FaultCleared of this moment."""
+        now_dt = self.clock()
+        now = now_dt.timestamp()
+        facts = self.facts.snapshot(now_dt)
+        charging = {cid: s.charging() for cid, s in self.sessions.items()}
+        for inst in self.instances:
+            env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, charging, now)
+            inst.track(inst.expr(env), now)
+            inst.env = env
+        out: list[Event] = []
+        for inst in self.instances:
+            if (
+                inst.status != "idle"
+                and inst.value is False
+                and inst.false_since is not None
+                and now - inst.false_since >= inst.effective_clear_after()
+            ):
+                if inst.status == "active":
+                    out.append(self._cleared(inst, now_dt, "resolved"))
+                inst.status, inst.root = "idle", None
+        for inst in self.instances:  # causes before their symptoms
+            if inst.status == "active":
+                continue
+            due = (
+                inst.value is True
+                and inst.true_since is not None
+                and now - inst.true_since >= inst.raise_after
+            )
+            if not due and inst.status == "idle":
+                continue
+            root = self._explainer(inst, active=True)
+            if inst.status == "suppressed":
+                if root is not None:
+                    inst.root = root
+                    continue
+                inst.status, inst.root = "idle", None
+            if not due:
+                continue
+            if root is not None:
+                inst.status, inst.root = "suppressed", root
+                log.debug(
+                    "fault.suppressed",
+                    rule=inst.rule.id,
+                    scope=inst.scope.key,
+                    by=root.raised.fault_id if root.raised else None,
+                )
+                continue
+            if self._explainer(inst, active=False) is not None:
+                continue  # its cause is about to be raised: let it go first
+            out.extend(self._raise(inst, now_dt))
+        return out
+
+    def next_due(self) -> float | None:
+        """Seconds until a pending fault's raise_after (or an active one's clear_after)
+        runs out, so the caller can evaluate right then; None if nothing is pending."""
+        now = self.clock().timestamp()
+        due: list[float] = []
+        for i in self.instances:
+            if i.status == "idle" and i.value is True and i.true_since is not None:
+                due.append(i.true_since + i.raise_after)
+            elif i.status != "idle" and i.value is False and i.false_since is not None:
+                due.append(i.false_since + i.effective_clear_after())
+        return max(0.0, min(due) - now) if due else None
+
+    def _explainer(self, inst: Instance, active: bool) -> Instance | None:
+        """An active explainer of `inst` (active=True), or a pending one (False)."""
+        for other in self.instances:
+            if other is inst or inst.rule.id not in self.closure.get(other.rule.id, ()):
+                continue
+            if not other.scope.related(inst.scope):
+                continue
+            if active and other.status == "active":
+                return other
+            if not active and other.status == "idle" and other.value is True:
+                return other
+        return None
+
+    def _symptoms(self, inst: Instance) -> list[Instance]:
+        """Instances `inst` explains that show now (true, raised or suppressed)."""
+        explained = self.closure.get(inst.rule.id, frozenset())
+        return [
+            o
+            for o in self.instances
+            if o is not inst
+            and o.rule.id in explained
+            and o.scope.related(inst.scope)
+            and (o.value is True or o.status != "idle")
+        ]
+
+    def _raise(self, inst: Instance, now_dt: datetime) -> list[Event]:
+        rule, scope, env = inst.rule, inst.scope, inst.env
+        assert env is not None
+        now = now_dt.timestamp()
+        inst.raises.append(now)
+        while inst.raises and inst.raises[0] < now - FLAP_WINDOW_S:
+            inst.raises.popleft()
+        symptoms = self._symptoms(inst)
+        labels = env.labels()
+        side, basis = rule.side, ""
+        if rule.side == "track":
+            (cid,) = scope.connectors
+            sessions = self.sessions[cid]
+            side, basis = sessions.verdict(rule.id)
+            sessions.mark(rule.id)
+        elif rule.side != "unknown":
+            basis = "fixed by the rule"
+        connectors = sorted({c for i in (inst, *symptoms) for c in i.scope.connectors})
+        devices = sorted({d for i in (inst, *symptoms) for d in _affected(i.scope)})
+        raised = FaultRaised(
+            ts=now_dt,
+            fault_id=f"{now_dt:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
+            rule=rule.id,
+            scope=scope.key,
+            title=rule.texts("title", labels),
+            root_cause=rule.texts("root_cause", labels),
+            severity=rule.severity,
+            connectors=connectors,
+            devices=devices,
+            evidence=env.evidence_list()[:MAX_EVIDENCE],
+            confidence=_confidence(rule.confidence, len(symptoms)),
+            codes=self._codes(inst, labels),
+            faulted=rule.faulted or any(s.rule.faulted for s in symptoms),
+            driver_message=rule.texts("driver_message", labels),
+            technician_steps=rule.steps(labels),
+            explains=[
+                Symptom(rule=s.rule.id, scope=s.scope.key, title=s.rule.title.en) for s in symptoms
+            ],
+            side=side if side in ("charger", "vehicle") else "unknown",
+            side_basis=basis,
+        )
+        inst.status, inst.raised, inst.root = "active", raised, None
+        log.warning(
+            "fault.raised",
+            fault_id=raised.fault_id,
+            rule=rule.id,
+            scope=scope.key,
+            connectors=connectors,
+            devices=devices,
+            error_code=raised.codes.error_code,
+            vendor_error_code=raised.codes.vendor_error_code,
+            faulted=raised.faulted,
+            side=raised.side,
+            explains=[f"{s.rule.id}@{s.scope.key}" for s in symptoms],
+            root_cause=raised.root_cause["en"],
+        )
+        out: list[Event] = [raised]
+        for s in symptoms:
+            if s.status == "active":
+                out.append(self._cleared(s, now_dt, "explained", by=raised.fault_id))
+            s.status, s.root = "suppressed", inst
+        return out
+
+    def _codes(self, inst: Instance, labels: Mapping[str, str]) -> FaultCodes:
+        codes = inst.rule.codes_for(inst.device_kind)
+        env = inst.env
+        decoded = None
+        if inst.rule.evse_faults and env is not None:
+            got = env.evidence.get(f"{inst.scope.role('evse')}.fault")
+            if got is not None and got[0] in inst.rule.evse_faults:
+                decoded = labels.get("code", "-"), labels.get("code_text", "-")
+        if codes.mrec:
+            vendor_id, vendor_code = C.MREC_VENDOR_ID, codes.mrec
+        elif decoded:
+            vendor_id, vendor_code = labels.get("manufacturer", C.EVEDGE_VENDOR_ID), decoded[0]
+        else:
+            vendor_id, vendor_code = C.EVEDGE_VENDOR_ID, inst.rule.id
+        info = f"{decoded[0]}: {decoded[1]}" if decoded else inst.rule.title.en
+        return FaultCodes(
+            error_code=codes.ocpp16,
+            vendor_id=C.truncate(vendor_id, C.VENDOR_ID_MAX),
+            vendor_error_code=C.truncate(vendor_code, C.VENDOR_ERROR_CODE_MAX),
+            info=C.truncate(info, C.INFO_MAX),
+            mrec=codes.mrec,
+            component=codes.component,
+            variable=codes.variable,
+        )
+
+    def _cleared(
+        self, inst: Instance, now_dt: datetime, reason: str, by: str | None = None
+    ) -> FaultCleared:
+        raised = inst.raised
+        assert raised is not None
+        cleared = FaultCleared(
+            ts=now_dt,
+            fault_id=raised.fault_id,
+            rule=raised.rule,
+            scope=raised.scope,
+            connectors=raised.connectors,
+            devices=raised.devices,
+            raised_ts=raised.ts,
+            reason=reason,
+            explained_by=by,
+        )
+        log.info(
+            "fault.cleared",
+            fault_id=raised.fault_id,
+            rule=raised.rule,
+            scope=raised.scope,
+            reason=reason,
+            explained_by=by,
+            duration_s=round((now_dt - raised.ts).total_seconds(), 1),
+        )
+        inst.raised = None
+        return cleared
+
+    # --------------------------------------------------------------------- restart
+
+    def restore(self, active: Iterable[FaultRaised]) -> list[FaultCleared]:
+        """Take the faults active before a restart: they stay raised (same fault id) until
+        the data says otherwise. Faults whose rule or scope no longer exists are retired."""
+        retired: list[FaultCleared] = []
+        now_dt = self.clock()
+        for raised in active:
+            inst = self._by_key.get((raised.rule, raised.scope))
+            if inst is None:
+                retired.append(
+                    FaultCleared(
+                        ts=now_dt,
+                        fault_id=raised.fault_id,
+                        rule=raised.rule,
+                        scope=raised.scope,
+                        connectors=raised.connectors,
+                        devices=raised.devices,
+                        raised_ts=raised.ts,
+                        reason="retired",
+                        detail="rule disabled or removed, or scope no longer configured",
+                    )
+                )
+                continue
+            inst.status, inst.raised = "active", raised
+            inst.raises.append(raised.ts.timestamp())
+            log.info(
+                "fault.restored", fault_id=raised.fault_id, rule=raised.rule, scope=raised.scope
+            )
+        return retired
+
+    def active(self) -> list[FaultRaised]:
+        """The faults raised and not cleared, causes first."""
+        return [i.raised for i in self.instances if i.status == "active" and i.raised]
+
+    def suppressed(self) -> list[tuple[str, str, str]]:
+        """(rule, scope, root fault id) of every symptom held back by a root cause."""
+        return [
+            (i.rule.id, i.scope.key, i.root.raised.fault_id)
+            for i in self.instances
+            if i.status == "suppressed" and i.root is not None and i.root.raised is not None
+        ]
+
+    def instance(self, rule: str, scope: str) -> Instance | None:
+        """The instance of `rule` on `scope` (e.g. 'connector:1'), if it exists."""
+        return self._by_key.get((rule, scope))
+
+    def now(self) -> datetime:
+        """The engine's clock."""
+        return self.clock()
+
+
+def _affected(scope: Scope) -> frozenset[str]:
+    # The station scope "contains" every device but affects none in particular.
+    return frozenset() if scope.kind == "station" else scope.devices
+
+
+def _confidence(base: float, symptoms: int) -> float:
+    # Each symptom the cause explains is one more independent observation agreeing with it.
+    return round(min(0.99, base + CONFIDENCE_PER_SYMPTOM * symptoms), 2)
+
+
+def _pick(override: float | None, default: float) -> float:
+    return default if override is None else override

@@ -1,0 +1,111 @@
+"""Station-level facts behind `station.*` in rule conditions: clock, disk, cloud.
+
+Each fact is a provider (a callable), so the service reads the real ones (the kernel's NTP
+state, free space where the store lives, the last contact with the cloud) and tests, the
+simulator and HIL runs set them by hand (`ManualFacts`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.diagnosis.expr import Value
+
+
+@dataclass
+class CloudStatus:
+    """Last successful contact with the cloud; sync clients (and the probe) update it."""
+
+    configured: bool = False
+    last_contact: datetime | None = None
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def offline_s(self, now: datetime) -> float | None:
+        """Seconds without contact (since start if never), None if no cloud is configured."""
+        if not self.configured:
+            return None
+        return (now - (self.last_contact or self.since)).total_seconds()
+
+
+def kernel_clock_synced() -> bool:
+    """The kernel's NTP state (adjtimex), shared with the session engine's OCMF time status."""
+    from agent.billing.ocmf import TimeStatus
+    from agent.sessions.clock import clock_status
+
+    return clock_status() == TimeStatus.SYNCHRONIZED
+
+
+def disk_free(path: Path) -> tuple[float, float] | None:
+    """(free %, free MB) of the file system holding `path` (its nearest existing parent)."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        usage = shutil.disk_usage(p)
+    except OSError:
+        return None
+    return usage.free * 100 / usage.total, usage.free / 1e6
+
+
+class StationFacts:
+    """Station-level facts behind `station.*`; each is a provider so tests can set them."""
+
+    def __init__(
+        self,
+        clock_synced: Callable[[], bool | None] = kernel_clock_synced,
+        disk: Callable[[], tuple[float, float] | None] = lambda: None,
+        cloud: CloudStatus | None = None,
+    ):
+        self.clock_synced = clock_synced
+        self.disk = disk
+        self.cloud = cloud or CloudStatus()
+
+    @classmethod
+    def for_store(cls, store_path: Path, cloud: CloudStatus | None = None) -> StationFacts:
+        """The real providers: kernel clock state, free space where the store lives."""
+        return cls(kernel_clock_synced, lambda: disk_free(store_path), cloud)
+
+    def snapshot(self, now: datetime) -> dict[str, Value]:
+        """All facts at `now` (providers are called once per evaluation)."""
+        disk = self.disk()
+        offline = self.cloud.offline_s(now)
+        return {
+            "clock_synced": self.clock_synced(),
+            "disk_free_pct": None if disk is None else round(disk[0], 2),
+            "disk_free_mb": None if disk is None else round(disk[1], 1),
+            "cloud_configured": self.cloud.configured,
+            "cloud_offline_s": None if offline is None else round(offline, 1),
+        }
+
+
+class ManualFacts(StationFacts):
+    """Facts set by hand (tests, the simulator, HIL runs): `facts.set(clock_synced=False)`."""
+
+    def __init__(self, **values: Value):
+        self.values: dict[str, Value] = {
+            "clock_synced": True,
+            "disk_free_pct": 50.0,
+            "disk_free_mb": 8000.0,
+        }
+        super().__init__(
+            lambda: self.values["clock_synced"],  # type: ignore[arg-type, return-value]
+            lambda: (self.values["disk_free_pct"], self.values["disk_free_mb"]),  # type: ignore[arg-type, return-value]
+        )
+        self.set(**values)
+
+    def set(self, **values: Any) -> None:
+        """Change facts; cloud_configured / cloud_last_contact go to the CloudStatus."""
+        for k, v in values.items():
+            if k == "cloud_configured":
+                self.cloud.configured = bool(v)
+            elif k == "cloud_last_contact":
+                self.cloud.last_contact = v
+            elif k in self.values:
+                self.values[k] = v
+            else:
+                raise KeyError(f"unknown station fact {k!r}")

@@ -1,0 +1,144 @@
+"""The diagnosis service: the engine as a bus consumer, with persistence and a 1 s tick.
+
+Readings and device health come in from the bus. The engine runs on every batch of
+events, at the moment a pending fault's raise/clear time runs out, and on a 1 s tick when
+the bus is quiet (time alone can raise or clear a fault).
+Its FaultRaised / FaultCleared go out on the bus and into the store. At start the faults
+still active in the store are handed back to the engine: re-evaluated, not forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+import structlog
+
+from agent.bus import EventBus
+from agent.config import StationConfig
+from agent.diagnosis.config import DiagnosisConfig
+from agent.diagnosis.engine import DiagnosisEngine
+from agent.diagnosis.facts import CloudStatus, StationFacts
+from agent.diagnosis.rules import Rule, load_rules
+from agent.diagnosis.store import FaultLog
+from agent.events import DeviceHealth, Event, FaultCleared, FaultRaised, Reading, utcnow
+from drivers.profile import Profile
+
+log = structlog.get_logger(__name__)
+
+
+def diagnosis_config(cfg: StationConfig) -> DiagnosisConfig:
+    """The station's [diagnosis] section (defaults when it has none)."""
+    return getattr(cfg, "diagnosis", None) or DiagnosisConfig()
+
+
+class DiagnosisService:
+    """Run the engine on the bus; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: StationConfig,
+        bus: EventBus,
+        profiles: Mapping[str, Profile],
+        *,
+        facts: StationFacts | None = None,
+        rules: Mapping[str, Rule] | None = None,
+        fault_log: FaultLog | None = None,
+        tick_s: float = 1.0,
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        dcfg = diagnosis_config(cfg)
+        self.cloud = CloudStatus(configured=bool(dcfg.cloud_endpoints))
+        self.facts = facts or StationFacts.for_store(cfg.store.path, self.cloud)
+        self.engine = DiagnosisEngine(
+            cfg, rules or load_rules(dcfg.rules_dir), profiles, self.facts, clock, dcfg
+        )
+        self.bus = bus
+        self.dcfg = dcfg
+        self.tick_s = tick_s
+        self.store_path = cfg.store.path
+        self.log = fault_log  # opened in run(): an agent built but never started holds nothing
+        # Subscribe now: nothing published before run() starts is missed.
+        self._sub = bus.subscribe(Reading, DeviceHealth, maxsize=20_000)
+        self.raised = 0
+        self.cleared = 0
+
+    async def run(self) -> None:
+        """Diagnose until cancelled."""
+        probe = None
+        if self.log is None:
+            self.log = await asyncio.to_thread(FaultLog, self.store_path)
+        try:
+            await self._restore()
+            if self.dcfg.cloud_endpoints and self.facts.cloud is self.cloud:
+                probe = asyncio.create_task(self._probe_cloud(), name="diagnosis cloud probe")
+            while True:
+                # Wake on the next event, the tick, or the moment a pending fault is due,
+                # whichever comes first: raise/clear times are kept to the millisecond.
+                due = self.engine.next_due()
+                wait = self.tick_s if due is None else min(self.tick_s, due + 0.001)
+                try:
+                    first = await asyncio.wait_for(self._sub.get(), wait)
+                except TimeoutError:
+                    first = None
+                batch = [first] if first is not None else []
+                while (ev := self._sub.get_nowait()) is not None:
+                    batch.append(ev)
+                self.engine.ingest_many(batch)
+                await self._emit(self.engine.evaluate())
+        finally:
+            if probe is not None:
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
+            self._sub.close()
+            self.log.close()
+
+    async def _restore(self) -> None:
+        assert self.log is not None
+        records = await asyncio.to_thread(self.log.active)
+        retired = self.engine.restore([r.raised for r in records])
+        if records:
+            log.info("diagnosis.restored", active=len(records) - len(retired), retired=len(retired))
+        await self._emit(list(retired))
+
+    async def _emit(self, events: list[Event]) -> None:
+        if not events:
+            return
+        for e in events:
+            if isinstance(e, FaultRaised):
+                self.raised += 1
+            elif isinstance(e, FaultCleared):
+                self.cleared += 1
+        self.bus.publish_many(events)
+        assert self.log is not None
+        try:
+            await asyncio.to_thread(self.log.record_many, events)  # type: ignore[arg-type]
+        except Exception as e:  # the bus has them; a full disk must not stop diagnosis
+            log.error(
+                "diagnosis.store_failed", path=str(self.log.path), error=str(e), events=len(events)
+            )
+
+    async def _probe_cloud(self) -> None:
+        """Until a sync client reports contacts itself: TCP-connect to the endpoints."""
+        while True:
+            for endpoint in self.dcfg.cloud_endpoints:
+                if await reachable(endpoint):
+                    self.cloud.last_contact = utcnow()
+                    break
+            await asyncio.sleep(self.dcfg.cloud_probe_interval_s)
+
+
+async def reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
+    """True if a TCP connection to host:port opens within `timeout_s`."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -1,0 +1,109 @@
+"""Faults in the store: every raise and clear, with the full event, committed one by one.
+
+`FaultLog` opens its own connection to the store database (WAL: it writes alongside the
+readings writer, and the CLI reads while the service runs). Synchronous: the service calls
+it from a worker thread, the CLI directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.events import FaultCleared, FaultRaised
+from agent.store.db import open_db, transaction
+from agent.store.readings import ts_to_us
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    """One fault as stored: the raise, and the clear once it is over."""
+
+    raised: FaultRaised
+    cleared: FaultCleared | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.cleared is None
+
+    def as_json(self) -> dict:
+        """JSON-ready: the FaultRaised fields plus `active` and `cleared`."""
+        return {
+            **self.raised.model_dump(mode="json"),
+            "active": self.active,
+            "cleared": self.cleared.model_dump(mode="json") if self.cleared else None,
+        }
+
+
+class FaultLog:
+    """The `faults` table of a store database."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._conn = open_db(self.path)
+        self._lock = threading.Lock()
+
+    def record(self, event: FaultRaised | FaultCleared) -> None:
+        """Store a raise (a new row) or a clear (completes its row); idempotent."""
+        with self._lock, transaction(self._conn):
+            if isinstance(event, FaultRaised):
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO faults (fault_id, rule, scope, severity, raised_ts, "
+                    "payload) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        event.fault_id,
+                        event.rule,
+                        event.scope,
+                        event.severity,
+                        ts_to_us(event.ts),
+                        event.model_dump_json(),
+                    ),
+                )
+            else:
+                self._conn.execute(
+                    "UPDATE faults SET cleared_ts = ?, clear_reason = ?, cleared = ? "
+                    "WHERE fault_id = ? AND cleared_ts IS NULL",
+                    (ts_to_us(event.ts), event.reason, event.model_dump_json(), event.fault_id),
+                )
+
+    def record_many(self, events: list[FaultRaised | FaultCleared]) -> None:
+        """record() each event, in order."""
+        for e in events:
+            self.record(e)
+
+    def active(self) -> list[FaultRecord]:
+        """Faults not cleared, oldest first."""
+        return self._select("WHERE cleared_ts IS NULL ORDER BY raised_ts", ())
+
+    def history(self, limit: int = 100) -> list[FaultRecord]:
+        """The newest `limit` faults, active or not, newest first."""
+        return self._select("ORDER BY raised_ts DESC LIMIT ?", (limit,))
+
+    def get(self, fault_id: str) -> FaultRecord | None:
+        """One fault by id."""
+        rows = self._select("WHERE fault_id = ?", (fault_id,))
+        return rows[0] if rows else None
+
+    def _select(self, where: str, args: tuple) -> list[FaultRecord]:
+        with self._lock:
+            rows = self._conn.execute(f"SELECT payload, cleared FROM faults {where}", args)
+            rows = rows.fetchall()
+        return [
+            FaultRecord(
+                FaultRaised.model_validate_json(p),
+                FaultCleared.model_validate_json(c) if c else None,
+            )
+            for p, c in rows
+        ]
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> FaultLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,195 @@
+"""Config sections of sessions and billing: `[billing]`, `[sessions]` and `[auth]`.
+
+They hang off StationConfig (one field each); a station without `[billing]` polls and stores
+readings but runs no session engine. Relative paths (tariff file, key directory) are taken
+from the working directory, like `[store] path`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from agent.billing.tariff import Tariff, TariffError, TariffRestrictions, load_tariff
+
+
+def _no_float(v: object) -> object:
+    # TOML floats are binary; money goes through str() so 0.1 stays 0.1.
+    return Decimal(str(v)) if isinstance(v, float) else v
+
+
+Money = Annotated[Decimal, BeforeValidator(_no_float), Field(ge=0, allow_inf_nan=False)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SessionLimits(_Section):
+    """Stop a session when it reaches any of these (None: no limit)."""
+
+    max_energy_wh: int | None = Field(default=None, gt=0)
+    max_duration_s: int | None = Field(default=None, gt=0)
+    max_cost: Money | None = Field(default=None, description="incl. VAT where known, else excl.")
+
+
+class Sampling(_Section):
+    """Meter samples kept with each session (besides its start, end, gaps and anomalies)."""
+
+    interval_s: float = Field(default=60, gt=0, le=3600, description="periodic sample")
+    clock_aligned_s: int = Field(
+        default=900, ge=0, le=86400, description="sample at each multiple (UTC); 0: off"
+    )
+    checkpoint_s: float = Field(
+        default=5, gt=0, le=300, description="how often the last register reading is persisted"
+    )
+    measurands: list[str] = Field(
+        default_factory=lambda: ["energy_import_wh", "power_w"],
+        description="quantities stored with each sample (energy_import_wh is always kept)",
+    )
+
+    @field_validator("measurands")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from drivers import quantities
+
+        for q in v:
+            if q not in quantities.QUANTITIES:
+                raise ValueError(f"unknown quantity {q!r}")
+        return v
+
+
+class PaymentConfig(_Section):
+    """An ad-hoc payment terminal: pre-authorize, capture the final cost, void on failure."""
+
+    enabled: bool = False
+    preauth_cap: Money = Field(default=Decimal("50.00"), description="most ever pre-authorized")
+    preauth_energy_wh: int = Field(
+        default=30_000, gt=0, description="pre-authorize the price of this much energy (capped)"
+    )
+    timeout_s: float = Field(default=30, gt=0, le=300)
+
+
+class BillingConfig(_Section):
+    """How sessions are priced, signed and kept."""
+
+    tariff: Path | None = Field(default=None, description="OCPI 2.2.1 tariff file (JSON or TOML)")
+    timezone: str = "UTC"
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    retention_days: int = Field(default=730, ge=1, description="after the cloud confirmed")
+    key_dir: Path = Path("/var/lib/evedge/keys")
+    signer: Literal["agent", "meter"] = "agent"
+    free_vend: bool = False
+    free_vend_token: str = Field(default="FREEVEND", min_length=1, max_length=36)
+    limits: SessionLimits = SessionLimits()
+    sampling: Sampling = Sampling()
+    payment: PaymentConfig = PaymentConfig()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown timezone {v!r} (use an IANA name like Europe/Berlin)"
+            ) from None
+        return v
+
+    @field_validator("tariff")
+    @classmethod
+    def _tariff_loads(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            load_billing_tariff(v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BillingConfig:
+        if self.tariff is None and not self.free_vend:
+            raise ValueError("tariff: required unless free_vend = true")
+        if self.tariff is not None and self.currency is not None:
+            t = load_billing_tariff(self.tariff)
+            if t.currency != self.currency:
+                raise ValueError(
+                    f"currency: tariff {t.id} is in {t.currency}, the station bills {self.currency}"
+                )
+        if self.payment.enabled and self.tariff is None:
+            raise ValueError("payment: a payment terminal needs a tariff to pre-authorize from")
+        return self
+
+
+def load_billing_tariff(path: Path) -> Tariff:
+    """Load a tariff for billing; ValueError (one line per problem) if it is invalid or if
+    some priced dimension has no unrestricted fallback element (a session could then find no
+    matching element and go unpriced: refused at load, not at the end of a session)."""
+    try:
+        tariff = load_tariff(path)
+    except TariffError as e:
+        raise ValueError("; ".join(f"{path}: {p}: {m}" for p, m in e.problems)) from None
+    missing = []
+    for dim in sorted({c.type for el in tariff.elements for c in el.price_components}):
+        fallback = any(
+            (el.restrictions is None or el.restrictions == TariffRestrictions())
+            and el.component(dim) is not None
+            for el in tariff.elements
+        )
+        if not fallback:
+            missing.append(dim.value)
+    if missing:
+        raise ValueError(
+            f"{path}: tariff {tariff.id} cannot price every session: no unrestricted fallback "
+            f"element for {', '.join(missing)} (add one last, as OCPI recommends)"
+        )
+    return tariff
+
+
+class SessionsConfig(_Section):
+    """Timing of the session engine."""
+
+    connection_timeout_s: float = Field(
+        default=60, gt=0, description="an authorization waits this long for the plug"
+    )
+    meter_max_age_s: float = Field(
+        default=10, gt=0, description="a register reading older than this is stale"
+    )
+    end_reading_timeout_s: float = Field(
+        default=5, gt=0, description="wait for a meter reading taken after the stop"
+    )
+    recovery_timeout_s: float = Field(
+        default=10, gt=0, description="after a restart, wait this long for EVSE and meter"
+    )
+    gap_after_s: float = Field(
+        default=10, gt=0, description="no register reading for this long is a metering gap"
+    )
+    jump_slack_wh: int = Field(
+        default=5, ge=0, description="tolerance over max power x time before a jump is flagged"
+    )
+    backwards_glitch_wh: int = Field(
+        default=1000,
+        ge=0,
+        description="a register drop up to this is a glitch (nothing billed until it passes its "
+        "high-water mark again); a larger drop is a reset (counted from the new value)",
+    )
+    nominal_voltage_v: float = Field(default=230, gt=0, le=1000)
+
+
+class LocalListEntry(_Section):
+    id: str = Field(min_length=1, max_length=36)
+    status: Literal["Accepted", "Blocked", "Expired", "Invalid"] = "Accepted"
+    group: str | None = Field(default=None, max_length=36)
+
+
+class AuthConfig(_Section):
+    """Authorization: local list (seeded from here), cache, offline behaviour."""
+
+    local_list: list[LocalListEntry] = Field(default_factory=list)
+    cache_enabled: bool = True
+    cache_ttl_s: int = Field(default=7 * 86400, gt=0)
+    allow_offline_unknown: bool = Field(
+        default=False, description="accept unknown tokens while the online authorizer is down"
+    )
+    online_timeout_s: float = Field(default=10, gt=0, le=120)

@@ -1,0 +1,296 @@
+"""The session engine: one Connector task per connector, fed from the bus, with a command API.
+
+    engine = SessionEngine(cfg, bus, station.devices)   # cfg.billing must be set
+    task = asyncio.create_task(engine.run())
+    await engine.authorize(1, card_token("DEMO-0042"))  # a card at connector 1's reader
+    await engine.stop(1, by="remote")
+
+Faults: the engine subscribes to `FaultRaised`/`FaultCleared` when agent.events defines them
+(the diagnosis engine publishes them) and stops a session on a fault that makes its
+connector Faulted. Without diagnosis, the EVSE's own control pilot state E/F stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from importlib import metadata
+from typing import Any
+
+import structlog
+
+from agent import events
+from agent.billing import ocmf
+from agent.billing.keys import PrivateKey, load_or_create_key, public_key_hex
+from agent.bus import EventBus
+from agent.config import StationConfig
+from agent.events import DeviceHealth, HealthState, Reading, utcnow
+from agent.sessions.auth import Authorizer, OnlineAuthorizer
+from agent.sessions.clock import clock_status
+from agent.sessions.config import load_billing_tariff
+from agent.sessions.connector import CommandRefused, Connector
+from agent.sessions.evse import EvseControl
+from agent.sessions.ledger import Ledger
+from agent.sessions.model import AuthMethod, IdToken, StopReason
+from agent.sessions.payment import PaymentTerminal
+from agent.sessions.signing import AgentSigner, MeterSigner, SigningMeter
+from agent.sessions.store import SessionStore
+from agent.sessions.times import to_us
+from drivers.device import Device
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["CommandRefused", "SessionEngine", "fault_event_types"]
+
+_EVSE_QUANTITIES = frozenset({"cp_state", "charger_state", "cable_state"})
+
+
+def _version() -> str:
+    try:
+        return metadata.version("evedge")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def fault_event_types() -> tuple[type[events.Event], ...]:
+    """FaultRaised/FaultCleared if the diagnosis engine defined them (else none)."""
+    return tuple(
+        t for t in (getattr(events, n, None) for n in ("FaultRaised", "FaultCleared")) if t
+    )
+
+
+def _fault_fields(ev: Any) -> tuple[str, list[int], bool, str]:
+    """(id, connectors, stops charging, text) of a FaultRaised/FaultCleared, read loosely:
+    the diagnosis event's exact shape is its own (issue 3)."""
+    fid = str(getattr(ev, "fault_id", None) or getattr(ev, "id", None) or "fault")
+    conns = getattr(ev, "connectors", None)
+    if conns is None:
+        one = getattr(ev, "connector", None)
+        conns = [] if one is None else [one]
+    faulted = getattr(ev, "faulted", None)
+    if faulted is None:
+        faulted = getattr(ev, "connector_status", None) == "Faulted" or (
+            str(getattr(ev, "severity", "")).lower() in ("critical", "fault", "error")
+        )
+    text = getattr(ev, "title", None) or getattr(ev, "root_cause", None) or fid
+    if isinstance(text, dict):  # per language
+        text = text.get("en") or next(iter(text.values()), fid)
+    return fid, [int(c) for c in conns], bool(faulted), str(text)
+
+
+class SessionEngine:
+    """Sessions of every connector that has an EVSE; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: StationConfig,
+        bus: EventBus,
+        devices: dict[str, Device],
+        *,
+        store: SessionStore | None = None,
+        online: OnlineAuthorizer | None = None,
+        terminal: PaymentTerminal | None = None,
+        signing_meters: dict[int, SigningMeter] | None = None,
+    ):
+        if cfg.billing is None:
+            raise ValueError("the session engine needs a [billing] section in the config")
+        self.cfg = cfg
+        self.billing = cfg.billing
+        self.bus = bus
+        self.devices = devices
+        self.store = store or SessionStore(cfg.store.path)
+        self._own_store = store is None
+        self.key: PrivateKey | None = None
+        signer = None
+        if self.billing.signer == "agent":
+            self.key = load_or_create_key(self.billing.key_dir)
+            gateway = ocmf.Gateway(serial=cfg.station.id, version=_version())
+            signer = AgentSigner(self.key, gateway)
+        self._meter_signers = {c: MeterSigner(m) for c, m in (signing_meters or {}).items()}
+        self.ledger = Ledger(self.store, cfg.station.id, signer)
+        self.authorizer = Authorizer(self.store, cfg.auth, online)
+        self.tariff = (
+            None if self.billing.tariff is None else load_billing_tariff(self.billing.tariff)
+        )
+        self.terminal = terminal
+        self.time_status = clock_status()
+        self.measurands = set(self.billing.sampling.measurands) | {"energy_import_wh"}
+        self.connectors: dict[int, Connector] = {}
+        for c in cfg.connector:
+            dev = devices.get(c.evse or "")
+            if dev is None:
+                log.warning(
+                    "session.no_evse",
+                    connector=c.id,
+                    hint="a connector without an EVSE controller cannot run sessions",
+                )
+                continue
+            if self.billing.signer == "meter" and c.id not in self._meter_signers:
+                raise ValueError(
+                    f"billing.signer = 'meter' but connector {c.id}'s meter has no signing driver"
+                )
+            self.connectors[c.id] = Connector(self, c, EvseControl(dev))
+        self._by_device: dict[str, list[Connector]] = {}
+        for conn in self.connectors.values():
+            for name in {conn.evse.name, conn.meter_device}:
+                self._by_device.setdefault(name, []).append(conn)
+        # Subscribe now, not in run(): the first readings after start must not be missed.
+        self._sub = bus.subscribe(Reading, DeviceHealth, *fault_event_types(), maxsize=50_000)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def signer_kind(self, connector: int) -> str:
+        """'meter' when the connector's meter signs, else 'agent'."""
+        return "meter" if connector in self._meter_signers else "agent"
+
+    def meter_signer(self, connector: int) -> MeterSigner | None:
+        """The pass-through signer of a signing meter, if the connector has one."""
+        return self._meter_signers.get(connector)
+
+    def public_key_hex(self, connector: int) -> str:
+        """The key that verifies the connector's OCMF records."""
+        ms = self._meter_signers.get(connector)
+        if ms is not None:
+            return ms.public_key_hex
+        assert self.key is not None
+        return public_key_hex(self.key)
+
+    def modulus(self, device: str) -> int | None:
+        """Where the device's energy register wraps (unsigned integer registers), in Wh."""
+        dev = self.devices.get(device)
+        if dev is None:
+            return None
+        reg = next((r for r in dev.profile.readable() if r.quantity == "energy_import_wh"), None)
+        if reg is None or reg.type not in ("u16", "u32", "u64") or reg.exponent_address:
+            return None
+        return round(2 ** (16 * reg.words) * reg.scale) or None
+
+    async def run(self) -> None:
+        """Seed the local list, recover each connector, then dispatch bus events."""
+        await asyncio.to_thread(self.authorizer.seed, to_us(utcnow()))
+        log.info(
+            "sessions.start",
+            connectors=sorted(self.connectors),
+            tariff=None if self.tariff is None else self.tariff.id,
+            free_vend=self.billing.free_vend,
+            clock=self.time_status.value,
+            store=str(self.store.path),
+        )
+        tasks = [
+            asyncio.create_task(c.run(), name=f"sessions connector {c.id}")
+            for c in self.connectors.values()
+        ]
+        try:
+            async for ev in self._sub:
+                self._dispatch(ev)
+                for t in tasks:
+                    if t.done():
+                        t.result()  # a crashed connector task ends the engine loudly
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            self._sub.close()
+
+    def _dispatch(self, ev: events.Event) -> None:
+        if isinstance(ev, Reading):
+            for conn in self._by_device.get(ev.device, ()):
+                conn.on_reading(ev.device, ev.quantity, ev.value, ev.ts)
+        elif isinstance(ev, DeviceHealth):
+            if ev.state == HealthState.OFFLINE:
+                for conn in self._by_device.get(ev.device, ()):
+                    if conn.meter_device == ev.device:
+                        conn.on_meter_offline(ev.ts)
+        else:
+            fid, conns, faulted, text = _fault_fields(ev)
+            raised = type(ev).__name__ == "FaultRaised"
+            for cid in conns:
+                conn = self.connectors.get(cid)
+                if conn is not None and (faulted or not raised):
+                    self._spawn(conn, lambda c=conn: c.fault(fid, raised, text))
+
+    def _spawn(self, conn: Connector, fn: Callable[[], Awaitable[Any]]) -> None:
+        fut = asyncio.ensure_future(conn.call(fn))
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def close(self) -> None:
+        """Close the store connection if the engine opened it."""
+        if self._own_store:
+            self.store.close()
+
+    def _conn(self, connector: int) -> Connector:
+        try:
+            return self.connectors[connector]
+        except KeyError:
+            known = ", ".join(str(c) for c in sorted(self.connectors)) or "none"
+            raise CommandRefused(f"no connector {connector}; connectors: {known}") from None
+
+    # ------------------------------------------------------------------ commands
+
+    async def authorize(self, connector: int, token: IdToken) -> str:
+        """A card at the connector's reader (start, or stop the card's own session)."""
+        c = self._conn(connector)
+        return await c.call(lambda: c.authorize(token))
+
+    async def remote_start(self, connector: int, token: IdToken) -> str:
+        """RemoteStartTransaction: authorized by the CSMS."""
+        c = self._conn(connector)
+        return await c.call(lambda: c.remote_start(token, AuthMethod.REMOTE))
+
+    async def cli_start(self, connector: int, token: IdToken | None = None) -> str:
+        """A technician's start from the CLI (local API)."""
+        c = self._conn(connector)
+        tok = token or IdToken("CLI", "LOCAL")
+        return await c.call(lambda: c.remote_start(tok, AuthMethod.CLI))
+
+    async def pay(self, connector: int) -> str:
+        """The driver pays by card at the terminal."""
+        c = self._conn(connector)
+        return await c.call(c.pay)
+
+    async def stop(self, connector: int, by: str = "remote") -> str:
+        """Stop the connector's session: by "remote" (CSMS) or "cli" (technician)."""
+        c = self._conn(connector)
+        return await c.call(lambda: c.stop_command(by))
+
+    async def deauthorize(self, token_id: str) -> int:
+        """The token is no longer valid (CSMS or local list said so): stop its sessions."""
+        stopped = 0
+        for c in self.connectors.values():
+            s = c.session
+            if s is not None and s.token.id == token_id:
+                await c.call(lambda c=c: c.stop(StopReason.DEAUTHORIZED, "deauthorized"))
+                stopped += 1
+        return stopped
+
+    async def set_available(self, connector: int, available: bool) -> str:
+        """ChangeAvailability (persisted)."""
+        c = self._conn(connector)
+        return await c.call(lambda: c.set_available(available))
+
+    async def reserve(self, connector: int, token: IdToken, expires: datetime) -> str:
+        """ReserveNow."""
+        c = self._conn(connector)
+        return await c.call(lambda: c.reserve(token, expires))
+
+    async def fault(self, connector: int, fault_id: str, active: bool, detail: str = "") -> None:
+        """Raise/clear a fault that stops charging (the hook FaultRaised events use)."""
+        c = self._conn(connector)
+        await c.call(lambda: c.fault(fault_id, active, detail))
+
+    def status(self, connector: int) -> dict[str, Any]:
+        """A connector's state for status displays."""
+        c = self._conn(connector)
+        s = c.session
+        return {
+            "connector": c.id,
+            "status": c.status.value,
+            "cp_state": c.cp,
+            "session_id": None if s is None else s.id,
+            "energy_wh": None if s is None else s.tracker.billed_wh,
+            "cost": None if s is None or s.cost is None else s.cost.to_json(),
+        }

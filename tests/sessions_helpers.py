@@ -1,0 +1,159 @@
+"""Shared pieces of the session tests: a billed station config, a running sim + agent, waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conftest import free_port, station_config
+
+from agent.config import StationConfig
+from agent.events import ChargeRecordWritten, Event, SessionEvent
+from agent.runtime import Agent
+from agent.sessions.store import RecordRow, SessionStore
+from hil.station import SimStation
+
+ROOT = Path(__file__).resolve().parents[1]
+TARIFFS = ROOT / "config" / "tariffs"
+CARD = "DEMO-0042"
+
+
+def billed_config(
+    tmp_path: Path,
+    *,
+    tariff: Path | str | None = TARIFFS / "simple-energy.json",
+    billing: str = "",
+    sessions: str = "",
+    auth: str = f'local_list = [{{ id = "{CARD}" }}, {{ id = "BLOCKED-1", status = "Blocked" }}]',
+    evse_profile: str = "phoenix-ev-charge-control",
+    meter: bool = True,
+) -> StationConfig:
+    """A one-connector station (SDM630 + EVSE on loopback) with [billing] in `tmp_path`."""
+    mport, eport = free_port(), free_port()
+    devices = [
+        dict(name="evse1", profile=evse_profile, unit=255, port=eport, interval_s=0.05),
+    ]
+    conn = {"id": 1, "evse": "evse1", "max_current_a": 32}
+    if meter:
+        devices.insert(
+            0, dict(name="meter1", profile="eastron-sdm630", unit=1, port=mport, interval_s=0.1)
+        )
+        conn["meter"] = "meter1"
+    tariff_line = "" if tariff is None else f'tariff = "{tariff}"\n'
+    extra = (
+        f'[store]\npath = "{tmp_path / "evedge.db"}"\n'
+        f"[billing]\n{tariff_line}"
+        f'key_dir = "{tmp_path / "keys"}"\ntimezone = "Europe/Berlin"\n{billing}\n'
+        f"[sessions]\nend_reading_timeout_s = 2\nrecovery_timeout_s = 3\n{sessions}\n"
+        f"[auth]\n{auth}\n"
+    )
+    return station_config(*devices, connectors=(conn,), timeout_s=0.3, extra=extra)
+
+
+@dataclass
+class Rig:
+    """A running simulated station and agent, with every session event seen so far."""
+
+    cfg: StationConfig
+    sim: SimStation
+    agent: Agent
+    seen: list[Event] = field(default_factory=list)
+
+    @property
+    def engine(self):
+        """The agent's session engine."""
+        assert self.agent.sessions is not None
+        return self.agent.sessions
+
+    @property
+    def conn(self):
+        """Connector 1's engine."""
+        return self.engine.connectors[1]
+
+    def store(self) -> SessionStore:
+        """A second connection to the agent's store (close it)."""
+        return SessionStore(self.cfg.store.path)
+
+    def register(self) -> int:
+        """The simulated meter's import register now."""
+        dev = self.cfg.connector[0].meter or self.cfg.connector[0].evse
+        return self.sim.devices[dev].meter.import_wh
+
+    async def until(self, pred: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
+        """Wait for `pred()` (sessions events are collected meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what or pred}")
+            await asyncio.sleep(0.02)
+
+    async def status(self, *want: str, timeout: float = 10) -> None:
+        """Wait until connector 1 is in one of the statuses `want`."""
+        await self.until(lambda: self.conn.status.value in want, timeout, f"status {want}")
+
+    async def record(self, n: int = 1, timeout: float = 15) -> RecordRow:
+        """Wait for the n-th charge record and return it."""
+        await self.until(
+            lambda: sum(isinstance(e, ChargeRecordWritten) for e in self.seen) >= n,
+            timeout,
+            f"record {n}",
+        )
+        ev = [e for e in self.seen if isinstance(e, ChargeRecordWritten)][n - 1]
+        with self.store() as st:
+            rec = st.record_of(ev.session_id)
+        assert rec is not None
+        return rec
+
+    def events(self, kind: str | None = None) -> list[SessionEvent]:
+        """Session events seen (of one kind)."""
+        return [
+            e for e in self.seen if isinstance(e, SessionEvent) and (kind is None or e.kind == kind)
+        ]
+
+
+@contextlib.asynccontextmanager
+async def running(
+    cfg: StationConfig,
+    *,
+    tick_s: float | None = 0.1,
+    sim: SimStation | None = None,
+    setup: Callable[[Agent], None] | None = None,
+) -> AsyncIterator[Rig]:
+    """Start the simulator (unless given) and an agent with sessions; stop both after."""
+    own_sim = sim is None
+    if sim is None:
+        sim = SimStation(cfg, tick_s=tick_s)
+        await sim.start()
+    agent = Agent(cfg)
+    if setup is not None:
+        setup(agent)
+    rig = Rig(cfg, sim, agent)
+    sub = agent.bus.subscribe(SessionEvent, ChargeRecordWritten)
+
+    async def collect() -> None:
+        async for ev in sub:
+            rig.seen.append(ev)
+
+    collector = asyncio.create_task(collect())
+    await agent.start()
+    try:
+        await rig.until(lambda: rig.conn.cp is not None and rig.conn.energy is not None, 5,
+                        "first EVSE and meter readings")  # fmt: skip
+        yield rig
+    finally:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+        await agent.stop()
+        if own_sim:
+            await sim.stop()
+
+
+def body(rec: RecordRow) -> dict:
+    """The record's body."""
+    return json.loads(rec.body)
