@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 
 import structlog
@@ -15,6 +14,7 @@ from agent.sessions.engine import SessionEngine
 from agent.station import Station, build_station
 from agent.store.db import Store
 from agent.store.writer import StoreWriter
+from agent.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -62,11 +62,7 @@ class Agent:
         """Stop pollers first, then let the writer commit what it holds, then close."""
         pollers, writer = self._tasks[1:], self._tasks[:1]
         for group in (pollers, writer):
-            for t in group:
-                t.cancel()
-            for t in group:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await cancel_and_wait(group)
         self._tasks.clear()
         if self.sessions is not None:
             self.sessions.close()

@@ -14,6 +14,8 @@ from rich.console import Console
 from agent.config import ConfigError, StationConfig, load_config
 
 DEFAULT_CONFIG = Path("/etc/evedge/station.toml")
+# The simulated station of `evedge demo`, `evedge sim` and `evedge simctl`.
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 
 console = Console()
 err_console = Console(stderr=True)

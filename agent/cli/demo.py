@@ -25,6 +25,7 @@ from agent.events import ChargeRecordWritten, DeviceHealth, Reading, SessionEven
 from agent.runtime import Agent
 from agent.sessions.engine import CommandRefused
 from agent.sessions.model import card_token
+from agent.tasks import cancel_and_wait
 from hil.station import SimStation
 
 log = structlog.get_logger(__name__)
@@ -131,11 +132,7 @@ async def run_demo(
                     live.update(render(state))
                     await asyncio.sleep(0.25)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(tasks)
         await _close_sessions(agent)
         await agent.stop()
         await sim.stop()

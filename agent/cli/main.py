@@ -12,7 +12,15 @@ from rich.table import Table
 
 from agent.billing import tariff_cmd
 from agent.cli import billing_cmd, keys_cmd, modbus_cmd, report_cmd, sessions_cmd, simctl_cmd
-from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.common import (
+    DEFAULT_CONFIG,
+    DEMO_CONFIG,
+    Exit,
+    console,
+    emit_json,
+    fail,
+    load_or_exit,
+)
 from agent.cli.diagnose_cmd import diagnose
 from agent.cli.faults_cmd import faults
 from agent.config import ConfigError, load_config
@@ -41,7 +49,6 @@ app.command("diagnose")(diagnose)
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 SIM_ERRORS = (ListenError, SerialPairError, SimError)
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 
 
 @config_app.command("check")

@@ -14,14 +14,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agent.cli.common import Exit, console, emit_json, fail, load_or_exit
+from agent.cli.common import DEMO_CONFIG, Exit, console, emit_json, fail, load_or_exit
 from hil.control import send_command
 
 app = typer.Typer(
     help="Control a running simulator: cars, faults, snapshots.", no_args_is_help=True
 )
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the simulated station's config")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 

@@ -13,7 +13,6 @@ connector Faulted. Without diagnosis, the EVSE's own control pilot state E/F sto
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import metadata
@@ -38,6 +37,7 @@ from agent.sessions.payment import PaymentTerminal
 from agent.sessions.signing import AgentSigner, MeterSigner, SigningMeter
 from agent.sessions.store import SessionStore
 from agent.sessions.times import to_us
+from agent.tasks import cancel_and_wait
 from drivers.device import Device
 
 log = structlog.get_logger(__name__)
@@ -189,11 +189,7 @@ class SessionEngine:
                     if t.done():
                         t.result()  # a crashed connector task ends the engine loudly
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await cancel_and_wait(tasks)
             self._sub.close()
 
     def _dispatch(self, ev: events.Event) -> None:

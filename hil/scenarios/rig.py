@@ -23,6 +23,7 @@ from agent.diagnosis.facts import ManualFacts
 from agent.diagnosis.rules import load_rules
 from agent.diagnosis.store import FaultLog
 from agent.events import DeviceHealth, Event, FaultCleared, FaultRaised, Reading, utcnow
+from agent.sessions.evse import EvseControl
 from agent.station import build_station
 from drivers.device import Device
 from drivers.transport import ModbusFailure
@@ -199,22 +200,16 @@ class RigDriver:
 
 
 async def set_charging(evse: Device, on: bool, amps: float = 32.0, attempts: int = 3) -> None:
-    """Enable (offer `amps`) or disable an EVSE through its writable registers; a write
-    whose answer is lost is tried again, as a controlling agent does."""
-    writable = {r.quantity for r in evse.profile.registers if r.writable}
-    writes: list[tuple[str, float | bool]] = []
-    if "offered_current_a" in writable and (on or "charging_enabled" not in writable):
-        writes.append(("offered_current_a", float(amps if on else 0)))
-    if "charging_enabled" in writable:
-        writes.append(("charging_enabled", on))
-    for quantity, value in writes:
-        for attempt in range(attempts):
-            try:
-                await evse.write(quantity, value)
-                break
-            except ModbusFailure:
-                if attempt == attempts - 1:
-                    raise
+    """Enable (offer `amps`) or disable an EVSE the way the session engine does; a switch
+    whose answer is lost is tried again, as a controlling agent does (writes are idempotent)."""
+    control = EvseControl(evse)
+    for attempt in range(attempts):
+        try:
+            await (control.enable(amps) if on else control.disable())
+            return
+        except ModbusFailure:
+            if attempt == attempts - 1:
+                raise
 
 
 @contextlib.asynccontextmanager
