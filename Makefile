@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 SYSTEM_DEPS := socat mosquitto
 
-.PHONY: test demo deps install lint format bench clean
+.PHONY: test demo deps install install-service lint format bench clean
 
 # Debian packages the tests need (real peers on loopback): installed when missing, as root.
 deps:
@@ -29,6 +29,11 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# The systemd service (as root): user, /opt/evedge/venv, /etc/evedge/station.toml, unit.
+# Options go in ARGS, e.g. `make install-service ARGS="--now"` or ARGS="--dry-run".
+install-service:
+	systemd/install.sh $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

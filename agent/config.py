@@ -12,7 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.api.config import ApiConfig
 from agent.diagnosis.config import DiagnosisConfig
+from agent.driver.config import DriverConfig
+from agent.mqtt.config import MqttConfig
+from agent.ocpp.config import OcppConfig
 from agent.sessions.config import AuthConfig, BillingConfig, SessionsConfig
 from drivers.profile import ProfileError, load_profile
 
@@ -104,6 +108,10 @@ class StationConfig(_Section):
     sessions: SessionsConfig = SessionsConfig()
     auth: AuthConfig = AuthConfig()
     diagnosis: DiagnosisConfig = Field(default_factory=DiagnosisConfig)
+    driver: DriverConfig | None = None  # absent: no driver display service
+    api: ApiConfig | None = None  # absent: no local API (the CLI reads the store)
+    ocpp: OcppConfig | None = None  # absent: no OCPP connection
+    mqtt: MqttConfig | None = None  # absent: no MQTT cloud sync
 
     def bus_by_name(self, name: str) -> BusConfig:
         return next(b for b in self.bus if b.name == name)

@@ -168,3 +168,40 @@ class FaultCleared(Event):
     reason: str  # resolved | explained | retired
     explained_by: str | None = None  # fault_id of the root cause that now covers it
     detail: str = ""
+
+
+class DriverMessage(Event):
+    """What the driver at a connector should see now (agent/driver): every shipped language.
+
+    `state`: the catalog state (a connector status, or Authorized); `level`: info | warning |
+    error. `headline` and `lines` are keyed by language (`lang` is the station's default);
+    the figures are raw for displays that draw their own. Published when it changes.
+    """
+
+    connector: int
+    status: str
+    state: str
+    level: str
+    lang: str
+    headline: dict[str, str]
+    lines: dict[str, list[str]]
+    session_id: str | None = None
+    energy_wh: int | None = None
+    power_w: float | None = None
+    cost: Decimal | None = None
+    currency: str | None = None
+    faults: list[str] = Field(default_factory=list)  # rule ids shown, driver-fixable first
+    report_url: str | None = None  # the QR code's "report a problem" link
+
+
+class TicketCreated(Event):
+    """A driver's problem report became a ticket (agent/tickets); the body is in the store."""
+
+    ticket_id: str
+    station: str
+    connector: int
+    source: str  # display | qr | cli | api
+    category: str
+    lang: str
+    session_id: str | None = None
+    faults: list[str] = Field(default_factory=list)  # fault ids active when reported

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from agent.support.logring import RING
+
 _SECRET_KEYS = ("password", "secret", "token", "key", "auth")
 
 
@@ -26,6 +28,7 @@ def setup_logging(level: str = "info", json: bool = False, stream=None) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
+        RING.capture,  # recent events for the diagnostics bundle, already redacted
     ]
     if json:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]

@@ -124,6 +124,10 @@ class LinkPoller:
         self.devices = devices
         self.bus = bus
         self.bus_name = bus_name
+        # Set while a device is being polled (monotonic start time), None while waiting for
+        # the next due time: the watchdog calls a poll that never ends a stuck poller.
+        self.busy_since: float | None = None
+        self.busy_device: str | None = None
 
     async def poll(self, pd: PolledDevice) -> CycleResult:
         """Poll one device once and publish its readings and health."""
@@ -166,6 +170,7 @@ class LinkPoller:
                 wait = pd.due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                self.busy_since, self.busy_device = time.monotonic(), pd.device.name
                 try:
                     await self.poll(pd)
                 except Exception:
@@ -174,6 +179,7 @@ class LinkPoller:
                     pd.health.record(
                         CycleResult(failures=[ModbusFailure("bad_frame", "internal error")])
                     )
+                self.busy_since = self.busy_device = None
                 pd.due = pd.next_due(time.monotonic())
         finally:
             self.link.close()

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import inspect
 import signal
 
 import structlog
 
+from agent.api.server import ApiServer
 from agent.bus import EventBus
 from agent.config import StationConfig
 from agent.diagnosis.service import DiagnosisService
+from agent.driver.service import DriverService
+from agent.mqtt.service import MqttService
+from agent.ocpp.service import OcppService
+from agent.ops import Ops
+from agent.sdnotify import Notifier
 from agent.sessions.engine import SessionEngine
 from agent.station import Station, build_station
 from agent.store.db import Store
 from agent.store.writer import StoreWriter
 from agent.tasks import cancel_and_wait
+from agent.watchdog import Liveness, Watchdog
 
 log = structlog.get_logger(__name__)
+
+# On SIGTERM, services get this long in total to empty their outboxes; it stays well below
+# the unit's TimeoutStopSec (30 s) so the store is committed and closed before SIGKILL.
+STOP_FLUSH_BUDGET_S = 10.0
 
 
 class Agent:
@@ -33,12 +46,30 @@ class Agent:
             max_rows=cfg.store.readings_max_rows,
             max_age_days=cfg.store.readings_max_age_days,
         )
+        # OCPP (issue 5) comes first: constructing it runs each profile's setup, where the
+        # transactions profile registers the online authorizer the session engine asks.
+        self.ocpp = OcppService(cfg, self.bus) if cfg.ocpp else None
+        online = self.ocpp.ctx.parts.get("online_authorizer") if self.ocpp else None
         # Sessions and billing run only when the config has a [billing] section.
-        self.sessions = SessionEngine(cfg, self.bus, self.station.devices) if cfg.billing else None
+        self.sessions = (
+            SessionEngine(cfg, self.bus, self.station.devices, online=online)
+            if cfg.billing
+            else None
+        )
+        if self.ocpp is not None and self.sessions is not None:
+            self.ocpp.attach_sessions(self.sessions)
         profiles = {name: d.profile for name, d in self.station.devices.items()}
         self.diagnosis = (
             DiagnosisService(cfg, self.bus, profiles) if cfg.diagnosis.enabled else None
         )
+        outbox = self.ocpp.ctx.parts.get("outbox") if self.ocpp else None
+        if self.diagnosis is not None and outbox is not None:  # rule ocpp_tx_undelivered
+            self.diagnosis.facts.tx_exhausted = lambda: outbox.exhausted_now
+        # Driver displays and problem reports (issue 7) run when the config has [driver].
+        self.driver = DriverService(cfg, self.bus, self.sessions) if cfg.driver else None
+        self.ops = Ops(self)
+        self.api = ApiServer(cfg.api, self.ops) if cfg.api else None
+        self.mqtt = MqttService(cfg, self.bus, self.ops) if cfg.mqtt else None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -50,22 +81,67 @@ class Agent:
             links=len(self.station.pollers),
             store=str(self.cfg.store.path),
         )
+        if self.api is not None:  # first: a second agent on the same station stops here
+            await self.api.start()
         self._tasks.append(asyncio.create_task(self.writer.run(), name="store-writer"))
         for p in self.station.pollers:
             self._tasks.append(asyncio.create_task(p.run(), name=f"poll {p.link.name}"))
         if self.sessions is not None:
             self._tasks.append(asyncio.create_task(self.sessions.run(), name="sessions"))
+        if self.ocpp is not None:
+            self._tasks.append(asyncio.create_task(self.ocpp.run(), name="ocpp"))
         if self.diagnosis is not None:
             self._tasks.append(asyncio.create_task(self.diagnosis.run(), name="diagnosis"))
+        if self.driver is not None:
+            self._tasks.append(asyncio.create_task(self.driver.run(), name="driver"))
+        if self.mqtt is not None:
+            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
+
+    async def flush(self, budget_s: float = STOP_FLUSH_BUDGET_S) -> None:
+        """Let every service with an outbox send what it can, `budget_s` in all.
+
+        Contract (duck typing): any attribute of the Agent with a coroutine method
+        `flush(timeout: float) -> None` is called, all of them concurrently, while every task
+        still runs. It sends queued messages until its outbox is empty or `timeout` seconds
+        passed, drops nothing (what is left stays in the durable outbox for the next start)
+        and returns; one that overruns is cancelled and logged.
+        """
+        flushers = {
+            name: svc.flush
+            for name, svc in vars(self).items()
+            if inspect.iscoroutinefunction(getattr(svc, "flush", None))
+        }
+
+        async def one(name: str, flush) -> None:
+            try:
+                await asyncio.wait_for(flush(budget_s), budget_s)
+            except TimeoutError:
+                log.warning("agent.flush_timeout", service=name, budget_s=budget_s)
+            except Exception:
+                log.exception("agent.flush_failed", service=name)
+
+        await asyncio.gather(*(one(n, f) for n, f in flushers.items()))
 
     async def stop(self) -> None:
-        """Stop pollers first, then let the writer commit what it holds, then close."""
+        """Flush outboxes, stop pollers and services, let the writer commit, then close.
+
+        Sessions need nothing here: every step is persisted as it happens, and an open
+        session is resumed (or closed) by the recovery at the next start.
+        """
+        if self.api is not None:  # no commands while shutting down
+            await self.api.stop()
+        await self.flush()
         pollers, writer = self._tasks[1:], self._tasks[:1]
         for group in (pollers, writer):
             await cancel_and_wait(group)
         self._tasks.clear()
         if self.sessions is not None:
             self.sessions.close()
+        if self.ocpp is not None:
+            self.ocpp.close()
+        if self.mqtt is not None:  # after the tasks: publishes `offline`, then disconnects
+            await self.mqtt.close()
+        self.ops.close()
         self.store.close()
         log.info("agent.stop", written=self.writer.stats.written)
 
@@ -77,9 +153,15 @@ class Agent:
 
 
 async def run_agent(cfg: StationConfig) -> None:
-    """Run until SIGTERM/SIGINT, then stop cleanly."""
+    """Run until SIGTERM/SIGINT, then stop cleanly; talks to systemd (sd_notify) if it asks."""
+    # systemd's watchdog kills with SIGABRT: leave the Python stacks of the hang in the log.
+    faulthandler.enable()
+    notifier = Notifier.from_env()
     agent = Agent(cfg)
     await agent.start()
+    watchdog = Watchdog(Liveness(agent.station.pollers, agent.bus), notifier)
+    dog = asyncio.create_task(watchdog.run(), name="watchdog")
+    notifier.ready(f"running: {len(cfg.device)} devices on {len(agent.station.pollers)} links")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,8 +171,11 @@ async def run_agent(cfg: StationConfig) -> None:
     try:
         await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        notifier.stopping("stopping: flushing outboxes, committing the store")
         waiter.cancel()
         stopper.cancel()
+        await cancel_and_wait([dog])
         await agent.stop()
+        notifier.close()
     if waiter.done() and not waiter.cancelled() and waiter.exception():
         raise waiter.exception()

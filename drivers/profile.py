@@ -136,6 +136,47 @@ class Limits(_Strict):
     delay_ms: int = Field(default=0, ge=0, description="pause before each request (Heidelberg)")
 
 
+class OcmfSigning(_Strict):
+    """A meter's OCMF signing registers (holding, FC03/06/16): a transaction protocol the
+    agent drives (drivers/signing.py), not values it polls. Addresses are 0-based."""
+
+    state: int = Field(ge=0, le=0xFFFF, description="0 idle, 1 active, 2/3 after power loss/reset")
+    command: int = Field(ge=0, le=0xFFFF, description="command letter in the high byte")
+    status: int = Field(ge=0, le=0xFFFF, description="signature status after a command")
+    timezone: int = Field(ge=0, le=0xFFFF, description="s16 UTC offset in minutes")
+    time: int = Field(ge=0, le=0xFFFE, description="u32 epoch seconds, high word first")
+    time_status: int = Field(ge=0, le=0xFFFF, description="write time_synchronized after time")
+    time_synchronized: int = 2
+    algorithm: int = Field(ge=0, le=0xFFFF)
+    algorithm_value: int = 0
+    dataset_length: int = Field(ge=0, le=0xFFFF, description="bytes of the input dataset")
+    dataset: int = Field(ge=0, le=0xFFFF, description="input dataset, ASCII JSON")
+    max_dataset_bytes: int = Field(default=1024, ge=2)
+    output_length: int = Field(ge=0, le=0xFFFF, description="bytes of the signed dataset")
+    output: int = Field(ge=0, le=0xFFFF, description="signed dataset, ASCII JSON")
+    signature_length: int = Field(ge=0, le=0xFFFF, description="bytes of the DER signature")
+    signature: int = Field(ge=0, le=0xFFFF, description="DER signature, 2 bytes a register")
+    public_key: int = Field(ge=0, le=0xFFFF, description="raw X||Y of the secp256r1 key")
+    public_key_words: int = Field(default=32, ge=1, le=125)
+    max_registers: int = Field(default=120, ge=1, le=123, description="per read or write")
+    begin: str = Field(default="B", pattern="^[A-Za-z]$", description="OCMF TX of a begin")
+    ends: str = Field(default="ELRAP", pattern="^[A-Za-z]+$", description="TX letters ending")
+    status_ok: int = 15
+    status_busy: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    status_errors: dict[int, str] = Field(default_factory=dict)
+
+
+class Failsafe(_Strict):
+    """A communication watchdog: unless `heartbeat` is written again within the timeout, the
+    controller falls back to the current written to `current` (the agent may have died)."""
+
+    heartbeat: str = Field(description="writable quantity rewritten periodically (the timeout)")
+    current: str = Field(description="writable quantity holding the fallback current")
+    every: float = Field(
+        default=0.5, gt=0, lt=1, description="rewrite after this fraction of the timeout"
+    )
+
+
 class Profile(_Strict):
     """A device model: identity, read limits and register map."""
 
@@ -151,6 +192,8 @@ class Profile(_Strict):
     error_codes: dict[int, ErrorCode] = Field(
         default_factory=dict, description="evse_error_code value -> meaning"
     )
+    signing: OcmfSigning | None = Field(default=None, description="OCMF signing registers")
+    failsafe: Failsafe | None = Field(default=None, description="communication watchdog")
 
     @model_validator(mode="after")
     def _unique(self) -> Profile:
@@ -165,6 +208,11 @@ class Profile(_Strict):
                 raise ValueError(
                     f"readback {r.readback} of {r.quantity} is not a readable quantity"
                 )
+        if self.failsafe is not None:
+            writable = {r.quantity for r in self.registers if r.writable}
+            for q in (self.failsafe.heartbeat, self.failsafe.current):
+                if q not in writable:
+                    raise ValueError(f"failsafe: {q} is not a writable quantity of this profile")
         return self
 
     def readable(self) -> list[Register]:

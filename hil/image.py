@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Protocol
 
 from pymodbus.constants import ExcCodes
 
@@ -26,6 +27,15 @@ TABLES: tuple[Function, ...] = ("coil", "discrete", "holding", "input")
 WriteCallback = Callable[[str, Value], "ExcCodes | None"]
 
 
+class RegisterExtension(Protocol):
+    """Registers served by code instead of the profile's value map."""
+
+    def claims(self, fn: Function, address: int, count: int) -> bool: ...
+    def read(self, address: int, count: int) -> list[int] | ExcCodes: ...
+    def peek(self, address: int, count: int) -> list[int]: ...
+    def write(self, address: int, values: list[int]) -> ExcCodes | None: ...
+
+
 class DeviceImage:
     """The four Modbus tables of one device, laid out by its profile.
 
@@ -37,7 +47,11 @@ class DeviceImage:
     `exponent`: the fixed power of ten served in every exponent register.
     `on_write(quantity, value)`: called for each value a Modbus write changed, with the
     decoded canonical value; returning an ExcCodes member rejects the write with it.
+    `extension`: registers that are a protocol rather than values (a meter's OCMF signing
+    registers, hil/signing_meter.py): requests to addresses it claims go to it.
     """
+
+    extension: RegisterExtension | None = None
 
     def __init__(
         self,
@@ -154,6 +168,8 @@ class DeviceImage:
     def read(self, fc: int, address: int, count: int) -> list[int] | list[bool] | ExcCodes:
         """Serve a read request (FC1-4): the words or bits, or the exception a device sends."""
         fn = READ_FC.get(fc)
+        if fn is not None and self.extension and self.extension.claims(fn, address, count):
+            return self.extension.read(address, count)
         if fn is None or not self._words[fn]:
             # A device without a given table does not implement that function at all.
             return ExcCodes.ILLEGAL_FUNCTION
@@ -172,6 +188,8 @@ class DeviceImage:
 
     def peek(self, fn: Function, address: int, count: int) -> list[int] | list[bool]:
         """The raw table contents, no checks (a write's read-back, tests); gaps read 0."""
+        if self.extension and self.extension.claims(fn, address, count):
+            return self.extension.peek(address, count)
         table = self._words[fn]
         words = [table.get(a, 0) for a in range(address, address + count)]
         return [bool(w) for w in words] if fn in BIT_TABLES else words
@@ -189,6 +207,8 @@ class DeviceImage:
         fn = WRITE_FC.get(fc)
         if fn is None:
             return ExcCodes.ILLEGAL_FUNCTION
+        if self.extension and self.extension.claims(fn, address, len(values)):
+            return self.extension.write(address, [int(v) for v in values])
         words = [int(bool(v)) for v in values] if fn in BIT_TABLES else [int(v) for v in values]
         end = address + len(words)
         changed: list[Register] = []

@@ -26,7 +26,7 @@ from pymodbus.constants import ExcCodes
 
 from agent.config import ConnectorConfig, DeviceConfig, StationConfig
 from drivers.codec import DecodeError, Value
-from drivers.profile import Profile, load_profile
+from drivers.profile import OcmfSigning, Profile, load_profile
 from hil import faults as F
 from hil.image import DeviceImage
 from hil.models import (
@@ -45,6 +45,7 @@ from hil.models import (
     electrical_values,
 )
 from hil.server import RoutingContext, ServedDevice, SimRtuServer, SimTcpServer, start_server
+from hil.signing_meter import SimSigningMeter, meter_key
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ LOCK_WORDS: dict[str, tuple[str, ...]] = {
 }
 # IEC 61851 states some controllers fold together (Bender: one code for E and F).
 CP_FALLBACK = {"E": "F", "F": "E"}
+SIM_FIRMWARE = "1.0-sim"  # MF of a simulated signing meter
 
 
 class SimError(ValueError):
@@ -226,6 +228,8 @@ class SimStation:
             dev.published = [q for q in image.owned_quantities() if q not in image.views]
             image.on_write = lambda q, v, dev=dev: self._on_write(dev, q, v)
             self._set_identity(dev)
+            if profile.signing is not None:
+                image.extension = self._signing_meter(dev, profile.signing)
             self.devices[d.name] = dev
         self.step(0.0)
 
@@ -582,6 +586,16 @@ class SimStation:
                     break
                 except (DecodeError, ValueError):  # ValueError: not ASCII, not a number
                     continue
+
+    def _signing_meter(self, dev: SimDevice, spec: OcmfSigning) -> SimSigningMeter:
+        """The OCMF signing registers of a signing meter: it signs its own import register."""
+        ident = {"MV": dev.profile.manufacturer, "MM": dev.profile.model, "MF": SIM_FIRMWARE}
+        return SimSigningMeter(
+            spec,
+            key=meter_key(self.seed, dev.name),
+            identity=lambda: {**ident, "MS": str(dev.image.get("serial_number"))},
+            energy_wh=lambda: int(self._energies(dev)["energy_import_wh"]),
+        )
 
     def _on_write(self, dev: SimDevice, quantity: str, value: Value) -> ExcCodes | None:
         """A Modbus write reached a device: validate it and act on the model."""

@@ -44,6 +44,12 @@ def billed_config(
             0, dict(name="meter1", profile="eastron-sdm630", unit=1, port=mport, interval_s=0.1)
         )
         conn["meter"] = "meter1"
+    if tariff is not None and Path(tariff).parent == TARIFFS:
+        # A copy: set_tariff rewrites the station's tariff file, never the repo's.
+        copy = tmp_path / "tariffs" / Path(tariff).name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(Path(tariff).read_bytes())
+        tariff = copy
     tariff_line = "" if tariff is None else f'tariff = "{tariff}"\n'
     extra = (
         f'[store]\npath = "{tmp_path / "evedge.db"}"\n'

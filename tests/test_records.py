@@ -262,6 +262,8 @@ async def test_restart_resumes_a_session_the_evse_still_charges(tmp_path):
         await asyncio.sleep(1)
         async with running(cfg, sim=sim) as rig:
             await rig.status("Charging")
+            # The status is set before the event is published and collected: wait for it.
+            await rig.until(lambda: [e.kind for e in rig.events() if e.kind == "resumed"], 5)
             assert [e.kind for e in rig.events() if e.kind == "resumed"] == ["resumed"]
             await asyncio.sleep(1)
             sim.unplug(1)

@@ -116,6 +116,7 @@ class PriceLine(_Out):
 
 
 class Period(_Out):
+    tariff_id: str  # the tariff in force in this period (a mid-session change starts one)
     start: datetime
     end: datetime
     charging: bool
@@ -361,6 +362,7 @@ class _Period:
     end: int
     charging: bool
     active: dict[Dimension, tuple[int, PriceComponent]]
+    tariff: int = 0  # index into the schedule
     energy_wh: int = 0
 
 
@@ -374,16 +376,24 @@ class _Line:
     billed: Fraction
 
 
-def _signature(p: _Period, ignore_flat: bool) -> tuple[bool, dict[Dimension, int]]:
+def _signature(p: _Period, ignore_flat: bool) -> tuple[bool, int, dict[Dimension, int]]:
     keep = {d: i for d, (i, _) in p.active.items() if not (ignore_flat and d == Dimension.FLAT)}
-    return p.charging, keep
+    return p.charging, p.tariff, keep
 
 
-def _split(tariff: Tariff, tz: tzinfo, curve: _Curve, t0: int, t_ce: int, t1: int) -> list:
-    pts = _breakpoints(tariff, tz, curve, t0, t_ce, t1)
+def _split(
+    schedule: list[tuple[int, Tariff]], tz: tzinfo, curve: _Curve, t0: int, t_ce: int, t1: int
+) -> list:
+    """Cut the session into periods; `schedule` is (from µs, tariff), the first from t0."""
+    starts = [at for at, _ in schedule]
+    pts = sorted(
+        {p for _, t in schedule for p in _breakpoints(t, tz, curve, t0, t_ce, t1)} | set(starts)
+    )
     periods: list[_Period] = []
     flat_seen = False  # the flat fee is placed once; later FLAT changes cannot be billed
     for a, b in pairwise(pts):
+        k = bisect.bisect_right(starts, a) - 1
+        tariff = schedule[k][1]
         power, current = curve.held(a)
         state = MatchState(
             local=_dt(a).astimezone(tz),
@@ -398,7 +408,7 @@ def _split(tariff: Tariff, tz: tzinfo, curve: _Curve, t0: int, t_ce: int, t1: in
         if not flat_seen:
             dims.add(Dimension.FLAT)
         active = {d: v for d, v in _active(tariff, state).items() if d in dims}
-        piece = _Period(a, b, charging, active)
+        piece = _Period(a, b, charging, active, k)
         prev = periods[-1] if periods else None
         if prev and _signature(prev, flat_seen) == _signature(piece, flat_seen):
             prev.end = b
@@ -511,8 +521,18 @@ def _bound(
 # ---------------------------------------------------------------- public API
 
 
-def price_session(tariff: Tariff, session: Session, *, tz: str | tzinfo) -> CostResult:
-    """Price a session timeline; `tz` is the station's timezone for local-time restrictions."""
+def price_session(
+    tariff: Tariff,
+    session: Session,
+    *,
+    tz: str | tzinfo,
+    changes: Sequence[tuple[datetime, Tariff]] = (),
+) -> CostResult:
+    """Price a session timeline; `tz` is the station's timezone for local-time restrictions.
+
+    `changes`: (from, tariff) when the station's tariff changed mid-session; each change
+    starts a new period priced by the new tariff (step_size still once per dimension over the
+    session, FLAT once, min/max price from the tariff the session started with)."""
     zone = _zone(tz)
     t0, t_ce, t1 = _us(session.start), _us(session.charging_end), _us(session.end)
     if not t0 <= t_ce <= t1:
@@ -520,8 +540,16 @@ def price_session(tariff: Tariff, session: Session, *, tz: str | tzinfo) -> Cost
     _check_samples(session.samples)
     if not tariff.is_valid_at(session.start):
         raise PricingError(f"tariff {tariff.id} is not in force at {session.start.isoformat()}")
+    schedule = [(t0, tariff)]
+    for at, t in sorted(changes, key=lambda c: _us(c[0])):
+        if t.currency != tariff.currency:
+            raise PricingError(
+                f"tariff {t.id} is in {t.currency}, the session in {tariff.currency}"
+            )
+        if t0 < _us(at) < t1:
+            schedule.append((_us(at), t))
     curve = _Curve(session.samples, t0, t_ce)
-    periods = _split(tariff, zone, curve, t0, t_ce, t1)
+    periods = _split(schedule, zone, curve, t0, t_ce, t1)
     lines = _lines(periods)
     steps = _apply_steps(lines)
     cur = tariff.currency
@@ -558,6 +586,7 @@ def price_session(tariff: Tariff, session: Session, *, tz: str | tzinfo) -> Cost
         parking_s=_seconds(t1 - t_ce),
         periods=[
             Period(
+                tariff_id=schedule[p.tariff][1].id,
                 start=_dt(p.start),
                 end=_dt(p.end),
                 charging=p.charging,

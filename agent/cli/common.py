@@ -28,6 +28,7 @@ class Exit(IntEnum):
     CHECK_FAILED = 1  # a check found a problem, or a device did not answer
     USAGE = 2  # bad arguments or an invalid config / profile file
     UNREACHABLE = 3  # the service (or the device link) could not be reached
+    DENIED = 4  # not allowed: no permission on the API socket, or not in the [api] group
 
 
 def emit_json(obj: Any) -> None:

@@ -21,11 +21,12 @@ from rich.live import Live
 from agent.cli.common import console, emit_json
 from agent.cli.live import LiveState, render
 from agent.config import ConnectorConfig, StationConfig
-from agent.events import ChargeRecordWritten, DeviceHealth, Reading, SessionEvent
+from agent.events import ChargeRecordWritten, DeviceHealth, DriverMessage, Reading, SessionEvent
 from agent.runtime import Agent
 from agent.sessions.engine import CommandRefused
 from agent.sessions.model import card_token
 from agent.tasks import cancel_and_wait
+from hil.display import ConsoleDisplay
 from hil.station import SimStation
 
 log = structlog.get_logger(__name__)
@@ -114,7 +115,11 @@ async def run_demo(
     await sim.start()
     agent = Agent(cfg)
     state = LiveState(cfg)
-    sub = agent.bus.subscribe(Reading, DeviceHealth, SessionEvent, ChargeRecordWritten)
+    sub = agent.bus.subscribe(
+        Reading, DeviceHealth, SessionEvent, ChargeRecordWritten, DriverMessage
+    )
+    if agent.driver is not None:  # the simulated display: `watch cat .demo/display.txt`
+        agent.driver.add_display(ConsoleDisplay(path=cfg.store.path.parent / "display.txt"))
     await agent.start()
     drivers = [DemoDriver(agent, sim, c, state) for c in cfg.connector]
     tasks = [asyncio.create_task(d.run(), name=f"demo connector {d.c.id}") for d in drivers]
@@ -165,5 +170,6 @@ async def _pump_json(sub, state: LiveState, deadline: float | None) -> None:
             DeviceHealth: "health",
             SessionEvent: "session",
             ChargeRecordWritten: "record",
+            DriverMessage: "driver",
         }[type(ev)]
         emit_json({"type": kind, **ev.model_dump(mode="json")})

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.config import StationConfig
-from agent.events import DeviceHealth, HealthState, Reading, SessionEvent, utcnow
+from agent.events import DeviceHealth, DriverMessage, HealthState, Reading, SessionEvent, utcnow
 
 CP_MEANING = {
     "A": "no vehicle",
@@ -45,6 +45,8 @@ class LiveState:
     sessions: dict[int, SessionEvent] = field(default_factory=dict)
     # connector id -> when its running session started
     since: dict[int, datetime] = field(default_factory=dict)
+    # connector id -> what its driver display shows (agent/driver)
+    driver: dict[int, DriverMessage] = field(default_factory=dict)
 
     def feed(self, event: object) -> None:
         """Take one bus event."""
@@ -52,6 +54,8 @@ class LiveState:
             self.readings[(event.device, event.quantity)] = event
         elif isinstance(event, DeviceHealth):
             self.health[event.device] = event
+        elif isinstance(event, DriverMessage):
+            self.driver[event.connector] = event
         elif isinstance(event, SessionEvent):
             self.sessions[event.connector] = event
             if event.kind == "started":
@@ -104,6 +108,9 @@ def _connector_panel(state: LiveState, c) -> Panel:
     ev = state.sessions.get(c.id)
     if ev is not None:
         top.add_row("status", Text(ev.status, style="bold"))
+    shown = state.driver.get(c.id)
+    if shown is not None:
+        top.add_row("display", Text(shown.headline[shown.lang], style="bold cyan"))
     top.add_row("CP state", cp_text)
     contactor = state.value(c.evse, "contactor_closed")
     if contactor is not None:  # not every controller reports it

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from agent.billing import tariff_cmd
 from agent.cli import billing_cmd, keys_cmd, modbus_cmd, report_cmd, sessions_cmd, simctl_cmd
+from agent.cli.bundle_cmd import bundle
 from agent.cli.common import (
     DEFAULT_CONFIG,
     DEMO_CONFIG,
@@ -21,8 +22,14 @@ from agent.cli.common import (
     fail,
     load_or_exit,
 )
+from agent.cli.config_show import config_show
+from agent.cli.control_cmd import limit, start, stop
 from agent.cli.diagnose_cmd import diagnose
 from agent.cli.faults_cmd import faults
+from agent.cli.logs_cmd import logs
+from agent.cli.mqtt_cmd import app as mqtt_app
+from agent.cli.status_cmd import live, status
+from agent.cli.tickets_cmd import app as tickets_app
 from agent.config import ConfigError, load_config
 from agent.logsetup import setup_logging
 from hil.serial_pair import SerialPairError
@@ -41,10 +48,20 @@ app.add_typer(tariff_cmd.app, name="tariff")
 app.add_typer(sessions_cmd.app, name="sessions")
 app.add_typer(billing_cmd.app, name="billing")
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(mqtt_app, name="mqtt")
 app.command("report")(report_cmd.report)
 app.add_typer(simctl_cmd.app, name="simctl")
+app.add_typer(tickets_app, name="tickets")
 app.command("faults")(faults)
 app.command("diagnose")(diagnose)
+app.command("status")(status)
+app.command("live")(live)
+app.command("start")(start)
+app.command("stop")(stop)
+app.command("limit")(limit)
+app.command("logs")(logs)
+app.command("bundle")(bundle)
+config_app.command("show")(config_show)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -101,13 +118,23 @@ def run(
         bool, typer.Option("--json-logs/--console-logs", help="JSON lines (service default)")
     ] = True,
 ) -> None:
-    """Run the agent: poll every device, publish readings, keep the store."""
+    """Run the agent: poll every device, publish readings, keep the store.
+
+    Exits 75 after an OCPP hard reset (the unit's Restart=on-failure starts it again)."""
+    from agent.api.server import ApiStartError
+    from agent.mqtt.config import MqttConfigError
+    from agent.ocpp.service import HardReset, OcppSetupError
     from agent.runtime import run_agent
 
     cfg = load_or_exit(config)
     setup_logging(cfg.log.level, json=json_logs)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_agent(cfg))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_agent(cfg))
+    except (OcppSetupError, MqttConfigError, ApiStartError) as e:
+        raise fail(str(e), Exit.USAGE) from None
+    except HardReset as e:
+        raise typer.Exit(e.exit_code) from None
 
 
 @app.command("demo")

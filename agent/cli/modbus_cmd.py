@@ -1,21 +1,24 @@
-"""`evedge modbus read|scan`: profile-aware Modbus tools for the technician (like mbpoll)."""
+"""`evedge modbus read|write|scan`: profile-aware Modbus tools for the technician (like mbpoll)."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from agent.cli.common import Exit, console, emit_json, fail
+from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.service import control
+from agent.logsetup import setup_logging
 from drivers import quantities
-from drivers.device import UNREACHABLE_CODES, CycleResult, Device
+from drivers.device import UNREACHABLE_CODES, CycleResult, Device, WriteVerifyError
 from drivers.profile import ProfileError, load_profile, profile_names
 from drivers.transport import Link, ModbusFailure, SerialSettings, TcpSettings, describe
 
 app = typer.Typer(
-    help="Read and scan Modbus devices, decoded by device profile.", no_args_is_help=True
+    help="Read, write and scan Modbus devices, decoded by device profile.", no_args_is_help=True
 )
 
 TcpOpt = Annotated[str | None, typer.Option("--tcp", help="HOST:PORT of a Modbus TCP device")]
@@ -134,6 +137,94 @@ def _print_values(prof, device: Device, link: Link, values, failures, cycle: Cyc
     console.print(f"{link.requests} requests, {cycle.latency_s * 1000:.0f} ms")
     for f in failures:
         console.print(f"[red]failed:[/] {f}", highlight=False)
+
+
+def parse_value(text: str) -> bool | int | float | str:
+    """A value from the command line: true/false, an integer, a decimal, else text."""
+    low = text.strip().lower()
+    if low in ("true", "on", "yes"):
+        return True
+    if low in ("false", "off", "no"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@app.command("write")
+def write(
+    quantity: Annotated[str, typer.Argument(help="quantity to write, e.g. offered_current_a")],
+    value: Annotated[str, typer.Argument(help="a number, true/false, or text")],
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="a device of the station config, written by the service"),
+    ] = None,
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="station config (with --device)")
+    ] = DEFAULT_CONFIG,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="device profile (direct write)")
+    ] = None,
+    unit: Annotated[
+        int | None, typer.Option("--unit", help="unit id (default: the profile's)")
+    ] = None,
+    tcp: TcpOpt = None,
+    serial: SerialOpt = None,
+    baud: BaudOpt = 9600,
+    parity: ParityOpt = "N",
+    stopbits: StopOpt = 1,
+    timeout: TimeoutOpt = 1.0,
+    json: JsonOpt = False,
+) -> None:
+    """Write one quantity and read it back. With --device, through the running service
+    (it owns the bus); else directly with --profile and --tcp/--serial."""
+    setup_logging("warning")  # logs to stderr: stdout is the answer (or the JSON)
+    parsed = parse_value(value)
+    if device is not None:
+        if profile or tcp or serial:
+            raise fail("--device goes through the service: no --profile/--tcp/--serial", Exit.USAGE)
+        res = control(load_or_exit(config), "write", device=device, quantity=quantity, value=parsed)
+        where = f"{device} (through the service)"
+        _written(json, where, quantity, res["written"], res["read_back"])
+        return
+    if profile is None:
+        raise fail("give --device NAME, or --profile with --tcp/--serial", Exit.USAGE)
+    try:
+        prof = load_profile(profile)
+        prof.writable(quantity)
+    except ProfileError as e:
+        raise fail(str(e), Exit.USAGE) from None
+    settings = _settings(tcp, serial, baud, parity, stopbits)
+    unit_id = prof.default_unit if unit is None else unit
+
+    async def go():
+        dev = Device("cli", prof, Link(settings, timeout_s=timeout), unit_id)
+        try:
+            return await dev.write(quantity, parsed)
+        finally:
+            dev.link.close()
+
+    try:
+        got = asyncio.run(go())
+    except ModbusFailure as e:
+        raise fail(str(e), Exit.UNREACHABLE) from None
+    except WriteVerifyError as e:
+        raise fail(str(e), Exit.CHECK_FAILED) from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise fail(f"{quantity}={value!r}: {e}", Exit.USAGE) from None
+    _written(json, f"unit {unit_id} on {describe(settings)}", quantity, parsed, got)
+
+
+def _written(json: bool, where: str, quantity: str, written, read_back) -> None:
+    if json:
+        emit_json(
+            {"target": where, "quantity": quantity, "written": written, "read_back": read_back}
+        )
+    else:
+        console.print(f"{where}: wrote {quantity} = {written}, read back {read_back}")
 
 
 @app.command("scan")

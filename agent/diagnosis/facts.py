@@ -60,10 +60,14 @@ class StationFacts:
         clock_synced: Callable[[], bool | None] = kernel_clock_synced,
         disk: Callable[[], tuple[float, float] | None] = lambda: None,
         cloud: CloudStatus | None = None,
+        tx_exhausted: Callable[[], int | None] = lambda: None,
     ):
         self.clock_synced = clock_synced
         self.disk = disk
         self.cloud = cloud or CloudStatus()
+        # OCPP transaction messages kept after their retries ran out (agent/ocpp/outbox.py
+        # sets it to its count; None: no OCPP).
+        self.tx_exhausted = tx_exhausted
 
     @classmethod
     def for_store(cls, store_path: Path, cloud: CloudStatus | None = None) -> StationFacts:
@@ -80,6 +84,7 @@ class StationFacts:
             "disk_free_mb": None if disk is None else round(disk[1], 1),
             "cloud_configured": self.cloud.configured,
             "cloud_offline_s": None if offline is None else round(offline, 1),
+            "ocpp_tx_exhausted": self.tx_exhausted(),
         }
 
 
@@ -91,10 +96,12 @@ class ManualFacts(StationFacts):
             "clock_synced": True,
             "disk_free_pct": 50.0,
             "disk_free_mb": 8000.0,
+            "ocpp_tx_exhausted": 0,
         }
         super().__init__(
             lambda: self.values["clock_synced"],  # type: ignore[arg-type, return-value]
             lambda: (self.values["disk_free_pct"], self.values["disk_free_mb"]),  # type: ignore[arg-type, return-value]
+            tx_exhausted=lambda: self.values["ocpp_tx_exhausted"],  # type: ignore[arg-type, return-value]
         )
         self.set(**values)
 

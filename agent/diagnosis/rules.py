@@ -91,6 +91,7 @@ STATION_FIELDS: dict[str, Kind] = {
     "disk_free_mb": "num",
     "cloud_configured": "bool",
     "cloud_offline_s": "num",
+    "ocpp_tx_exhausted": "num",
 }
 SESSION_FIELDS: dict[str, Kind] = {"active": "bool", "charging": "bool"}
 ROLES: dict[str, tuple[str, ...]] = {

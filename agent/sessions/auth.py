@@ -10,6 +10,7 @@ sent them. Free vend accepts every plug-in under the configured token.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,9 +18,17 @@ import structlog
 
 from agent.sessions.config import AuthConfig
 from agent.sessions.model import AuthMethod, AuthStatus, IdToken, mask
-from agent.sessions.store import SessionStore
+from agent.sessions.store import SessionStore, set_state
 
 log = structlog.get_logger(__name__)
+
+LIST_VERSION_KEY = "local_list_version"  # in billing_state
+_UPSERT_LIST = (
+    "INSERT INTO auth_list (id_token, status, expiry_ts, group_id, source, updated_ts) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id_token) DO UPDATE SET status = excluded.status, "
+    "expiry_ts = excluded.expiry_ts, group_id = excluded.group_id, source = excluded.source, "
+    "updated_ts = excluded.updated_ts"
+)
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,22 @@ class OnlineAuthorizer(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class AuthPolicy:
+    """The switches of the decision, as OCPP 1.6 names them (LocalPreAuthorize,
+    LocalAuthorizeOffline, AuthorizationCacheEnabled, AllowOfflineTxForUnknownId,
+    LocalAuthListEnabled). Without a central system they come from [auth]."""
+
+    local_pre_authorize: bool = True  # a locally Accepted token starts without asking online
+    local_authorize_offline: bool = True  # offline, the list and cache may start a session
+    cache_enabled: bool = True
+    allow_offline_unknown: bool = False
+    local_list_enabled: bool = True
+
+
 class Authorizer:
-    """Decides on tokens; keeps the local list and cache in the store."""
+    """Decides on tokens; keeps the local list and cache in the store. `policy` is read at
+    every decision (the OCPP charge point points it at its configuration keys)."""
 
     def __init__(
         self,
@@ -62,6 +85,9 @@ class Authorizer:
         self.store = store
         self.cfg = cfg
         self.online = online
+        self.policy: Callable[[], AuthPolicy] = lambda: AuthPolicy(
+            cache_enabled=cfg.cache_enabled, allow_offline_unknown=cfg.allow_offline_unknown
+        )
 
     # ------------------------------------------------------------------ local list
 
@@ -90,13 +116,31 @@ class Authorizer:
     ) -> None:
         """Add or change a local list entry (SendLocalList)."""
         with self.store.tx() as c:
-            c.execute(
-                "INSERT INTO auth_list (id_token, status, expiry_ts, group_id, source, "
-                "updated_ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id_token) DO UPDATE SET "
-                "status = excluded.status, expiry_ts = excluded.expiry_ts, group_id = "
-                "excluded.group_id, source = excluded.source, updated_ts = excluded.updated_ts",
-                (token, status.value, expiry_us, group, source, now_us),
-            )
+            c.execute(_UPSERT_LIST, (token, status.value, expiry_us, group, source, now_us))
+
+    def update_list(
+        self,
+        entries: list[tuple[str, AuthStatus | None, str | None, int | None]],
+        full: bool,
+        version: int,
+        now_us: int,
+        source: str = "csms",
+    ) -> None:
+        """SendLocalList in one transaction: (token, status or None to remove, group,
+        expiry µs) entries; `full` first drops the source's entries; the version is kept."""
+        with self.store.tx() as c:
+            if full:
+                c.execute("DELETE FROM auth_list WHERE source = ?", (source,))
+            for token, status, group, expiry_us in entries:
+                if status is None:
+                    c.execute("DELETE FROM auth_list WHERE id_token = ?", (token,))
+                else:
+                    c.execute(_UPSERT_LIST, (token, status.value, expiry_us, group, source, now_us))
+            set_state(c, LIST_VERSION_KEY, str(version))
+
+    def list_version(self) -> int:
+        """The version of the last list update (0: none yet)."""
+        return int(self.store.state(LIST_VERSION_KEY) or 0)
 
     def _lookup(self, table: str, token: str) -> tuple[str, int | None, str | None] | None:
         with self.store.reading() as c:
@@ -105,7 +149,7 @@ class Authorizer:
             ).fetchone()
 
     def _cache(self, token: str, status: AuthStatus, group: str | None, now_us: int) -> None:
-        if not self.cfg.cache_enabled:
+        if not self.policy().cache_enabled:
             return
         expiry = now_us + self.cfg.cache_ttl_s * 1_000_000
         with self.store.tx() as c:
@@ -120,20 +164,31 @@ class Authorizer:
     # ------------------------------------------------------------------ deciding
 
     async def authorize(self, token: IdToken, now_us: int) -> AuthResult:
-        """The verdict on a card token; never raises for an unreachable central system."""
-        entry = await asyncio.to_thread(self._lookup, "auth_list", token.id)
+        """The verdict on a card token; never raises for an unreachable central system.
+
+        A list entry that refuses decides. A locally Accepted token (list, or valid cache
+        entry) starts at once with LocalPreAuthorize, else the central system is asked
+        first and the local answer only used offline (if LocalAuthorizeOffline)."""
+        p = self.policy()
+        local: AuthResult | None = None
+        entry = None
+        if p.local_list_enabled:
+            entry = await asyncio.to_thread(self._lookup, "auth_list", token.id)
         if entry is not None:
             status, expiry, group = entry
             st = AuthStatus(status)
             if st == AuthStatus.ACCEPTED and expiry is not None and expiry <= now_us:
                 st = AuthStatus.EXPIRED
-            return self._log(token, AuthResult(st, AuthMethod.LOCAL_LIST, group))
-        cached = None
-        if self.cfg.cache_enabled:
+            local = AuthResult(st, AuthMethod.LOCAL_LIST, group)
+            if not local.accepted:
+                return self._log(token, local)
+        elif p.cache_enabled:
             cached = await asyncio.to_thread(self._lookup, "auth_cache", token.id)
-        valid_cache = cached is not None and (cached[1] is None or cached[1] > now_us)
-        if cached is not None and valid_cache and cached[0] == AuthStatus.ACCEPTED:
-            return self._log(token, AuthResult(AuthStatus.ACCEPTED, AuthMethod.CACHE, cached[2]))
+            valid_cache = cached is not None and (cached[1] is None or cached[1] > now_us)
+            if cached is not None and valid_cache and cached[0] == AuthStatus.ACCEPTED:
+                local = AuthResult(AuthStatus.ACCEPTED, AuthMethod.CACHE, cached[2])
+        if local is not None and (p.local_pre_authorize or self.online is None):
+            return self._log(token, local)
         if self.online is not None:
             try:
                 status, group, _expiry = await asyncio.wait_for(
@@ -144,7 +199,14 @@ class Authorizer:
             else:
                 await asyncio.to_thread(self._cache, token.id, AuthStatus(status), group, now_us)
                 return self._log(token, AuthResult(AuthStatus(status), AuthMethod.ONLINE, group))
-        if self.cfg.allow_offline_unknown:
+        if local is not None:
+            if p.local_authorize_offline:
+                return self._log(token, local)
+            return self._log(
+                token,
+                AuthResult(AuthStatus.UNKNOWN, local.method, detail="offline; local auth is off"),
+            )
+        if p.allow_offline_unknown:
             return self._log(
                 token,
                 AuthResult(AuthStatus.ACCEPTED, AuthMethod.CACHE, detail="offline, unknown token"),

@@ -10,6 +10,7 @@ import uuid
 from decimal import Decimal
 
 from agent.billing import ocmf
+from agent.billing.keys import public_key_hex
 from agent.billing.pricing import MeterSample
 from agent.events import ChargeRecordWritten, utcnow
 from agent.sessions.ledger import Closing
@@ -18,7 +19,7 @@ from agent.sessions.model import AuthMethod, IdToken, Status, StopReason
 from agent.sessions.payment import PaymentAuth
 from agent.sessions.records import RecordInput, build_body
 from agent.sessions.session import Live, payment_json
-from agent.sessions.states import CHARGING_CP, FAULT_CP, PLUGGED, derive_status
+from agent.sessions.states import CHARGING_CP, FAULT_CP, MIN_CURRENT_A, PLUGGED, derive_status
 from agent.sessions.store import SampleRow, SessionRow
 from agent.sessions.times import US, from_us, to_us
 
@@ -61,6 +62,30 @@ class ClosingMixin:
             self.publish("rejected", reason="MeterUnavailable", detail="no meter reading")
             return False
         wh, read_us = reading
+        signer = eng.meter_signer(self.id)
+        meter_record = None
+        if signer is not None:
+            # The meter signs its own begin reading, and that is the one billed from.
+            begin = self._ocmf_reading(read_us, ocmf.Tx.BEGIN, wh)
+            tariff_id = None if eng.tariff is None else eng.tariff.id
+            req = self._request(method.value, self.meter_serial, tariff_id, token, [begin])
+            try:
+                meter_record = await signer.begin(req)
+                signed_wh = ocmf.parse(meter_record).readings[0].energy_wh
+            except Exception as e:
+                self.log.error(
+                    "session.meter_signing_failed",
+                    meter=self.meter_device,
+                    error=str(e),
+                    hint="the signing meter did not sign the begin reading: session not started",
+                )
+                if payment is not None:
+                    await self._void(payment.ref, "meter did not sign: session not started")
+                self.publish("rejected", reason="MeterSigningFailed", detail=str(e)[:200])
+                return False
+            if signed_wh != wh:
+                reviews.append(f"begin reading: register {wh} Wh, meter signed {signed_wh} Wh")
+                wh, read_us = signed_wh, to_us(utcnow())
         tracker = EnergyTracker(
             start_wh=wh,
             start_us=read_us,
@@ -105,9 +130,6 @@ class ClosingMixin:
         )
         begin = self._ocmf_reading(read_us, ocmf.Tx.BEGIN, wh)
         req = self._sign_request(row, token, [begin])
-        meter_record = None
-        if eng.meter_signer(self.id) is not None:
-            meter_record = await eng.meter_signer(self.id).begin(req)
         sample = SampleRow(row.id, read_us, "begin", wh, 0, ocmf.Tx.BEGIN.value, "{}")
         await asyncio.to_thread(
             eng.ledger.open,
@@ -139,7 +161,7 @@ class ClosingMixin:
             charging=self.cp in CHARGING_CP,
         )
         self.status = Status.SUSPENDED_EVSE
-        self.reservation = None
+        await self.end_reservation("used")
         self.log.info(
             "session.started",
             session=row.id[:8],
@@ -149,10 +171,14 @@ class ClosingMixin:
             start_wh=wh,
         )
         self.publish("started", id_tag=token.masked, method=method.value)
-        current = self.cfg.max_current_a
-        if await self._evse(True, current):
+        current = self.effective_limit()
+        if current < MIN_CURRENT_A:
+            self.log.info("session.limited", current=current, why="below 6 A: SuspendedEVSE")
+            await self.settle("limit", f"offered current limit {current:g} A: suspended")
+        elif await self._evse(True, current):
             self.session.offering = True
             self.needs_disable = False
+            self.applied_a = current
             await self.settle("enabled", f"EVSE offers {current:g} A")
         else:
             await self.stop(StopReason.OTHER, "evse", "the EVSE did not accept the enable command")
@@ -195,20 +221,27 @@ class ClosingMixin:
         end_wh, end_read_us = s.tracker.register_wh, s.tracker.hwm_us
         if end is not None and end[1] >= end_read_us:
             end_wh, end_read_us = end
+        tx = END_TX.get(reason, ocmf.Tx.END)
+        meter_record = await self._meter_end(s, tx, end_read_us, end_wh)
+        if meter_record is not None:
+            signed_wh = ocmf.parse(meter_record).readings[-1].energy_wh
+            if signed_wh != end_wh:
+                # What the meter signed is what is billed (it read after the agent did).
+                at = max(to_us(utcnow()), end_read_us)
+                s.tracker.feed(signed_wh, at, self.meter_serial)
+                end_wh, end_read_us = signed_wh, at
+        if reason == StopReason.EMERGENCY_STOP:
+            by, detail = self.emergency_cause()  # whichever of pilot and fault came first
         if s.charging:
             charging_end = stop_us
         else:
             charging_end = s.charging_end_us if s.charging_end_us is not None else s.row.started_ts
         charging_end = max(s.row.started_ts, min(charging_end, stop_us))
         s.cost = self._cost(s, charging_end, stop_us)
-        tx = END_TX.get(reason, ocmf.Tx.END)
         # The end record holds the tariff-change and end readings; the begin reading is in the
         # begin record (verifiers pair the two and refuse a second begin reading).
         readings = [*s.readings[1:], self._ocmf_reading(end_read_us, tx, end_wh)]
         req = self._sign_request(s.row, s.token, readings)
-        meter_record = None
-        if eng.meter_signer(self.id) is not None:
-            meter_record = await eng.meter_signer(self.id).end(req)
         # The car stays (unless the stop was its unplugging): Finishing until it leaves. A
         # fault pilot (E/F) hides whether it is there; assume it is, the pilot will tell.
         plugged = self.cp in PLUGGED or self.cp in FAULT_CP
@@ -240,6 +273,11 @@ class ClosingMixin:
             cost=s.cost,
             signer=eng.signer_kind(self.id),
             public_key_hex=eng.public_key_hex(self.id),
+            end_public_key_hex=(
+                None
+                if meter_record is not None or eng.meter_signer(self.id) is None
+                else public_key_hex(eng.key)
+            ),
             payment=payment,
             notes=tuple(notes),
         )
@@ -271,6 +309,7 @@ class ClosingMixin:
             ),
         )
         self.status = status
+        self.last_stop = (s.id, stop_us) if reason == StopReason.EMERGENCY_STOP else None
         cost = s.cost
         self.log.info(
             "session.stopped",
@@ -317,6 +356,28 @@ class ClosingMixin:
                 )
             await self._settle_payment(s.payment.ref, s.payment.amount, total)
         await self.settle("stopped", reason.value)
+
+    async def _meter_end(self, s, tx: ocmf.Tx, at_us: int, wh: int) -> str | None:
+        """The signing meter's end record, or None (no signing meter, or it failed: then the
+        agent signs the end reading and the record is flagged)."""
+        signer = self.eng.meter_signer(self.id)
+        if signer is None:
+            return None
+        req = self._sign_request(s.row, s.token, [self._ocmf_reading(at_us, tx, wh)])
+        try:
+            return await signer.end(req)
+        except Exception as e:
+            self.log.error(
+                "session.meter_signing_failed",
+                session=s.id[:8],
+                meter=self.meter_device,
+                error=str(e),
+                hint="the end reading is signed with the agent's key instead",
+            )
+            s.tracker.reviews.append(
+                f"the meter did not sign the end reading ({e}): signed by the agent's key"
+            )
+            return None
 
     # ------------------------------------------------------------------ payments
 

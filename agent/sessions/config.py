@@ -7,6 +7,7 @@ from the working directory, like `[store] path`.
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
@@ -130,6 +131,12 @@ def load_billing_tariff(path: Path) -> Tariff:
         tariff = load_tariff(path)
     except TariffError as e:
         raise ValueError("; ".join(f"{path}: {p}: {m}" for p, m in e.problems)) from None
+    return check_billable(tariff, str(path))
+
+
+def check_billable(tariff: Tariff, path: str) -> Tariff:
+    """`tariff` if every priced dimension has an unrestricted fallback element, else
+    ValueError naming `path` (a session could find no matching element: refuse it now)."""
     missing = []
     for dim in sorted({c.type for el in tariff.elements for c in el.price_components}):
         fallback = any(
@@ -175,6 +182,23 @@ class SessionsConfig(_Section):
         "high-water mark again); a larger drop is a reset (counted from the new value)",
     )
     nominal_voltage_v: float = Field(default=230, gt=0, le=1000)
+    failsafe_timeout_s: float = Field(
+        default=30,
+        ge=2,
+        le=3600,
+        description="EVSEs with a failsafe ([failsafe] in their profile) fall back to "
+        "failsafe_current_a when the agent has not written for this long",
+    )
+    failsafe_current_a: float = Field(
+        default=6, ge=0, le=80, description="0 (stop) or 6..80 A: what the EVSE offers then"
+    )
+
+    @field_validator("failsafe_current_a")
+    @classmethod
+    def _legal_current(cls, v: float) -> float:
+        if 0 < v < 6:
+            raise ValueError(f"must be 0 (stop charging) or 6..80 A (IEC 61851), got {v:g}")
+        return v
 
 
 class LocalListEntry(_Section):
@@ -193,3 +217,23 @@ class AuthConfig(_Section):
         default=False, description="accept unknown tokens while the online authorizer is down"
     )
     online_timeout_s: float = Field(default=10, gt=0, le=120)
+
+
+def write_tariff_file(path: Path, tariff: Tariff) -> None:
+    """Replace the tariff file atomically: a temporary file beside it, fsynced, renamed over
+    it, directory fsynced. A crash leaves the old file or the new one, never half of one.
+    JSON only: a .toml tariff file is refused (it would not load as TOML afterwards)."""
+    if path.suffix.lower() == ".toml":
+        raise ValueError(f"{path}: a TOML tariff file is not rewritten; use a .json file")
+    text = tariff.model_dump_json(indent=2, exclude_none=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,6 +9,8 @@ a fresh meter reading gets it while its queue is paused.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -23,8 +25,8 @@ from agent.sessions.evse import EvseControl, cp_from_vendor
 from agent.sessions.model import AuthMethod, IdToken, Status, StopReason
 from agent.sessions.payment import PaymentError, preauth_amount
 from agent.sessions.recovery import RecoveryMixin
-from agent.sessions.session import Live, MeteringMixin, Pending
-from agent.sessions.states import CHARGING_CP, FAULT_CP, PLUGGED, derive_status
+from agent.sessions.session import Live, MeteringMixin, Pending, Reservation
+from agent.sessions.states import CHARGING_CP, FAULT_CP, MIN_CURRENT_A, PLUGGED, derive_status
 from agent.sessions.times import US, to_us
 from drivers.transport import ModbusFailure
 
@@ -36,6 +38,9 @@ log = structlog.get_logger(__name__)
 TICK_S = 0.5
 EVSE_RETRY_S = 2.0
 WRITE_ATTEMPTS = 3
+ANNOTATE_WINDOW_S = 60.0  # a second cause this soon after an emergency stop is the same incident
+PERSISTED_LIMITS = frozenset({"local"})  # limit sources that survive a restart
+_SOURCE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class CommandRefused(Exception):
@@ -55,10 +60,15 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
         self.status = Status.AVAILABLE
         self.session: Live | None = None
         self.pending: Pending | None = None
-        self.reservation: tuple[IdToken, int] | None = None
+        self.reservation: Reservation | None = None
+        self.limits: dict[str, float] = {}  # current limit per source (ocpp, local, derate)
+        self.cable_a: float | None = None  # the plugged cable's capacity (PP), when known
+        self.applied_a: float | None = None  # what the EVSE was last told to offer
         self.available = True
         self.finishing = False
         self.faults: dict[str, str] = {}  # diagnosis fault id -> what it is
+        self.known_faults: dict[str, str] = {}  # the same, noted by the dispatcher at once
+        self.last_stop: tuple[str, int] | None = None  # (session id, ended µs) of the last stop
         self.cp: str | None = None
         self.vendor: dict[str, str | None] = {"charger_state": None, "cable_state": None}
         self.energy: tuple[int, int] | None = None  # (register Wh, read at µs)
@@ -78,6 +88,8 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
     def on_reading(self, device: str, quantity: str, value: Any, at: datetime) -> None:
         """Dispatcher side: keep the latest values; queue what the state machine needs."""
         if device == self.evse.name:
+            if quantity == "cable_max_current_a" and isinstance(value, int | float):
+                self.cable_a = float(value) if value > 0 else None
             if quantity == "cp_state" and isinstance(value, str):
                 self._set_cp(value, at)
             elif quantity in self.vendor and not self.evse.reads_cp:
@@ -162,11 +174,30 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
             self.session.tracker.comm_lost(item[1])
             self.log.warning("session.meter_offline", session=self.session.id[:8])
 
+    def note_fault(self, fault_id: str, raised: bool, text: str) -> None:
+        """Dispatcher side: know a connector fault at once, before the queue acts on it, so a
+        stop already under way for the same incident (pilot E/F) names it too."""
+        if raised:
+            self.known_faults[fault_id] = text
+        else:
+            self.known_faults.pop(fault_id, None)
+
+    def emergency_cause(self) -> tuple[str, str]:
+        """(by, detail) of an emergency stop, the same whichever of pilot E/F and a faulted
+        FaultRaised acted first: the faults known at the close (root causes, sorted by id),
+        then the pilot state. Decided when the record is written, not when the stop began."""
+        parts = [f"{fid}: {text}" for fid, text in sorted(self.known_faults.items())]
+        if self.cp in FAULT_CP:
+            parts.append(f"control pilot state {self.cp}")
+        return ("fault" if self.known_faults else "evse"), "; ".join(parts)
+
     async def on_cp(self, cp: str) -> None:
         """The control pilot changed: stop on unplug or fault, start when authorized."""
         s = self.session
         if cp in FAULT_CP and s is not None:
             await self.stop(StopReason.EMERGENCY_STOP, "evse", f"control pilot state {cp}")
+        elif cp in FAULT_CP and self.last_stop is not None:
+            await self._annotate(f"control pilot state {cp}")
         elif cp not in PLUGGED and cp not in FAULT_CP:
             self.finishing = False
             if s is not None:
@@ -313,7 +344,8 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
             raise CommandRefused("connector is faulted")
         if not self.available:
             raise CommandRefused("connector is unavailable")
-        if self.reservation is not None and (token is None or token.id != self.reservation[0].id):
+        held = self.reservation
+        if held is not None and (token is None or token.id != held.token.id):
             raise CommandRefused("connector is reserved for another token")
 
     async def _authorized(
@@ -344,23 +376,56 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
         await self.settle("availability")
         return self.status.value
 
-    async def reserve(self, token: IdToken, expires: datetime) -> str:
-        """Hold the connector for one token until `expires`."""
-        if self.session is not None or self.status not in (Status.AVAILABLE, Status.RESERVED):
+    async def reserve(self, token: IdToken, expires: datetime, reservation_id: int) -> str:
+        """Hold the connector for one token until `expires` (persisted; a new reservation
+        with the same id replaces the old one, as OCPP ReserveNow says)."""
+        now = to_us(utcnow())
+        if expires.tzinfo is None or to_us(expires) <= now:
+            raise CommandRefused(f"reservation expiry {expires.isoformat()} is not in the future")
+        mine = self.reservation is not None and self.reservation.id == reservation_id
+        if self.session is not None or (
+            self.status not in (Status.AVAILABLE, Status.RESERVED)
+            or (self.status == Status.RESERVED and not mine)
+        ):
             raise CommandRefused(f"connector is {self.status.value}")
-        self.reservation = (token, to_us(expires))
-        await self.settle("reserved", f"for {token.masked}")
+        self.reservation = Reservation(reservation_id, token, to_us(expires))
+        await asyncio.to_thread(self.eng.ledger.set_reservation, self.id, self.reservation, now)
+        await self.settle("reserved", f"reservation {reservation_id} for {token.masked}")
+        self.publish("reserved", id_tag=token.masked, detail=f"reservation {reservation_id}")
         return self.status.value
+
+    async def end_reservation(self, why: str) -> None:
+        """Drop the reservation (cancelled, expired, or used by its token's session)."""
+        r, self.reservation = self.reservation, None
+        if r is None:
+            return
+        await asyncio.to_thread(self.eng.ledger.set_reservation, self.id, None, to_us(utcnow()))
+        await self.settle("reservation", f"reservation {r.id} {why}")
+        self.publish(f"reservation_{why}", id_tag=r.token.masked, detail=f"reservation {r.id}")
 
     async def fault(self, fault_id: str, active: bool, detail: str) -> None:
         """A fault that stops charging on this connector was raised or cleared."""
+        self.note_fault(fault_id, active, detail)
         if active:
             self.faults[fault_id] = detail
             if self.session is not None:
                 await self.stop(StopReason.EMERGENCY_STOP, "fault", f"{fault_id}: {detail}")
+            elif self.last_stop is not None:
+                await self._annotate(f"{fault_id}: {detail}")
         else:
             self.faults.pop(fault_id, None)
         await self.settle("fault", f"{fault_id} {'raised' if active else 'cleared'}: {detail}")
+
+    async def _annotate(self, detail: str) -> None:
+        """A second cause of an emergency stop that already closed its record (immutable):
+        kept as an event of that session, shortly after its end."""
+        sid, ended = self.last_stop or ("", 0)
+        if to_us(utcnow()) - ended > ANNOTATE_WINDOW_S * US:
+            return
+        await asyncio.to_thread(
+            self.eng.ledger.transition, self.id, None, self.status.value, "stop_cause",
+            to_us(utcnow()), f"session {sid}: also {detail}",
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ EVSE
 
@@ -381,6 +446,18 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
                     error=str(e),
                     hint="check the EVSE link; the enable/setpoint write was not confirmed",
                 )
+        return False
+
+    async def _evse_set_current(self, amps: float) -> bool:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                await self.evse.set_current(amps)
+                return True
+            except (ModbusFailure, RuntimeError, KeyError) as e:
+                self.log.warning(
+                    "evse.write_failed", evse=self.evse.name, current=amps, attempt=attempt + 1,
+                    error=str(e), hint="the new current limit was not confirmed by read-back",
+                )  # fmt: skip
         return False
 
     async def _disable(self) -> bool:
@@ -409,9 +486,62 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
             )
             if p.payment is not None:
                 await self._void(p.payment.ref, "not plugged in in time")
-        if self.reservation is not None and now >= self.reservation[1]:
-            self.reservation = None
-            await self.settle("reservation", "expired")
+        if self.reservation is not None and now >= self.reservation.expires_us:
+            await self.end_reservation("expired")
         s = self.session
         if s is not None:
             await self._check_limits(s)
+        if self.session is not None and self.applied_a != self.effective_limit():
+            await self.apply_limit()  # e.g. the cable's capacity became known
+
+    # ------------------------------------------------------------------ current limits
+
+    def effective_limit(self) -> float:
+        """The current to offer: the connector's rating, the cable's, every source's limit."""
+        caps = [self.cfg.max_current_a, *self.limits.values()]
+        if self.cable_a is not None:
+            caps.append(self.cable_a)
+        return min(caps)
+
+    async def set_limit(self, source: str, amps: float | None) -> float:
+        """Set (or with None drop) one source's limit; applied at once; the new effective."""
+        if not _SOURCE.fullmatch(source or ""):
+            raise CommandRefused(f"limit source {source!r}: use a short lowercase name (ocpp, …)")
+        if amps is not None:
+            if isinstance(amps, bool) or not isinstance(amps, int | float):
+                raise CommandRefused(f"limit must be a number of amperes, got {amps!r}")
+            if not math.isfinite(amps) or amps < 0:
+                raise CommandRefused(f"limit must be 0 A or more, got {amps!r}")
+            self.limits[source] = float(amps)
+        else:
+            self.limits.pop(source, None)
+        if source in PERSISTED_LIMITS:
+            await asyncio.to_thread(
+                self.eng.ledger.set_limit, self.id, source, amps, to_us(utcnow())
+            )
+        self.log.info("connector.limit", source=source, amps=amps, effective=self.effective_limit())
+        await self.apply_limit()
+        return self.effective_limit()
+
+    async def apply_limit(self) -> None:
+        """Offer the effective limit to a running session; below 6 A suspend it (EVSE off,
+        SuspendedEVSE) instead of an illegal pilot duty; resume when it rises again."""
+        s = self.session
+        if s is None:
+            return
+        amps = self.effective_limit()
+        ok = True
+        if amps < MIN_CURRENT_A:
+            if s.offering:
+                ok = await self._disable()
+                if ok:
+                    s.offering = False
+        elif s.offering:
+            ok = await self._evse_set_current(amps)
+        else:
+            ok = await self._evse(True, amps)
+            if ok:
+                s.offering, self.needs_disable = True, False
+        if ok:
+            self.applied_a = amps
+        await self.settle("limit", f"offered current limit {amps:g} A")

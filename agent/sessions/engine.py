@@ -23,22 +23,25 @@ import structlog
 from agent import events
 from agent.billing import ocmf
 from agent.billing.keys import PrivateKey, load_or_create_key, public_key_hex
+from agent.billing.tariff import Tariff, TariffError, parse_tariff
 from agent.bus import EventBus
 from agent.config import StationConfig
 from agent.events import DeviceHealth, HealthState, Reading, utcnow
 from agent.sessions.auth import Authorizer, OnlineAuthorizer
 from agent.sessions.clock import clock_status
-from agent.sessions.config import load_billing_tariff
+from agent.sessions.config import check_billable, load_billing_tariff, write_tariff_file
 from agent.sessions.connector import CommandRefused, Connector
 from agent.sessions.evse import EvseControl
+from agent.sessions.failsafe import run_heartbeat
 from agent.sessions.ledger import Ledger
 from agent.sessions.model import AuthMethod, IdToken, StopReason
 from agent.sessions.payment import PaymentTerminal
-from agent.sessions.signing import AgentSigner, MeterSigner, SigningMeter
+from agent.sessions.signing import AgentSigner, MeterSigner, ModbusSigningMeter, SigningMeter
 from agent.sessions.store import SessionStore
-from agent.sessions.times import to_us
+from agent.sessions.times import from_us, to_us
 from agent.tasks import cancel_and_wait
 from drivers.device import Device
+from drivers.signing import OcmfSigningMeter
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +83,22 @@ def _fault_fields(ev: Any) -> tuple[str, list[int], bool, str]:
     return fid, [int(c) for c in conns], bool(faulted), str(text)
 
 
+def _signing_meters(
+    cfg: StationConfig, devices: dict[str, Device], gateway: ocmf.Gateway
+) -> dict[int, SigningMeter]:
+    """A signing-register driver for each connector whose meter profile has [signing]."""
+    out: dict[int, SigningMeter] = {}
+    drivers: dict[str, ModbusSigningMeter] = {}
+    for c in cfg.connector:
+        dev = devices.get(c.meter or c.evse or "")
+        if dev is None or dev.profile.signing is None:
+            continue
+        if dev.name not in drivers:
+            drivers[dev.name] = ModbusSigningMeter(OcmfSigningMeter(dev), gateway)
+        out[c.id] = drivers[dev.name]
+    return out
+
+
 class SessionEngine:
     """Sessions of every connector that has an EVSE; see the module docstring."""
 
@@ -102,14 +121,14 @@ class SessionEngine:
         self.devices = devices
         self.store = store or SessionStore(cfg.store.path)
         self._own_store = store is None
-        self.key: PrivateKey | None = None
-        signer = None
-        if self.billing.signer == "agent":
-            self.key = load_or_create_key(self.billing.key_dir)
-            gateway = ocmf.Gateway(serial=cfg.station.id, version=_version())
-            signer = AgentSigner(self.key, gateway)
+        # The agent's key signs every record when signer = "agent", and stands in for a
+        # signing meter that fails to sign a session's end (the record says so).
+        self.key: PrivateKey = load_or_create_key(self.billing.key_dir)
+        gateway = ocmf.Gateway(serial=cfg.station.id, version=_version())
+        if signing_meters is None and self.billing.signer == "meter":
+            signing_meters = _signing_meters(cfg, devices, gateway)
         self._meter_signers = {c: MeterSigner(m) for c, m in (signing_meters or {}).items()}
-        self.ledger = Ledger(self.store, cfg.station.id, signer)
+        self.ledger = Ledger(self.store, cfg.station.id, AgentSigner(self.key, gateway))
         self.authorizer = Authorizer(self.store, cfg.auth, online)
         self.tariff = (
             None if self.billing.tariff is None else load_billing_tariff(self.billing.tariff)
@@ -128,8 +147,11 @@ class SessionEngine:
                 )
                 continue
             if self.billing.signer == "meter" and c.id not in self._meter_signers:
+                meter = devices.get(c.meter or c.evse or "")
                 raise ValueError(
-                    f"billing.signer = 'meter' but connector {c.id}'s meter has no signing driver"
+                    f"billing.signer = 'meter' but connector {c.id}'s meter "
+                    f"{c.meter or c.evse!r} ({meter.profile.name if meter else 'no device'}) "
+                    "cannot sign: its profile has no [signing] registers"
                 )
             self.connectors[c.id] = Connector(self, c, EvseControl(dev))
         self._by_device: dict[str, list[Connector]] = {}
@@ -154,7 +176,6 @@ class SessionEngine:
         ms = self._meter_signers.get(connector)
         if ms is not None:
             return ms.public_key_hex
-        assert self.key is not None
         return public_key_hex(self.key)
 
     def modulus(self, device: str) -> int | None:
@@ -182,6 +203,11 @@ class SessionEngine:
             asyncio.create_task(c.run(), name=f"sessions connector {c.id}")
             for c in self.connectors.values()
         ]
+        sess = self.cfg.sessions
+        for dev in {c.evse.device.name: c.evse.device for c in self.connectors.values()}.values():
+            if dev.profile.failsafe is not None:
+                beat = run_heartbeat(dev, sess.failsafe_timeout_s, sess.failsafe_current_a)
+                tasks.append(asyncio.create_task(beat, name=f"failsafe {dev.name}"))
         try:
             async for ev in self._sub:
                 self._dispatch(ev)
@@ -207,6 +233,7 @@ class SessionEngine:
             for cid in conns:
                 conn = self.connectors.get(cid)
                 if conn is not None and (faulted or not raised):
+                    conn.note_fault(fid, raised, text)  # at once: see emergency_cause()
                     self._spawn(conn, lambda c=conn: c.fault(fid, raised, text))
 
     def _spawn(self, conn: Connector, fn: Callable[[], Awaitable[Any]]) -> None:
@@ -253,6 +280,19 @@ class SessionEngine:
         c = self._conn(connector)
         return await c.call(lambda: c.stop_command(by))
 
+    async def stop_for(self, connector: int, reason: StopReason, by: str = "csms") -> bool:
+        """Stop the connector's session for `reason` (OCPP Reset, UnlockConnector); False
+        when none runs."""
+        c = self._conn(connector)
+
+        async def go() -> bool:
+            if c.session is None:
+                return False
+            await c.stop(reason, by)
+            return True
+
+        return await c.call(go)
+
     async def deauthorize(self, token_id: str) -> int:
         """The token is no longer valid (CSMS or local list said so): stop its sessions."""
         stopped = 0
@@ -268,10 +308,65 @@ class SessionEngine:
         c = self._conn(connector)
         return await c.call(lambda: c.set_available(available))
 
-    async def reserve(self, connector: int, token: IdToken, expires: datetime) -> str:
-        """ReserveNow."""
+    async def reserve(
+        self, connector: int, token: IdToken, expires: datetime, reservation_id: int = 0
+    ) -> str:
+        """ReserveNow: hold the connector for `token` until `expires` (aware datetime).
+        Returns the new status ("Reserved"); CommandRefused if it is busy or expiry is past."""
         c = self._conn(connector)
-        return await c.call(lambda: c.reserve(token, expires))
+        return await c.call(lambda: c.reserve(token, expires, reservation_id))
+
+    async def cancel_reservation(self, reservation_id: int) -> bool:
+        """CancelReservation: True if a connector held that reservation (now released)."""
+        for c in self.connectors.values():
+            held = c.reservation
+            if held is not None and held.id == reservation_id:
+                await c.call(lambda c=c: c.end_reservation("cancelled"))
+                return True
+        return False
+
+    async def set_limit(self, connector: int, source: str, amps: float | None) -> float:
+        """Limit the connector's offered current from one source ("ocpp" smart charging,
+        "local" technician, "derate" diagnosis; None drops that source's limit). The EVSE
+        offers min(connector max_current_a, cable capacity, every source's limit) at once,
+        verified by read-back; below 6 A the session is suspended (SuspendedEVSE). The
+        "local" limit survives a restart. Returns the effective limit in A."""
+        c = self._conn(connector)
+        return await c.call(lambda: c.set_limit(source, amps))
+
+    async def set_tariff(self, tariff: Tariff | str) -> str:
+        """Replace the station's tariff (an OCPI 2.2.1 Tariff, or its JSON text): validated
+        like the tariff file at load (CommandRefused naming the field), written atomically
+        over [billing] tariff, in force at once. A running session gets a new charging
+        period from now on, priced by the new tariff (OCMF reading TX=T). Returns its id."""
+        path = self.billing.tariff
+        if path is None:
+            raise CommandRefused("no [billing] tariff file: this station runs free vend")
+        try:
+            new = tariff if isinstance(tariff, Tariff) else parse_tariff(tariff, path.name, "json")
+            check_billable(new, "new tariff")
+        except TariffError as e:
+            raise CommandRefused("; ".join(f"{p}: {m}" for p, m in e.problems)) from None
+        except ValueError as e:
+            raise CommandRefused(str(e)) from None
+        currency = self.billing.currency or (self.tariff.currency if self.tariff else None)
+        if currency is not None and new.currency != currency:
+            raise CommandRefused(
+                f"tariff {new.id} is in {new.currency}, the station bills {currency}"
+            )
+        try:
+            await asyncio.to_thread(write_tariff_file, path, new)
+        except (OSError, ValueError) as e:
+            raise CommandRefused(f"tariff not saved: {e}") from None
+        self.tariff = new
+        log.info("sessions.tariff_changed", tariff=new.id, file=str(path))
+        for c in self.connectors.values():
+            await c.call(lambda c=c: c.tariff_changed(new))
+        return new.id
+
+    def effective_limit(self, connector: int) -> float:
+        """The current the connector may offer now, in A (see set_limit)."""
+        return self._conn(connector).effective_limit()
 
     async def fault(self, connector: int, fault_id: str, active: bool, detail: str = "") -> None:
         """Raise/clear a fault that stops charging (the hook FaultRaised events use)."""
@@ -282,10 +377,16 @@ class SessionEngine:
         """A connector's state for status displays."""
         c = self._conn(connector)
         s = c.session
+        r = c.reservation
         return {
             "connector": c.id,
             "status": c.status.value,
             "cp_state": c.cp,
+            "limit_a": c.effective_limit(),
+            "limits": {"max": c.cfg.max_current_a, "cable": c.cable_a, **c.limits},
+            "reservation": None
+            if r is None
+            else {"id": r.id, "id_tag": r.token.masked, "expires": from_us(r.expires_us)},
             "session_id": None if s is None else s.id,
             "energy_wh": None if s is None else s.tracker.billed_wh,
             "cost": None if s is None or s.cost is None else s.cost.to_json(),

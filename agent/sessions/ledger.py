@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from agent.billing import chain
 from agent.sessions.signing import AgentSigner, SignRequest
@@ -77,6 +77,20 @@ class Closing:
     detail: str = ""
 
 
+class LedgerHook(Protocol):
+    """Writes more rows inside a session's own open/close transaction (e.g. the OCPP
+    outbox: agent/ocpp/txjournal.py), so they commit together with the session or not at all.
+    """
+
+    def opened(self, c: sqlite3.Connection, row: SessionRow, sample: SampleRow) -> None:
+        """The session row and its begin sample were just inserted."""
+        ...
+
+    def closed(self, c: sqlite3.Connection, x: Closing, record: RecordRow) -> None:
+        """The session was just closed and its charge record inserted."""
+        ...
+
+
 class Ledger:
     """The session engine's writer. Sync: call through asyncio.to_thread."""
 
@@ -84,6 +98,7 @@ class Ledger:
         self.store = store
         self.station_id = station_id
         self.signer = signer
+        self.hooks: list[LedgerHook] = []
 
     def _sign(self, c: sqlite3.Connection, req: SignRequest | None, text: str | None) -> str:
         if text is not None:
@@ -115,6 +130,8 @@ class Ledger:
                     "WHERE ref = ?",
                     (row.id, row.started_ts, payment_ref),
                 )
+            for hook in self.hooks:
+                hook.opened(c, row, sample)
             return row.ocmf_begin
 
     def transition(
@@ -205,6 +222,8 @@ class Ledger:
             )
             insert_record(c, rec)
             insert_event(c, x.session_id, x.connector, x.ended_us, x.status, "stopped", x.detail)
+            for hook in self.hooks:
+                hook.closed(c, x, rec)
             c.execute(
                 "UPDATE payments SET status = 'capture_pending', captured = ?, updated_ts = ? "
                 "WHERE session_id = ? AND status = 'in_session'",
@@ -230,6 +249,40 @@ class Ledger:
                 "Available" if available else "Unavailable",
                 "availability",
             )
+
+    def set_limit(self, connector: int, source: str, amps: float | None, at_us: int) -> None:
+        """Persist (or with None drop) one source's current limit of a connector."""
+        key = f"connector.{connector}.limit.{source}"
+        with self.store.tx() as c:
+            if amps is None:
+                c.execute("DELETE FROM billing_state WHERE key = ?", (key,))
+            else:
+                set_state(c, key, repr(float(amps)))
+            detail = f"{source} limit {'cleared' if amps is None else f'{amps:g} A'}"
+            insert_event(c, None, connector, at_us, "", "limit", detail)
+
+    def limits(self, connector: int) -> dict[str, float]:
+        """The persisted current limits of a connector, per source."""
+        prefix = f"connector.{connector}.limit."
+        with self.store.reading() as c:
+            rows = c.execute(
+                "SELECT key, value FROM billing_state WHERE key LIKE ?", (prefix + "%",)
+            ).fetchall()
+        return {k[len(prefix) :]: float(v) for k, v in rows}
+
+    def set_reservation(self, connector: int, reservation: Any, at_us: int) -> None:
+        """Persist a connector's reservation (None: it ended)."""
+        key = f"connector.{connector}.reservation"
+        with self.store.tx() as c:
+            if reservation is None:
+                c.execute("DELETE FROM billing_state WHERE key = ?", (key,))
+            else:
+                set_state(c, key, reservation.to_json())
+
+    def reservation(self, connector: int) -> str | None:
+        """The persisted reservation of a connector (JSON), if any."""
+        with self.store.reading() as c:
+            return get_state(c, f"connector.{connector}.reservation")
 
     def available(self, connector: int) -> bool:
         """The persisted availability of a connector (default: available)."""

@@ -32,6 +32,9 @@ class StopReason(StrEnum):
     TIME_LIMIT = "TimeLimitReached"
     COST_LIMIT = "LocalOutOfCredit"  # 2.0.1's reason for a spent budget / pre-authorization
     EMERGENCY_STOP = "EmergencyStop"  # fault: the EVSE or diagnosis says stop now
+    SOFT_RESET = "SoftReset"  # OCPP Reset.req (Soft)
+    HARD_RESET = "HardReset"  # OCPP Reset.req (Hard)
+    UNLOCK_COMMAND = "UnlockCommand"  # OCPP UnlockConnector.req
     OTHER = "Other"
 
 

@@ -74,6 +74,7 @@ class RecordInput:
     cost: CostResult | None
     signer: str
     public_key_hex: str
+    end_public_key_hex: str | None = None  # the agent's, when a signing meter failed at end
     payment: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()
 
@@ -110,7 +111,8 @@ def build_body(x: RecordInput) -> dict[str, Any]:
         "gaps": [g.to_json() for g in x.tracker.gaps],
         "review": {"required": bool(reasons), "reasons": reasons},
         "notes": [*x.tracker.notes, *x.notes],
-        "ocmf": {"signer": x.signer, "public_key": x.public_key_hex, "begin": r.ocmf_begin},
+        "ocmf": {"signer": x.signer, "public_key": x.public_key_hex, "begin": r.ocmf_begin}
+        | ({} if x.end_public_key_hex is None else {"end_public_key": x.end_public_key_hex}),
         "payment": x.payment,
     }
     out = plain(body)
@@ -217,7 +219,8 @@ def _check_record(
     for which in ("begin", "end"):
         text = sig.get(which)
         try:
-            verified.append(ocmf.verify(text, key).record)
+            k = sig.get("end_public_key", key) if which == "end" else key
+            verified.append(ocmf.verify(text, k).record)
         except (ocmf.OcmfError, ValueError, TypeError) as e:
             out.append(_p(row, f"OCMF {which} record does not verify: {e}"))
     if len(verified) < 2:

@@ -16,7 +16,7 @@ from agent.sessions.config import SessionLimits
 from agent.sessions.metering import EnergyTracker
 from agent.sessions.model import IdToken, Status, StopReason
 from agent.sessions.payment import PaymentAuth
-from agent.sessions.session import Live
+from agent.sessions.session import Live, Reservation
 from agent.sessions.states import CHARGING_CP
 from agent.sessions.store import SessionRow
 from agent.sessions.times import from_us, to_us
@@ -30,6 +30,10 @@ class RecoveryMixin:
         (PowerLoss) on the register read now, or on the last persisted reading."""
         eng = self.eng
         self.available = await asyncio.to_thread(eng.ledger.available, self.id)
+        self.limits.update(await asyncio.to_thread(eng.ledger.limits, self.id))
+        held = await asyncio.to_thread(eng.ledger.reservation, self.id)
+        if held is not None:
+            self.reservation = Reservation.from_json(held)  # tick() drops it if expired
         rows = [
             r for r in await asyncio.to_thread(eng.store.active_sessions) if r.connector == self.id
         ]
@@ -72,6 +76,7 @@ class RecoveryMixin:
             if fresh is not None:
                 await self.on_energy(*fresh)
             self.publish("resumed")
+            await self.apply_limit()
             return
         last_alive = max(row.updated_ts, s.tracker.last_us)
         s.notes.append(
@@ -99,7 +104,11 @@ class RecoveryMixin:
         readings = [ocmf.MeterReading(when, ocmf.Tx.BEGIN, begin.energy_wh, status)]
         points = [MeterSample(from_us(row.started_ts), 0, None)]
         last_sample = row.started_ts
+        changes = []
         for smp in eng.store.samples(row.id):
+            changed = json.loads(smp.measurands).get("tariff")
+            if changed is not None:
+                changes.append((from_us(smp.ts), Tariff.model_validate_json(changed)))
             if smp.tx == ocmf.Tx.TARIFF_CHANGE.value:
                 readings.append(self._ocmf_reading(smp.ts, ocmf.Tx.TARIFF_CHANGE, smp.register_wh))
             if smp.kind != "begin" and smp.ts > to_us(points[-1].at):
@@ -123,6 +132,7 @@ class RecoveryMixin:
             last_sample_us=last_sample,
             last_checkpoint_us=row.updated_ts,
             charging_periods=len(readings),
+            changes=changes,
         )
 
     async def _finish_payments(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -36,6 +37,27 @@ class Pending:
     payment: PaymentAuth | None = None
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A connector held for one token (OCPP ReserveNow) until `expires_us`."""
+
+    id: int
+    token: IdToken
+    expires_us: int
+
+    def to_json(self) -> str:
+        """As kept in the store."""
+        return json.dumps(
+            {"id": self.id, "token": self.token.id, "kind": self.token.kind, "exp": self.expires_us}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Reservation:
+        """The inverse of to_json."""
+        d = json.loads(text)
+        return cls(int(d["id"]), IdToken(d["token"], d["kind"]), int(d["exp"]))
+
+
 @dataclass
 class Live:
     """The running session of a connector (its durable twin is the session row)."""
@@ -59,6 +81,7 @@ class Live:
     last_progress: float = 0.0
     cost: CostResult | None = None
     notes: list[str] = field(default_factory=list)
+    changes: list[tuple[datetime, Tariff]] = field(default_factory=list)  # tariff changes
 
     @property
     def id(self) -> str:
@@ -141,12 +164,31 @@ class MeteringMixin:
             )
         await self._check_limits(s)
 
-    async def _keep_sample(self, s: Live, kind: str, at_us: int, wh: int, event: str | None):
+    async def tariff_changed(self, tariff: Tariff) -> None:
+        """The station's tariff changed: a running session is priced by it from now on (a new
+        charging period, an OCMF tariff-change reading; kept with the session for a restart)."""
+        s = self.session
+        if s is None or s.tariff is None:
+            return
+        now = to_us(utcnow())
+        s.changes.append((from_us(now), tariff))
+        wh = s.tracker.register_wh
+        await self._keep_sample(
+            s, "tariff", now, wh, f"tariff changed to {tariff.id}", tariff.model_dump_json()
+        )
+        s.last_progress = 0.0
+        await self._price(s, now)
+
+    async def _keep_sample(
+        self, s: Live, kind: str, at_us: int, wh: int, event: str | None, tariff_json: str = ""
+    ):
         tx = None
         if kind == "tariff":
             tx = ocmf.Tx.TARIFF_CHANGE.value
             s.readings.append(self._ocmf_reading(at_us, ocmf.Tx.TARIFF_CHANGE, wh))
         row = self._sample(s, kind, at_us, wh, tx)
+        if tariff_json:
+            row.measurands = json.dumps({**json.loads(row.measurands), "tariff": tariff_json})
         await asyncio.to_thread(
             self.eng.ledger.sample,
             row,
@@ -183,6 +225,7 @@ class MeteringMixin:
                 s.tariff,
                 Session(from_us(start), from_us(ce), from_us(max(end_us, ce)), pts),
                 tz=self.eng.billing.timezone,
+                changes=s.changes,
             )
         except PricingError as e:
             s.notes.append(f"not priced: {e}")
@@ -210,17 +253,24 @@ class MeteringMixin:
         return ocmf.MeterReading(when, tx, wh, self.eng.time_status)
 
     def _sign_request(self, s_row: SessionRow, token: IdToken, readings) -> SignRequest:
+        return self._request(
+            s_row.auth_method, s_row.meter_serial, s_row.tariff_id, token, readings
+        )
+
+    def _request(
+        self, method: str, serial: str | None, tariff_id: str | None, token: IdToken, readings
+    ) -> SignRequest:
         dev = self.eng.devices.get(self.meter_device)
         profile = dev.profile if dev is not None else None
         return SignRequest(
             meter=ocmf.MeterIdentity(
-                serial=s_row.meter_serial or self.meter_device,
+                serial=serial or self.meter_device,
                 vendor=profile.manufacturer if profile else None,
                 model=profile.model if profile else None,
             ),
-            user=user_assignment(s_row.auth_method, token.id, token.kind),
+            user=user_assignment(method, token.id, token.kind),
             charge_point=ocmf.ChargePoint(f"{self.eng.cfg.station.id}*{self.id}"),
-            tariff_text=None if s_row.tariff_id is None else f"tariff {s_row.tariff_id}",
+            tariff_text=None if tariff_id is None else f"tariff {tariff_id}",
             readings=list(readings),
         )
 

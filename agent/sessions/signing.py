@@ -8,14 +8,18 @@ against the meter's public key, stored byte for byte, never re-serialized.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Protocol
 
 from agent.billing import keys, ocmf
+from agent.events import utcnow
 from agent.sessions.model import AuthMethod
 from agent.sessions.store import get_state, set_state
+from drivers.signing import OcmfSigningMeter
 
 PAGINATION_KEY = "ocmf_pagination"
 
@@ -94,6 +98,71 @@ class SigningMeter(Protocol):
         ...
 
 
+class ModbusSigningMeter:
+    """A `SigningMeter` over a meter's signing registers (drivers/signing.py, the profile's
+    [signing] table): the agent writes who charges where, the meter adds its own reading,
+    pagination and identity and signs. Begin with the profile's begin command, end with the
+    TX letter of the session's end reading (L/R/A/P/E) so the signed record keeps why."""
+
+    def __init__(self, driver: OcmfSigningMeter, gateway: ocmf.Gateway):
+        self.driver = driver
+        self.gateway = gateway
+        self.public_key_hex = ""  # read from the meter before its first record
+
+    @property
+    def serial(self) -> str:
+        """The meter's serial as the poller read it ("" until then)."""
+        value = self.driver.device.identity.get("serial_number")
+        return "" if value is None else str(value)
+
+    async def begin(self, req: SignRequest) -> str:
+        """Open the meter's transaction; its signed begin record."""
+        return await self._run(self.driver.spec.begin, req)
+
+    async def end(self, req: SignRequest) -> str:
+        """Close the meter's transaction; its signed end record."""
+        tx = req.readings[-1].tx.value if req.readings else ""
+        return await self._run(tx if tx in self.driver.spec.ends else "E", req)
+
+    async def _run(self, tx: str, req: SignRequest) -> str:
+        if not self.public_key_hex:
+            self.public_key_hex = await self.driver.public_key_hex()
+        if not self.serial:
+            await self.driver.device.read_identity()
+        zone = req.readings[-1].time.tzinfo if req.readings else UTC
+        return await self.driver.transact(
+            tx, meter_dataset(self.gateway, req), utcnow().astimezone(zone)
+        )
+
+
+def meter_dataset(gateway: ocmf.Gateway, req: SignRequest) -> str:
+    """The OCMF input dataset a signing meter completes (it fills PG, MV, MM, MS, MF, RD)."""
+    u, cp = req.user, req.charge_point
+    fields = {
+        "FV": ocmf.FORMAT_VERSION,
+        "GI": gateway.identification,
+        "GS": gateway.serial,
+        "GV": gateway.version,
+        "PG": "",
+        "MV": "",
+        "MM": "",
+        "MS": "",
+        "MF": "",
+        "IS": bool(u.assigned),
+        "IL": u.level,
+        "IF": list(u.flags),
+        "IT": u.id_type,
+        "ID": u.id_data,
+        "CT": cp.id_type,
+        "CI": cp.id,
+        "RD": [],
+    }
+    text = json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":"))
+    if "|" in text:
+        raise ocmf.OcmfFormatError("'|' is not allowed anywhere in an OCMF payload")
+    return text
+
+
 class MeterSigner:
     """Passes the meter's own signed records through, after verifying them."""
 
@@ -101,7 +170,11 @@ class MeterSigner:
 
     def __init__(self, meter: SigningMeter):
         self.meter = meter
-        self.public_key_hex = meter.public_key_hex
+
+    @property
+    def public_key_hex(self) -> str:
+        """The meter's key (known once the meter has been asked for its first record)."""
+        return self.meter.public_key_hex
 
     async def begin(self, req: SignRequest) -> str:
         """The meter's begin record, verified, unchanged."""
@@ -113,6 +186,6 @@ class MeterSigner:
 
     def _checked(self, text: str) -> str:
         result = ocmf.passthrough_meter_record(
-            text, self.public_key_hex, meter_serial=self.meter.serial
+            text, self.public_key_hex, meter_serial=self.meter.serial or None
         )
         return result.text

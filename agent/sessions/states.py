@@ -18,6 +18,7 @@ from agent.sessions.model import Status
 PLUGGED = frozenset("BCD")
 CHARGING_CP = frozenset("CD")
 FAULT_CP = frozenset("EF")
+MIN_CURRENT_A = 6.0  # IEC 61851-1: no legal PWM duty below this; suspend (SuspendedEVSE) instead
 
 
 def derive_status(

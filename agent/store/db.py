@@ -217,6 +217,18 @@ class Store:
         with self._lock:
             return rd.count_readings(self._conn)
 
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on a feature's own tables (BEGIN IMMEDIATE ... COMMIT)."""
+        with self._lock, transaction(self._conn):
+            yield self._conn
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads, under the lock (not re-entrant: no nesting with tx)."""
+        with self._lock:
+            yield self._conn
+
     def schema_version(self) -> int:
         """Schema version of the open database."""
         with self._lock:

@@ -227,6 +227,171 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX faults_raised ON faults (raised_ts);
         """,
     ),
+    Migration(
+        4,
+        "ocpp: configuration keys and charge point state",
+        """
+        -- OCPP configuration keys the CSMS set with ChangeConfiguration (issue 5). They win
+        -- over the config file's values; value is the OCPP string as accepted, already
+        -- validated against agent/ocpp/config_keys.toml. Times are integer µs since the
+        -- epoch, UTC.
+        CREATE TABLE ocpp_config (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_ts INTEGER NOT NULL
+        );
+        -- Small durable facts of the charge point: the highest security profile used so
+        -- far (a downgrade is refused), the last boot status.
+        CREATE TABLE ocpp_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_ts INTEGER NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        5,
+        "ocpp: durable transaction message outbox",
+        """
+        -- OCPP transaction messages (issue 5, agent/ocpp/outbox.py). A session's
+        -- StartTransaction / StopTransaction rows are inserted in the same transaction as the
+        -- session row / charge record they describe; MeterValues when sampled. seq is the
+        -- send order. payload is the camelCase JSON to send, without transactionId (filled
+        -- from ocpp_transactions at send time). A row is never deleted before delivered_ts
+        -- is set; exhausted counts the rounds of TransactionMessageAttempts that failed
+        -- (kept and retried after the next reconnect); parked = 1 until then.
+        CREATE TABLE ocpp_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL,
+            connector INTEGER NOT NULL,
+            action TEXT NOT NULL
+                CHECK (action IN ('StartTransaction', 'MeterValues', 'StopTransaction')),
+            payload TEXT NOT NULL,
+            created_ts INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            exhausted INTEGER NOT NULL DEFAULT 0,
+            parked INTEGER NOT NULL DEFAULT 0 CHECK (parked IN (0, 1)),
+            last_attempt_ts INTEGER,
+            last_error TEXT,
+            delivered_ts INTEGER
+        );
+        CREATE INDEX ocpp_outbox_pending ON ocpp_outbox (seq) WHERE delivered_ts IS NULL;
+        CREATE INDEX ocpp_outbox_session ON ocpp_outbox (session_id, seq);
+        CREATE TRIGGER ocpp_outbox_kept
+        BEFORE DELETE ON ocpp_outbox WHEN OLD.delivered_ts IS NULL
+        BEGIN
+            SELECT RAISE(ABORT, 'an undelivered OCPP transaction message is never deleted');
+        END;
+
+        -- One row per session that became an OCPP transaction: the CSMS's transactionId
+        -- (NULL until StartTransaction.conf; -1 when the start was given up, see outbox.py)
+        -- and the idTagInfo status it answered.
+        CREATE TABLE ocpp_transactions (
+            session_id TEXT PRIMARY KEY,
+            connector INTEGER NOT NULL,
+            transaction_id INTEGER,
+            id_tag_status TEXT,
+            started_ts INTEGER NOT NULL,
+            stopped_ts INTEGER
+        );
+        CREATE INDEX ocpp_transactions_id ON ocpp_transactions (transaction_id);
+        """,
+    ),
+    Migration(
+        6,
+        "ocpp: charging profiles",
+        """
+        -- OCPP 1.6 charging profiles set by the CSMS (SetChargingProfile), kept across
+        -- restarts. body is the profile as JSON, camelCase as on the wire; the other columns
+        -- copy body fields for ClearChargingProfile's filters. A TxProfile is deleted when
+        -- its transaction ends. Times are integer µs since the epoch, UTC.
+        CREATE TABLE ocpp_charging_profiles (
+            profile_id INTEGER PRIMARY KEY,
+            connector INTEGER NOT NULL CHECK (connector >= 0),
+            purpose TEXT NOT NULL
+                CHECK (purpose IN ('ChargePointMaxProfile', 'TxDefaultProfile', 'TxProfile')),
+            stack_level INTEGER NOT NULL CHECK (stack_level >= 0),
+            body TEXT NOT NULL,
+            installed_ts INTEGER NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        7,
+        "mqtt: outbox, stream sequences, cursors, seen commands",
+        """
+        -- MQTT store-and-forward (issue 6, agent/mqtt/outbox.py). A message is committed
+        -- here before it is published (QoS 1) and deleted only once the broker acknowledged
+        -- it (PUBACK). seq is per stream and never reused (mqtt_state keeps the counter, so
+        -- deleting delivered rows keeps numbering); msg_id is the backend's idempotency key.
+        -- kind 'bulk' rows (telemetry, health) may be thinned when the outbox runs short of
+        -- room; 'keep' rows (faults, sessions, charge records, replies, ...) never are.
+        -- AUTOINCREMENT: an id is never reused after its row is deleted, so the publisher's
+        -- "published up to id N" never skips a new message.
+        CREATE TABLE mqtt_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            stream TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            msg_id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            retain INTEGER NOT NULL DEFAULT 0 CHECK (retain IN (0, 1)),
+            correlation BLOB,
+            kind TEXT NOT NULL CHECK (kind IN ('bulk', 'keep')),
+            ref TEXT,  -- the charge record / ticket id whose delivered_ts the PUBACK sets
+            created_ts INTEGER NOT NULL,
+            UNIQUE (stream, seq)
+        );
+        CREATE INDEX mqtt_outbox_kind ON mqtt_outbox (kind, stream, id);
+        CREATE INDEX mqtt_outbox_ref ON mqtt_outbox (stream, ref) WHERE ref IS NOT NULL;
+        -- Per-stream sequence counters ('seq:<stream>') and cursors into other tables
+        -- ('cursor:billing' = the last charge_records.seq enqueued), integers.
+        CREATE TABLE mqtt_state (
+            key TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        );
+        -- Command ids already handled (replay protection); kept until the command expired.
+        CREATE TABLE mqtt_seen_commands (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            received_ts INTEGER NOT NULL,
+            expires_ts INTEGER NOT NULL
+        );
+        CREATE INDEX mqtt_seen_commands_expires ON mqtt_seen_commands (expires_ts);
+        """,
+    ),
+    Migration(
+        8,
+        "tickets: driver issue reports",
+        """
+        -- Driver problem reports (issue 7, agent/tickets). body is the Ticket JSON (report
+        -- plus diagnostic snapshot): the payload sent to the cloud. The other columns copy
+        -- body fields for listing. delivered_ts is the outbox marker, set once the cloud
+        -- confirmed the ticket; until then the row is never deleted. Times: µs UTC.
+        CREATE TABLE tickets (
+            id TEXT PRIMARY KEY,
+            station TEXT NOT NULL,
+            connector INTEGER NOT NULL,
+            created_ts INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            category TEXT NOT NULL,
+            body TEXT NOT NULL,
+            delivered_ts INTEGER
+        );
+        CREATE INDEX tickets_created ON tickets (created_ts);
+        CREATE INDEX tickets_undelivered ON tickets (created_ts) WHERE delivered_ts IS NULL;
+        CREATE TRIGGER tickets_immutable
+        BEFORE UPDATE OF id, station, connector, created_ts, source, category, body ON tickets
+        BEGIN
+            SELECT RAISE(ABORT, 'tickets are immutable; only delivered_ts may be set');
+        END;
+        CREATE TRIGGER tickets_kept
+        BEFORE DELETE ON tickets WHEN OLD.delivered_ts IS NULL
+        BEGIN
+            SELECT RAISE(ABORT, 'a ticket the cloud has not confirmed is never deleted');
+        END;
+        """,
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

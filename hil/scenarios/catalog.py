@@ -448,6 +448,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
         note="the last contact with the configured endpoint was 1000 s ago (limit 900 s)",
     ),
+    Scenario(
+        name="ocpp_tx_undelivered",
+        station="tcp",
+        fault=facts(ocpp_tx_exhausted=2),
+        recover=facts(ocpp_tx_exhausted=0),
+        expect=Expect("ocpp_tx_undelivered", "station", "OtherError", "DataLink.Problem", False),
+        note="two StopTransaction messages ran out of TransactionMessageAttempts",
+    ),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -1,0 +1,172 @@
+"""`evedge status`: the station at a glance — connectors and sessions, device health, sync
+state and backlog, active faults. From the running service, else from the store (and says so).
+
+`evedge live`: the same, refreshed, in the rich live view of agent/cli/live.py (needs the
+running service).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.live import HEALTH_STYLE, LiveState, render
+from agent.cli.service import control, read, store_note
+from agent.config import StationConfig
+from agent.events import HealthState, Reading, SessionEvent
+from agent.ops import StatusReport, store_status
+from agent.store.db import StoreError
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def fetch_status(cfg: StationConfig) -> tuple[StatusReport, str | None]:
+    """The status from the service, or from the store with a note why; exit 3 if neither."""
+    result = read(cfg, "status")
+    if result is not None:
+        return StatusReport.model_validate(result), None
+    if not cfg.store.path.exists():
+        raise fail(
+            f"the service is down and there is no store at {cfg.store.path} yet", Exit.UNREACHABLE
+        )
+    try:
+        report = store_status(cfg)
+    except StoreError as e:
+        raise fail(str(e), Exit.UNREACHABLE) from None
+    return report, store_note(cfg)
+
+
+def status(config: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False) -> None:
+    """Station, connectors, sessions, device health, sync and backlog, active faults."""
+    cfg = load_or_exit(config)
+    report, note = fetch_status(cfg)
+    if json:
+        emit_json({**report.model_dump(mode="json"), "note": note})
+        return
+    _print(report, cfg.diagnosis.language)
+
+
+def _dash(v: object, unit: str = "") -> str:
+    return "—" if v is None else f"{v}{unit}"
+
+
+def _print(r: StatusReport, lang: str) -> None:
+    source = "live from the service" if r.source == "service" else "from the store (service down)"
+    console.print(
+        Text.assemble((f"station {r.station}", "bold"), f" {r.name}  ", (source, "dim")),
+    )
+    conns = Table(title="connectors")
+    for col in ("connector", "status", "CP", "session", "energy", "cost", "power", "offered"):
+        conns.add_column(col)
+    for c in r.connectors:
+        conns.add_row(
+            str(c.connector),
+            Text(_dash(c.status), style="bold green" if c.status == "Charging" else "bold"),
+            _dash(c.cp_state),
+            _dash(c.session_id and c.session_id[:8]),
+            "—" if c.energy_wh is None else f"{c.energy_wh / 1000:.3f} kWh",
+            "—" if c.cost is None else f"{c.cost} {c.currency or ''}".strip(),
+            "—" if c.power_w is None else f"{c.power_w / 1000:.2f} kW",
+            "—" if c.offered_current_a is None else f"{c.offered_current_a:g} A",
+        )
+    console.print(conns)
+    devs = Table(title="device health")
+    for col in ("device", "bus", "state", "latency", "polls", "timeouts", "last error"):
+        devs.add_column(col)
+    for h in r.devices:
+        devs.add_row(
+            h.device,
+            h.bus,
+            Text(h.state.value, style=HEALTH_STYLE.get(h.state, "")),
+            _dash(h.latency_ms, " ms"),
+            str(h.polls),
+            str(h.timeouts),
+            Text(_dash(h.last_error), style="red" if h.state != HealthState.OK else "dim"),
+        )
+    console.print(devs)
+    sync = Table(title="sync")
+    for col in ("channel", "state"):
+        sync.add_column(col)
+    for name, st in r.sync.items():
+        sync.add_row(name, ", ".join(f"{k}={v}" for k, v in st.items()))
+    backlog = ", ".join(f"{k}: {v}" for k, v in r.backlog.items())
+    if r.sync:
+        console.print(sync)
+    console.print(f"backlog (not yet confirmed by the cloud): {backlog or '—'}")
+    if not r.faults:
+        console.print("[green]no active faults[/]")
+        return
+    faults = Table(title="active faults (details: evedge faults)")
+    for col in ("raised", "fault", "where", "severity", "Faulted"):
+        faults.add_column(col)
+    for f in r.faults:
+        faults.add_row(
+            f"{f.ts.astimezone():%Y-%m-%d %H:%M:%S}",
+            f.title.get(lang, f.rule),
+            f.scope,
+            f.severity,
+            "yes" if f.faulted else "no",
+        )
+    console.print(faults)
+
+
+def feed(state: LiveState, report: StatusReport, readings: list[dict], seen: set[str]) -> None:
+    """Feed the live view with one status poll: readings, health, sessions, and a log line
+    for each fault not `seen` before."""
+    for r in readings:
+        state.feed(Reading.model_validate(r))
+    for h in report.devices:
+        state.feed(h)
+    for c in report.connectors:
+        if c.status is None:
+            continue
+        new = c.session_id is not None and c.connector not in state.since
+        state.feed(
+            SessionEvent(
+                ts=c.session_started if new and c.session_started else report.at,
+                connector=c.connector,
+                status=c.status,
+                kind="started" if new else "progress",
+                session_id=c.session_id,
+                energy_wh=c.energy_wh,
+                power_w=c.power_w,
+                cost_incl_vat=None if c.cost is None else Decimal(c.cost),
+                currency=c.currency,
+            )
+        )
+    for f in report.faults:
+        if f.fault_id not in seen:
+            seen.add(f.fault_id)
+            state.note(f"{f.fault_id} fault: {f.title.get('en', f.rule)} ({f.scope})")
+
+
+def live(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    interval: Annotated[float, typer.Option(min=0.2, max=60, help="seconds between polls")] = 1.0,
+    json: Annotated[bool, typer.Option("--json", help="one status JSON per poll")] = False,
+) -> None:
+    """Live view of the running station (Ctrl-C to stop); exit 3 when the service is down."""
+    cfg = load_or_exit(config)
+    state = LiveState(cfg)
+    seen: set[str] = set()
+    with contextlib.suppress(KeyboardInterrupt):
+        if json:
+            while True:
+                emit_json(control(cfg, "status"))
+                time.sleep(interval)
+        with Live(render(state), console=console, refresh_per_second=4, screen=False) as view:
+            while True:
+                report = StatusReport.model_validate(control(cfg, "status"))
+                feed(state, report, control(cfg, "readings")["readings"], seen)
+                view.update(render(state))
+                time.sleep(interval)

@@ -1,0 +1,183 @@
+"""`evedge tickets [list | show ID | create]`: drivers' problem reports, from the store.
+
+Reads and writes the store named by the station config directly (WAL: works while the
+service runs, and while it is down). `create` is for the technician and for testing; a
+ticket created here is queued for the cloud like one from the display.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated, get_args
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.config import StationConfig
+from agent.logsetup import setup_logging
+from agent.store.db import StoreError
+from agent.tickets.create import TicketError, create_ticket, report_from_link
+from agent.tickets.model import Category, ReportRequest
+from agent.tickets.store import StoredTicket, TicketStore
+
+app = typer.Typer(help="Drivers' problem reports (tickets) with their diagnostic snapshot.")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+CATEGORIES = get_args(Category)
+
+
+def _open(cfg: StationConfig, config: Path) -> TicketStore:
+    path = cfg.store.path
+    if not path.exists():
+        raise fail(f"no store at {path}: the agent has not run with {config} yet", Exit.UNREACHABLE)
+    try:
+        return TicketStore(path)
+    except StoreError as e:
+        raise fail(str(e), Exit.UNREACHABLE) from None
+
+
+def _queued(t: StoredTicket) -> str:
+    return "queued" if t.delivered is None else f"sent {t.delivered:%Y-%m-%d %H:%M}"
+
+
+@app.callback(invoke_without_command=True)
+def tickets(
+    ctx: typer.Context,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="newest N")] = 50,
+    json: JsonOpt = False,
+) -> None:
+    """List tickets, newest first (the same as `tickets list`)."""
+    if ctx.invoked_subcommand is None:
+        list_cmd(config=config, limit=limit, json=json)
+
+
+@app.command("list")
+def list_cmd(config: ConfigOpt = DEFAULT_CONFIG, limit: int = 50, json: JsonOpt = False) -> None:
+    """List tickets, newest first, with whether the cloud has them."""
+    cfg = load_or_exit(config)
+    setup_logging("warning")
+    with _open(cfg, config) as store:
+        rows = store.list(limit)
+    if json:
+        emit_json({"station": cfg.station.id, "tickets": [t.as_json() for t in rows]})
+        return
+    if not rows:
+        console.print("no tickets")
+        return
+    table = Table(title=f"tickets of station {cfg.station.id} (newest first)")
+    for col in ("id", "created", "connector", "source", "category", "faults", "cloud", "text"):
+        table.add_column(col)
+    for st in rows:
+        t = st.ticket
+        text = t.text if len(t.text) <= 40 else t.text[:39] + "…"
+        table.add_row(
+            t.id,
+            t.created.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            str(t.connector),
+            t.source,
+            t.category,
+            ", ".join(f.rule for f in t.snapshot.faults) or "—",
+            _queued(st),
+            text,
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    ticket_id: Annotated[str, typer.Argument(help="ticket id, e.g. T-3F9A2C")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    json: JsonOpt = False,
+) -> None:
+    """One ticket with its full snapshot."""
+    cfg = load_or_exit(config)
+    setup_logging("warning")
+    with _open(cfg, config) as store:
+        st = store.get(ticket_id)
+    if st is None:
+        raise fail(f"no ticket {ticket_id!r} (see `evedge tickets list`)", Exit.CHECK_FAILED)
+    if json:
+        emit_json(st.as_json())
+        return
+    t, s = st.ticket, st.ticket.snapshot
+    console.print(f"[bold]{t.id}[/] · station {t.station} · connector {t.connector}")
+    console.print(f"created {t.created.astimezone():%Y-%m-%d %H:%M:%S} via {t.source}, "
+                  f"category {t.category}, language {t.lang}, cloud: {_queued(st)}")  # fmt: skip
+    console.print(f"text: {t.text or '—'}", highlight=False, markup=False)
+    if t.contact:
+        console.print(f"driver contact: {t.contact}", highlight=False, markup=False)
+    console.print(f"status then: {s.status or 'unknown'}")
+    for f in s.faults:
+        console.print(f"fault: {f.rule} ({f.severity}, {f.scope}) — {f.title.get('en', '')}")
+    if s.session is not None:
+        ss = s.session
+        total = ss.total_incl_vat or ss.total_excl_vat
+        console.print(
+            f"session {ss.session_id[:8]} ({ss.state}, {ss.status}): {ss.energy_wh:,} Wh"
+            + (f", {total} {ss.currency}" if total else "")
+            + (f", stopped: {ss.stop_reason}" if ss.stop_reason else "")
+        )
+    if s.readings:
+        table = Table(title="last readings")
+        for col in ("device", "quantity", "value", "at"):
+            table.add_column(col)
+        for r in s.readings:
+            table.add_row(
+                r.device, r.quantity, f"{r.value} {r.unit}".strip(), f"{r.ts.astimezone():%H:%M:%S}"
+            )
+        console.print(table)
+    for h in s.health:
+        console.print(f"health {h.device}: {h.state.value} (failures {h.consecutive_failures})")
+
+
+@app.command("create")
+def create(
+    connector: Annotated[int | None, typer.Option(help="connector the report is about")] = None,
+    text: Annotated[str, typer.Option(help="what the driver said")] = "",
+    category: Annotated[str, typer.Option(help=f"one of {', '.join(CATEGORIES)}")] = "other",
+    link: Annotated[
+        str | None, typer.Option(help="a QR report link (names station and connector)")
+    ] = None,
+    lang: Annotated[str, typer.Option(help="language of the report: en or de")] = "",
+    config: ConfigOpt = DEFAULT_CONFIG,
+    json: JsonOpt = False,
+) -> None:
+    """Create a ticket (technician, testing): by --connector, or by a QR --link."""
+    cfg = load_or_exit(config)
+    setup_logging("warning")
+    if (connector is None) == (link is None):
+        raise fail("give exactly one of --connector N or --link URL", Exit.USAGE)
+    lang = lang or (cfg.driver.language if cfg.driver else "en")
+    try:
+        if link is not None:
+            req = report_from_link(cfg, link, text=text, category=category, lang=lang)
+        else:
+            req = ReportRequest(
+                connector=connector, text=text, category=category, source="cli", lang=lang
+            )
+    except TicketError as e:
+        raise fail(str(e), Exit.USAGE) from None
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'report'}: "
+            + err["msg"].removeprefix("Value error, ")
+            for err in e.errors()
+        )
+        raise fail(problems, Exit.USAGE) from None
+    with _open(cfg, config) as store:
+        try:
+            ticket = create_ticket(store, cfg, req)
+        except TicketError as e:
+            raise fail(str(e), Exit.USAGE) from None
+    if json:
+        emit_json(jsonlib.loads(ticket.model_dump_json()))
+        return
+    console.print(
+        f"ticket [bold]{ticket.id}[/] created for connector {ticket.connector} "
+        f"({len(ticket.snapshot.faults)} active faults in the snapshot); queued for the cloud"
+    )

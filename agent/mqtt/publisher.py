@@ -1,0 +1,228 @@
+"""The publisher: drains the outbox to the broker on its own thread.
+
+Messages go out in outbox order (so in order per stream) with QoS 1, at most `window`
+unacknowledged at a time; a message is deleted from the outbox only after its PUBACK.
+Database work (reading batches, deleting acknowledged rows in batches, the retention policy)
+runs here, never on the asyncio loop, so a large backlog drains without delaying the
+pollers. After a reconnect everything unacknowledged is sent again, oldest first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.mqtt.outbox import Outbox, Row
+
+log = structlog.get_logger(__name__)
+
+FETCH = 1000  # rows read per query
+ACK_FLUSH_S = 0.05  # acknowledged rows are deleted at least this often (and per FETCH acks)
+HOUSEKEEPING_S = 10.0  # retention policy check
+STATS_S = 1.0  # backlog figures for state()
+YIELD_EVERY = 20  # publishes between GIL hand-overs while a backlog drains
+
+
+@dataclass
+class PublisherStats:
+    """Counters and the latest backlog figures (read by the service's state())."""
+
+    published: int = 0
+    acked: int = 0
+    rejected: int = 0
+    resent_after_reconnect: int = 0
+    backlog: dict[str, int] = field(default_factory=dict)
+    oldest_us: int | None = None
+    thinned: dict[str, int] = field(default_factory=dict)
+
+
+class Publisher:
+    """See the module docstring. `connected(gen, client)` / `disconnected(gen)` / `acked()`
+    are called from the network thread; `wake()` from anywhere after new rows commit."""
+
+    def __init__(self, outbox: Outbox, window: int, v5: bool):
+        self.outbox = outbox
+        self.window = window
+        self.v5 = v5
+        self.stats = PublisherStats()
+        self._cond = threading.Condition()
+        self._acks: deque[tuple[int, int, bool]] = deque()
+        self._client: paho.Client | None = None
+        self._gen = 0
+        self._woken = True
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The publisher thread (None before start)."""
+        return self._thread
+
+    # ------------------------------------------------------------------ from other threads
+
+    def start(self) -> None:
+        """Start the publisher thread."""
+        self._thread = threading.Thread(target=self._run, name="mqtt-publish", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread after it deleted the rows acknowledged so far."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def wake(self) -> None:
+        """New messages were committed."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def connected(self, gen: int, client: paho.Client) -> None:
+        with self._cond:
+            self._client, self._gen, self._woken = client, gen, True
+            self._cond.notify_all()
+
+    def disconnected(self, gen: int) -> None:
+        with self._cond:
+            if self._gen == gen:
+                self._client = None
+            self._cond.notify_all()
+
+    def acked(self, gen: int, mid: int, ok: bool) -> None:
+        with self._cond:
+            self._acks.append((gen, mid, ok))
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("mqtt.publisher_crashed")
+            raise
+
+    def _loop(self) -> None:
+        gen = -1  # the connection the in-flight map belongs to
+        inflight: dict[int, int] = {}  # mid -> outbox row id
+        done: list[int] = []  # acknowledged row ids not yet deleted
+        queue: deque[Row] = deque()
+        after_id = 0
+        last_flush = last_house = last_stats = 0.0
+        while True:
+            with self._cond:
+                while not (self._stop or self._acks or self._ready(gen, inflight, queue)):
+                    if not self._cond.wait(timeout=min(ACK_FLUSH_S, STATS_S)):
+                        break
+                stop = self._stop
+                acks = list(self._acks)
+                self._acks.clear()
+                client, cur_gen = self._client, self._gen
+            for g, mid, ok in acks:
+                if g != gen:
+                    continue  # a late ack of a connection we already gave up on
+                row_id = inflight.pop(mid, None)
+                if row_id is None:
+                    continue
+                if ok:
+                    done.append(row_id)
+                    self.stats.acked += 1
+                else:
+                    self.stats.rejected += 1  # kept; sent again after the next reconnect
+            now = time.monotonic()
+            if done and (stop or len(done) >= FETCH or now - last_flush >= ACK_FLUSH_S):
+                self.outbox.delivered(done)
+                done.clear()
+                last_flush = now
+            if stop:
+                return
+            if cur_gen != gen and client is not None:
+                # A new connection: nothing in flight any more; start again from the oldest.
+                self.outbox.delivered(done)
+                done.clear()
+                if inflight:
+                    self.stats.resent_after_reconnect += len(inflight)
+                gen, inflight, after_id = cur_gen, {}, 0
+                queue.clear()
+                with self._cond:
+                    self._woken = True
+            if client is not None and cur_gen == gen:
+                after_id = self._send(client, inflight, queue, after_id)
+            if now - last_house >= HOUSEKEEPING_S:
+                last_house = now
+                self.stats.thinned = self._housekeeping()
+            if now - last_stats >= STATS_S:
+                last_stats = now
+                self.stats.backlog = self.outbox.backlog()
+                self.stats.oldest_us = self.outbox.oldest_us()
+
+    def _ready(self, gen: int, inflight: dict, queue: deque) -> bool:
+        if self._client is None:
+            return False
+        if self._gen != gen:
+            return True
+        return len(inflight) < self.window and (bool(queue) or self._woken)
+
+    def _send(
+        self, client: paho.Client, inflight: dict[int, int], queue: deque[Row], after_id: int
+    ) -> int:
+        """Publish until the window is full or the outbox is drained; returns the new
+        high-water row id."""
+        while len(inflight) < self.window:
+            if not queue:
+                with self._cond:
+                    if not self._woken:
+                        break
+                    self._woken = False
+                rows = self.outbox.pending(after_id, FETCH)
+                if len(rows) == FETCH:
+                    self.wake()  # more after this batch
+                if not rows:
+                    break
+                queue.extend(rows)
+            row = queue.popleft()
+            try:
+                info = client.publish(
+                    row.topic, row.payload, qos=1, retain=row.retain, properties=self._props(row)
+                )
+            except ValueError as e:  # a topic or payload MQTT cannot carry: never sendable
+                log.error("mqtt.unpublishable", stream=row.stream, seq=row.seq, error=str(e))
+                self.stats.rejected += 1
+                self.outbox.discard(row.id)
+                after_id = row.id
+                continue
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                # Connection lost under us: resend from the oldest on the next connection.
+                queue.clear()
+                return after_id
+            inflight[info.mid] = row.id
+            after_id = row.id
+            self.stats.published += 1
+            if self.stats.published % YIELD_EVERY == 0:
+                time.sleep(0)  # let the asyncio loop (pollers) take the GIL now, not in 5 ms
+        return after_id
+
+    def _props(self, row: Row) -> Properties | None:
+        if not self.v5 or row.correlation is None:
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = row.correlation
+        return props
+
+    def _housekeeping(self) -> dict[str, Any]:
+        try:
+            self.outbox.thin()
+            return self.outbox.thinned()
+        except Exception:  # the disk check must never stop delivery
+            log.exception("mqtt.housekeeping_failed")
+            return self.stats.thinned

@@ -1,0 +1,313 @@
+"""The MQTT cloud sync service: bus events -> outbox -> broker, commands -> ops -> replies.
+
+Asyncio side: consumers turn bus events into messages and commit them to the outbox in
+batches (worker thread), the command loop validates and runs commands. Thread side: the
+connection (network thread) and the publisher (drains the outbox). See agent/mqtt/README.md
+for the topic and payload contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import structlog
+
+from agent.bus import EventBus
+from agent.config import StationConfig
+from agent.events import (
+    ChargeRecordWritten,
+    DeviceHealth,
+    DriverMessage,
+    Event,
+    FaultCleared,
+    FaultRaised,
+    Reading,
+    SessionEvent,
+    TicketCreated,
+    utcnow,
+)
+from agent.mqtt.commands import CommandHandler
+from agent.mqtt.config import MqttConfig
+from agent.mqtt.connection import Connection, Handlers, Incoming
+from agent.mqtt.outbox import Outbox, Outgoing, Retention
+from agent.mqtt.payloads import StatusMessage
+from agent.mqtt.publisher import Publisher
+from agent.mqtt.topics import Stream, Topics
+from agent.ops import Ops
+from agent.sessions.times import to_us
+from agent.tasks import cancel_and_wait
+
+log = structlog.get_logger(__name__)
+
+MAX_CONCURRENT_COMMANDS = 4
+
+
+def agent_version() -> str:
+    """The installed evedge version."""
+    try:
+        return version("evedge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class MqttService:
+    """See the module docstring. Construct before the pollers start (it subscribes here)."""
+
+    def __init__(self, cfg: StationConfig, bus: EventBus, ops: Ops):
+        assert cfg.mqtt is not None
+        self.cfg = cfg
+        self.m: MqttConfig = cfg.mqtt
+        self.ops = ops
+        self.topics = Topics(self.m.topic_prefix, cfg.station.id)
+        self.outbox = Outbox(
+            cfg.store.path, self.topics, Retention(self.m.outbox_max_rows, self.m.min_free_disk_mb)
+        )
+        self.publisher = Publisher(self.outbox, self.m.inflight_window, self.m.protocol == "5")
+        self.commands = CommandHandler(ops, self.outbox, self.topics, self.m.command_max_ttl_s)
+        self.connection = Connection(
+            self.m,
+            self.m.client_id or f"evedge-{cfg.station.id}",
+            self.topics.stream(Stream.STATUS),
+            self.topics.command_filter,
+            Handlers(
+                birth=self._birth,
+                up=self.publisher.connected,
+                down=self.publisher.disconnected,
+                acked=self.publisher.acked,
+                message=self._incoming_threadsafe,
+            ),
+        )
+        # Subscribed now, not in run(): nothing published after construction is missed.
+        self._readings = bus.subscribe(Reading, maxsize=100_000, name="mqtt.telemetry")
+        self._events = bus.subscribe(
+            DeviceHealth,
+            FaultRaised,
+            FaultCleared,
+            SessionEvent,
+            ChargeRecordWritten,
+            DriverMessage,
+            TicketCreated,
+            maxsize=50_000,
+            name="mqtt.events",
+        )
+        self._incoming: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._active: dict[str, FaultRaised] = {}
+        self._offline_clean = b""
+        self._tasks: set[asyncio.Task] = set()
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Connect, catch up on charge records, then forward events and serve commands."""
+        self._loop = asyncio.get_running_loop()
+        self._active = {f.fault_id: f for f in (await self.ops.active_faults()).faults}
+        self.publisher.start()
+        self.connection.start()
+        self._started = True
+        log.info(
+            "mqtt.start",
+            broker=f"{self.m.host}:{self.m.port}",
+            protocol=self.m.protocol,
+            tls=self.m.tls,
+            mtls=self.m.cert_file is not None,
+            topics=self.topics.base,
+        )
+        await self._enqueue_records()
+        await self._enqueue_tickets()
+        loops = [self._telemetry_loop(), self._event_loop(), self._command_loop()]
+        tasks = [asyncio.create_task(c, name=f"mqtt {c.__name__}") for c in loops]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            await cancel_and_wait(tasks)
+            await cancel_and_wait(list(self._tasks))
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until the broker acknowledged everything committed so
+        far; returns at once when not connected (the outbox keeps it for the next start)."""
+        deadline = time.monotonic() + timeout
+        upto = await asyncio.to_thread(self.outbox.last_id)
+        self.publisher.wake()
+        while self.connection.connected and time.monotonic() < deadline:
+            if not await asyncio.to_thread(self.outbox.remaining, upto):
+                return
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        """Publish `offline` (clean), disconnect, stop the threads, close the outbox."""
+        self._readings.close()
+        self._events.close()
+        if self._started:
+            await asyncio.to_thread(self.connection.stop, self._offline_clean)
+            await asyncio.to_thread(self.publisher.stop)
+        self.outbox.close()
+        log.info("mqtt.stop", published=self.publisher.stats.published)
+
+    def state(self) -> dict[str, Any]:
+        """For `evedge status`: connection, backlog per stream, oldest undelivered age."""
+        st = self.publisher.stats
+        oldest = st.oldest_us
+        return {
+            "connected": self.connection.connected,
+            "broker": f"{self.m.host}:{self.m.port}",
+            "protocol": self.m.protocol,
+            "tls": self.m.tls,
+            "connects": self.connection.connects,
+            "last_error": self.connection.last_error,
+            "backlog": sum(st.backlog.values()),
+            "backlog_by_stream": dict(st.backlog),
+            "oldest_undelivered_age_s": (
+                None if oldest is None else round((to_us(utcnow()) - oldest) / 1e6, 1)
+            ),
+            "published": st.published,
+            "acked": st.acked,
+            "rejected": st.rejected,
+            "thinned": dict(st.thinned),
+        }
+
+    def _check_threads(self) -> None:
+        """A dead publisher or network thread would stall delivery silently: end the service
+        loudly instead (the agent stops, systemd restarts it, the outbox resumes)."""
+        for name, thread in (
+            ("publisher", self.publisher.thread),
+            ("network", self.connection.thread),
+        ):
+            if thread is not None and not thread.is_alive():
+                raise RuntimeError(f"the MQTT {name} thread ended; see the log above")
+
+    # ------------------------------------------------------------------ network thread hooks
+
+    def _birth(self) -> tuple[bytes, bytes]:
+        """Status payloads of the next connection: online, and offline as its Last Will."""
+        seq = self.outbox.next_seq(Stream.STATUS, 2)
+        common = dict(station=self.topics.station, agent_version=agent_version())
+        online = StatusMessage(msg_id=_mid(), seq=seq, ts=utcnow(), state="online", **common)
+        will = StatusMessage(
+            msg_id=_mid(), seq=seq + 1, ts=utcnow(), state="offline", clean=False, **common
+        )
+        self._offline_clean = will.model_copy(update={"clean": True}).model_dump_json().encode()
+        return online.model_dump_json().encode(), will.model_dump_json().encode()
+
+    def _incoming_threadsafe(self, msg: Incoming) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._incoming.put_nowait, msg)
+
+    # ------------------------------------------------------------------ producers
+
+    async def _commit(self, items: list[Outgoing]) -> None:
+        if items:
+            await asyncio.to_thread(self.outbox.add, items)
+            self.publisher.wake()
+
+    async def _enqueue_records(self) -> None:
+        """Copy charge records after the billing cursor into the outbox."""
+        while await asyncio.to_thread(self.outbox.add_charge_records):
+            self.publisher.wake()
+
+    async def _telemetry_loop(self) -> None:
+        latest: dict[tuple[str, str], Reading] = {}
+        samples = 0
+        start = utcnow()
+        next_at = time.monotonic() + self.m.telemetry_interval_s
+        while True:
+            timeout = next_at - time.monotonic()
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    r = await asyncio.wait_for(self._readings.get(), timeout)
+                    latest[(r.device, r.quantity)] = r
+                    samples += 1
+                    while (r := self._readings.get_nowait()) is not None:
+                        latest[(r.device, r.quantity)] = r
+                        samples += 1
+                continue
+            self._check_threads()
+            end = utcnow()
+            if latest:
+                readings = [
+                    r.model_dump(include={"device", "quantity", "value", "unit", "quality", "ts"})
+                    for r in latest.values()
+                ]
+                data = dict(interval_start=start, interval_end=end, samples=samples,
+                            readings=readings)  # fmt: skip
+                await self._commit([Outgoing(Stream.TELEMETRY, data)])
+            latest, samples, start = {}, 0, end
+            next_at += self.m.telemetry_interval_s
+            if next_at < time.monotonic():  # we fell behind (e.g. suspended): don't burst
+                next_at = time.monotonic() + self.m.telemetry_interval_s
+
+    async def _event_loop(self) -> None:
+        while True:
+            batch = [await self._events.get()]
+            while (ev := self._events.get_nowait()) is not None and len(batch) < 500:
+                batch.append(ev)
+            items: list[Outgoing] = []
+            records = tickets = False
+            for ev in batch:
+                items.extend(self._messages(ev))
+                records |= isinstance(ev, ChargeRecordWritten)
+                tickets |= isinstance(ev, TicketCreated)
+            await self._commit(items)
+            if records:
+                await self._enqueue_records()
+            if tickets:
+                await self._enqueue_tickets()
+
+    def _messages(self, ev: Event) -> list[Outgoing]:
+        if isinstance(ev, DeviceHealth):
+            return [Outgoing(Stream.HEALTH, {"health": ev})]
+        if isinstance(ev, SessionEvent):
+            return [Outgoing(Stream.SESSION_EVENTS, {"event": ev})]
+        if isinstance(ev, DriverMessage):
+            return [
+                Outgoing(
+                    Stream.DISPLAY,
+                    {"connector": ev.connector, "message": ev},
+                    topic=self.topics.stream(Stream.DISPLAY, ev.connector),
+                )
+            ]
+        if isinstance(ev, FaultRaised):
+            self._active[ev.fault_id] = ev
+            event = Outgoing(Stream.FAULT_EVENTS, {"kind": "raised", "raised": ev})
+        elif isinstance(ev, FaultCleared):
+            self._active.pop(ev.fault_id, None)
+            event = Outgoing(Stream.FAULT_EVENTS, {"kind": "cleared", "cleared": ev})
+        else:
+            return []
+        snapshot = sorted(self._active.values(), key=lambda f: f.ts)
+        return [event, Outgoing(Stream.FAULTS_ACTIVE, {"faults": snapshot})]
+
+    async def _enqueue_tickets(self) -> None:
+        while await asyncio.to_thread(self.outbox.add_tickets):
+            self.publisher.wake()
+
+    # ------------------------------------------------------------------ commands
+
+    async def _command_loop(self) -> None:
+        slots = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
+        while True:
+            msg = await self._incoming.get()
+            await slots.acquire()
+            task = asyncio.create_task(self._command(msg, slots), name="mqtt command")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _command(self, msg: Incoming, slots: asyncio.Semaphore) -> None:
+        try:
+            reply = await self.commands.handle(msg)
+            if reply is not None:
+                await self._commit([reply])
+        finally:
+            slots.release()
+
+
+def _mid() -> str:
+    return uuid.uuid4().hex

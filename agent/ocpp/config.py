@@ -1,0 +1,93 @@
+"""The `[ocpp]` config section: where the CSMS is and how the charge point proves who it is.
+
+    [ocpp]
+    url = "wss://csms.example.com/ocpp"   # the charge point id is appended as the last segment
+    charge_point_id = "CP-0001"           # default: station.id
+    version = "1.6"
+    security_profile = 2                  # 0 none, 1 Basic auth, 2 TLS + Basic, 3 TLS + client cert
+    password_file = "/etc/evedge/ocpp.pass"   # profiles 1, 2; mode 0600 or stricter
+    ca_file = "/etc/evedge/csms-ca.pem"       # profiles 2, 3: verifies the CSMS
+    cert_file = "/etc/evedge/cp.pem"          # profile 3
+    key_file = "/etc/evedge/cp.key"           # profile 3
+    keys = { MeterValueSampleInterval = "60" }  # OCPP configuration keys (the CSMS's win)
+
+Security profiles per the OCA "Improved security for OCPP 1.6-J" whitepaper. The files are
+checked (present, readable, password mode) when the service starts, since `config check`
+may run on another machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.ocpp.config_keys import check_file_keys
+
+# Files each security profile needs (the whitepaper: 1 = Basic auth over ws, 2 = TLS + Basic
+# auth, 3 = TLS with a client certificate, no password).
+PROFILE_FILES: dict[int, tuple[str, ...]] = {
+    0: (),
+    1: ("password_file",),
+    2: ("password_file", "ca_file"),
+    3: ("ca_file", "cert_file", "key_file"),
+}
+
+
+class OcppConfig(BaseModel):
+    """How to reach the central system."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(min_length=1, description="ws:// or wss:// base URL of the CSMS")
+    charge_point_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=48,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="default: station.id",
+    )
+    version: Literal["1.6"] = "1.6"
+    security_profile: int = Field(default=0, ge=0, le=3)
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    call_timeout_s: float = Field(default=30.0, gt=0, le=300, description="answer to a CALL")
+    heartbeat_interval_s: int = Field(
+        default=300, ge=1, le=86_400, description="until the CSMS sets HeartbeatInterval"
+    )
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=600)
+    reconnect_max_s: float = Field(default=120.0, gt=0, le=3600)
+    ping_interval_s: float = Field(default=30.0, gt=0, le=3600, description="WebSocket ping")
+    ping_timeout_s: float = Field(default=20.0, gt=0, le=600, description="pong within")
+    keys: dict[str, str] = Field(
+        default_factory=dict, description="OCPP configuration keys; the CSMS's changes win"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OcppConfig:
+        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
+        if scheme not in ("ws", "wss"):
+            raise ValueError(f"url must start with ws:// or wss://, got {self.url!r}")
+        if scheme == "ws" and self.security_profile >= 2:
+            raise ValueError(
+                f"security_profile {self.security_profile} uses TLS: the url must be wss://"
+            )
+        if scheme == "wss" and self.security_profile <= 1:
+            raise ValueError(
+                f"security_profile {self.security_profile} is without TLS: the url must be "
+                "ws:// (use profile 2 or 3 for wss://)"
+            )
+        missing = [f for f in PROFILE_FILES[self.security_profile] if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"security_profile {self.security_profile} needs {', '.join(missing)}")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("url must not carry credentials; use password_file")
+        problems = check_file_keys(self.keys)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

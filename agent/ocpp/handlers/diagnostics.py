@@ -1,0 +1,177 @@
+"""OCPP 1.6 Firmware Management, diagnostics part: GetDiagnostics, DiagnosticsStatusNotification.
+
+GetDiagnostics answers with the file name at once; the upload runs afterwards in a task of
+the context (it outlives a reconnect): DiagnosticsStatusNotification Uploading, the bundle
+(agent/support/bundle.py) for [startTime, stopTime], the upload (agent/support/upload.py)
+tried 1 + `retries` times `retryInterval` apart, then Uploaded or UploadFailed. A
+TriggerMessage meanwhile reports Uploading, otherwise Idle. Firmware updates are not
+implemented: FirmwareStatusNotification is always Idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from ocpp.routing import after, on
+from ocpp.v16 import call, call_result
+from ocpp.v16.enums import Action, DiagnosticsStatus, FirmwareStatus
+
+from agent.events import utcnow
+from agent.ocpp.context import OcppCallError, OcppContext, OcppOffline
+from agent.ocpp.handlers.base import OcppMixin
+from agent.support.bundle import build_bundle
+from agent.support.upload import UploadError, check_location, public_url, upload
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_RETRIES = 2  # GetDiagnostics without `retries`: the charge point decides
+DEFAULT_RETRY_INTERVAL_S = 30
+UPLOAD_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class UploadJob:
+    """One GetDiagnostics request, validated."""
+
+    location: str
+    file_name: str
+    retries: int
+    retry_interval_s: int
+    since: datetime | None
+    until: datetime | None
+
+
+@dataclass
+class DiagnosticsState:
+    """The upload in progress (ctx.parts["diagnostics"]): one at a time."""
+
+    uploading: bool = False
+    pending: UploadJob | None = None  # answered, to start after the conf went out
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=utcnow().tzinfo)
+
+
+async def _notify(ctx: OcppContext, status: DiagnosticsStatus, *, triggered: bool = False) -> None:
+    """DiagnosticsStatusNotification; offline is logged, not fatal (the CSMS can trigger it)."""
+    try:
+        await ctx.link.call(call.DiagnosticsStatusNotification(status=status), triggered=triggered)
+    except (OcppOffline, OcppCallError, TimeoutError) as e:
+        log.warning("ocpp.diagnostics_status_not_sent", status=status.value, error=str(e))
+
+
+async def run_upload(ctx: OcppContext, state: DiagnosticsState, job: UploadJob) -> bool:
+    """Build the bundle and upload it per `job`, with the status notifications; True when
+    it arrived."""
+    where = public_url(job.location)
+    await _notify(ctx, DiagnosticsStatus.uploading)
+    ok = False
+    try:
+        data = await asyncio.to_thread(
+            build_bundle, ctx.cfg, ctx.store, since=job.since, until=job.until
+        )
+        for attempt in range(1, job.retries + 2):
+            try:
+                await asyncio.to_thread(
+                    upload, data, job.location, job.file_name, timeout=UPLOAD_TIMEOUT_S
+                )
+            except UploadError as e:
+                log.warning("ocpp.diagnostics_upload_failed", attempt=attempt, error=str(e))
+                if attempt <= job.retries:
+                    await asyncio.sleep(job.retry_interval_s)
+                continue
+            ok = True
+            log.info(
+                "ocpp.diagnostics_uploaded",
+                location=where,
+                file=job.file_name,
+                bytes=len(data),
+                attempt=attempt,
+            )
+            break
+    except Exception:
+        log.exception("ocpp.diagnostics_failed", location=where)
+    finally:
+        state.uploading = False
+    await _notify(ctx, DiagnosticsStatus.uploaded if ok else DiagnosticsStatus.upload_failed)
+    return ok
+
+
+class DiagnosticsMixin(OcppMixin):
+    """GetDiagnostics and the diagnostics/firmware status senders."""
+
+    def _diagnostics(self) -> DiagnosticsState:
+        return self.ctx.parts.setdefault("diagnostics", DiagnosticsState())
+
+    async def send_diagnostics_status(self, *, triggered: bool = False) -> None:
+        """DiagnosticsStatusNotification: Uploading while an upload runs, else Idle."""
+        uploading = self._diagnostics().uploading
+        status = DiagnosticsStatus.uploading if uploading else DiagnosticsStatus.idle
+        await self.ctx.link.call(
+            call.DiagnosticsStatusNotification(status=status), triggered=triggered
+        )
+
+    async def send_firmware_status(self, *, triggered: bool = False) -> None:
+        """FirmwareStatusNotification: Idle (evedge does not update firmware over OCPP)."""
+        req = call.FirmwareStatusNotification(status=FirmwareStatus.idle)
+        await self.ctx.link.call(req, triggered=triggered)
+
+    def _job(self, location: str, retries: Any, retry_interval: Any, start_time: Any,
+             stop_time: Any) -> UploadJob:  # fmt: skip
+        stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+        cp_id = self.ctx.parts.get("charge_point_id") or self.ctx.cfg.station.id
+        return UploadJob(
+            location=location,
+            file_name=f"{cp_id}-diagnostics-{stamp}.tar.gz",
+            retries=DEFAULT_RETRIES if retries is None else max(0, retries),
+            retry_interval_s=(
+                DEFAULT_RETRY_INTERVAL_S if retry_interval is None else max(0, retry_interval)
+            ),
+            since=_time(start_time),
+            until=_time(stop_time),
+        )
+
+    @on(Action.get_diagnostics)
+    async def _on_get_diagnostics(
+        self,
+        location: str,
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        start_time: str | None = None,
+        stop_time: str | None = None,
+    ) -> call_result.GetDiagnostics:
+        state = self._diagnostics()
+        reason = check_location(location)
+        if reason is None and state.uploading:
+            reason = "an upload is already running"
+        if reason is None:
+            try:
+                job = self._job(location, retries, retry_interval, start_time, stop_time)
+            except ValueError as e:
+                reason = f"startTime/stopTime: {e}"
+        if reason is not None:
+            # No fileName: "no diagnostic information is available" (§6.29).
+            log.warning("ocpp.diagnostics_refused", location=public_url(location), reason=reason)
+            return call_result.GetDiagnostics()
+        state.uploading = True
+        state.pending = job
+        return call_result.GetDiagnostics(file_name=job.file_name)
+
+    @after(Action.get_diagnostics)
+    async def _after_get_diagnostics(self, **_: Any) -> None:
+        state = self._diagnostics()
+        job, state.pending = state.pending, None
+        if job is None:
+            return
+        task = asyncio.create_task(run_upload(self.ctx, state, job), name="ocpp diagnostics")
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)

@@ -1,0 +1,311 @@
+"""Benchmark: draining a 7-day OCPP outage, and what it does to the live poll loop.
+
+A store is filled with the transaction messages of `--sessions` sessions of `--minutes`
+each with MeterValues every 10 s (the default: 500 sessions of 20 min, about 61,500
+messages, what a busy two-connector station queues in a week without its CSMS), exactly as
+the outbox keeps them (agent/ocpp/outbox.py). Then the real agent (pollers against the
+simulator `evedge sim`, session engine, OCPP service) starts against that store:
+
+1. baseline: the CSMS (`python -m hil.csms`, another process) is down for `--baseline-s`;
+   the poll loop's timing is measured (intervals between the meter's successive readings);
+2. drain: the CSMS comes up; the time until the outbox is empty and messages/s are
+   measured, and the poll loop's timing meanwhile.
+
+Printed: drain time, messages/s, poll interval p50/p99/max and jitter (p99 of |interval -
+nominal|) in both phases, and the ratio drain/baseline. Everything the CSMS acknowledged
+is checked against the store afterwards (all delivered, none twice).
+
+Usage: .venv/bin/python bench/ocpp_backlog.py [--sessions 500] [--minutes 20]
+       [--baseline-s 20] [--poll-s 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import structlog
+
+from agent.config import parse_config
+from agent.events import Reading
+from agent.ocpp import metervalues as mv
+from agent.ocpp.outbox import begin_transaction_in, enqueue_in
+from agent.runtime import Agent
+from agent.sessions.times import US
+from agent.store.db import open_db, transaction
+
+ROOT = Path(__file__).resolve().parents[1]
+EVEDGE = str(Path(sys.executable).parent / "evedge")
+MV_INTERVAL_S = 10
+WEEK_US = 7 * 86400 * US
+WARMUP_S = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def station(tmp: Path, csms_port: int, poll_s: float) -> str:
+    control, mport, eport = free_port(), free_port(), free_port()
+    text = f"""
+[station]
+id = "BENCH"
+[[bus]]
+name = "lan"
+kind = "tcp"
+timeout_s = 0.5
+retries = 0
+[[device]]
+name = "meter1"
+profile = "eastron-sdm630"
+bus = "lan"
+host = "127.0.0.1"
+port = {mport}
+unit = 1
+interval_s = {poll_s}
+[[device]]
+name = "evse1"
+profile = "phoenix-ev-charge-control"
+bus = "lan"
+host = "127.0.0.1"
+port = {eport}
+unit = 255
+interval_s = {poll_s}
+[[connector]]
+id = 1
+evse = "evse1"
+meter = "meter1"
+max_current_a = 32
+[store]
+path = "{tmp / "evedge.db"}"
+[log]
+level = "warning"
+[sim]
+control_port = {control}
+[billing]
+tariff = "{ROOT / "config" / "tariffs" / "simple-energy.json"}"
+key_dir = "{tmp / "keys"}"
+[ocpp]
+url = "ws://127.0.0.1:{csms_port}"
+call_timeout_s = 10
+reconnect_min_s = 0.2
+reconnect_max_s = 0.5
+keys = {{ MeterValueSampleInterval = "0" }}
+"""
+    return text
+
+
+def fill(db: Path, sessions: int, minutes: int) -> int:
+    """Queue the week's transaction messages; returns how many."""
+    conn = open_db(db)
+    start0 = int(time.time() * US) - WEEK_US
+    step = WEEK_US // sessions
+    n = 0
+    register = 1_000_000
+    with transaction(conn):
+        for i in range(sessions):
+            sid = f"bench-{i:05d}"
+            connector = 1 + i % 2
+            t = start0 + i * step
+            begin_transaction_in(conn, sid, connector, t)
+            start = {
+                "connectorId": connector,
+                "idTag": f"CARD-{i % 50:04d}",
+                "meterStart": register,
+                "timestamp": mv.iso(t),
+            }
+            enqueue_in(conn, sid, connector, "StartTransaction", start, t)
+            n += 1
+            for k in range(minutes * 60 // MV_INTERVAL_S):
+                at = t + (k + 1) * MV_INTERVAL_S * US
+                register += 30  # 11 kW
+                values = {
+                    "energy_import_wh": register,
+                    "power_w": 11000.0,
+                    **{f"current_l{p}": 16.0 for p in (1, 2, 3)},
+                    **{f"voltage_l{p}": 230.1 for p in (1, 2, 3)},
+                }
+                svs = mv.sampled_values(
+                    values,
+                    [mv.ENERGY, "Power.Active.Import", "Current.Import", "Voltage"],
+                    mv.PERIODIC,
+                )
+                payload = {"connectorId": connector, "meterValue": [mv.meter_value(at, svs)]}
+                enqueue_in(conn, sid, connector, "MeterValues", payload, at)
+                n += 1
+            end = t + minutes * 60 * US
+            stop = {
+                "idTag": start["idTag"],
+                "meterStop": register,
+                "timestamp": mv.iso(end),
+                "reason": "EVDisconnected",
+            }
+            enqueue_in(conn, sid, connector, "StopTransaction", stop, end)
+            n += 1
+    conn.close()
+    return n
+
+
+def pending(db: Path) -> int:
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return c.execute("SELECT count(*) FROM ocpp_outbox WHERE delivered_ts IS NULL").fetchone()[
+            0
+        ]
+    finally:
+        c.close()
+
+
+class PollClock:
+    """Intervals between the meter's successive energy readings (the poll loop's beat)."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.intervals: list[float] = []
+
+    def feed(self, r: Reading) -> None:
+        if r.device != "meter1" or r.quantity != "energy_import_wh":
+            return
+        t = r.ts.timestamp()
+        if self.last is not None:
+            self.intervals.append(t - self.last)
+        self.last = t
+
+    def take(self) -> list[float]:
+        out, self.intervals = self.intervals, []
+        return out
+
+
+def figures(intervals: list[float], nominal: float) -> dict[str, float]:
+    xs = sorted(intervals)
+    dev = sorted(abs(x - nominal) for x in xs)
+
+    def pct(v: list[float], p: float) -> float:
+        return v[min(len(v) - 1, int(p * len(v)))]
+
+    return {
+        "polls": len(xs),
+        "p50_ms": 1000 * statistics.median(xs),
+        "p99_ms": 1000 * pct(xs, 0.99),
+        "max_ms": 1000 * xs[-1],
+        "jitter_p99_ms": 1000 * pct(dev, 0.99),
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    with TemporaryDirectory() as d:
+        tmp = Path(d)
+        csms_port = free_port()
+        text = station(tmp, csms_port, args.poll_s)
+        (tmp / "station.toml").write_text(text)
+        cfg = parse_config(text)
+        db = tmp / "evedge.db"
+        t0 = time.perf_counter()
+        queued = fill(db, args.sessions, args.minutes)
+        print(
+            f"queued {queued} transaction messages of {args.sessions} sessions "
+            f"in {time.perf_counter() - t0:.1f} s ({db.stat().st_size / 1e6:.1f} MB)"
+        )
+        sim = subprocess.Popen(
+            [EVEDGE, "sim", "--config", str(tmp / "station.toml")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        csms = None
+        agent = Agent(cfg)
+        clock = PollClock()
+        sub = agent.bus.subscribe(Reading, maxsize=100_000)
+
+        async def collect() -> None:
+            async for r in sub:
+                clock.feed(r)
+
+        collector = asyncio.create_task(collect())
+        try:
+            await asyncio.sleep(1.0)  # the simulator's servers
+            await agent.start()
+            await asyncio.sleep(WARMUP_S)  # connect attempts, session recovery: not measured
+            clock.take()
+            await asyncio.sleep(args.baseline_s)
+            base = clock.take()
+            csms = subprocess.Popen(
+                [sys.executable, "-m", "hil.csms", "--port", str(csms_port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
+            t_up = time.perf_counter()
+            while not agent.ocpp.online.is_set():
+                await asyncio.sleep(0.01)
+            t_online = time.perf_counter()
+            while await asyncio.to_thread(pending, db) > 0:
+                await asyncio.sleep(0.5)
+            t_done = time.perf_counter()
+            during = clock.take()
+        finally:
+            collector.cancel()
+            await agent.stop()
+            sim.terminate()
+            if csms is not None:
+                csms.terminate()
+        drain_s = t_done - t_online
+        b, dr = figures(base, args.poll_s), figures(during, args.poll_s)
+        with sqlite3.connect(db) as c:
+            delivered = c.execute(
+                "SELECT count(*) FROM ocpp_outbox WHERE delivered_ts IS NOT NULL"
+            ).fetchone()[0]
+            ids = c.execute(
+                "SELECT count(*), count(DISTINCT transaction_id) FROM ocpp_transactions"
+            ).fetchone()
+        print(f"connect + boot after the CSMS came up: {t_online - t_up:.2f} s")
+        print(
+            f"drain: {delivered} messages in {drain_s:.1f} s = {delivered / drain_s:.0f} msg/s "
+            f"({1000 * drain_s / delivered:.2f} ms per message, one in flight at a time)"
+        )
+        print(f"transactions with their own CSMS id: {ids[1]} of {ids[0]}")
+        print(f"poll interval, nominal {1000 * args.poll_s:.0f} ms:")
+        for name, f in (("baseline (CSMS down)", b), ("during the drain", dr)):
+            print(
+                f"  {name:22s} polls {f['polls']:6d}  p50 {f['p50_ms']:7.1f} ms  "
+                f"p99 {f['p99_ms']:7.1f} ms  max {f['max_ms']:7.1f} ms  "
+                f"jitter p99 {f['jitter_p99_ms']:6.1f} ms"
+            )
+        ratio = dr["jitter_p99_ms"] / max(b["jitter_p99_ms"], 0.1)
+        print(
+            f"ratio drain/baseline: jitter p99 x{ratio:.2f}, "
+            f"p99 interval x{dr['p99_ms'] / b['p99_ms']:.2f}"
+        )
+        print(
+            json.dumps(
+                {
+                    "queued": queued,
+                    "delivered": delivered,
+                    "drain_s": round(drain_s, 1),
+                    "msg_per_s": round(delivered / drain_s),
+                    "baseline": b,
+                    "drain": dr,
+                }
+            )
+        )
+        assert delivered == queued, f"{queued - delivered} messages not delivered"
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sessions", type=int, default=500)
+    p.add_argument("--minutes", type=int, default=20)
+    p.add_argument("--baseline-s", type=float, default=20.0)
+    p.add_argument("--poll-s", type=float, default=0.1)
+    asyncio.run(main(p.parse_args()))

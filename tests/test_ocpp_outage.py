@@ -1,0 +1,201 @@
+"""The central system goes away in the middle of sessions, and the agent is killed with a
+backlog: every transaction message must still arrive exactly once, in order, with the
+transaction id the CSMS gave, and with the meter values the charge records bill."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from ocpp.exceptions import InternalError
+from ocpp_helpers import (
+    CP,
+    Proc,
+    dump,
+    energy,
+    ocpp_config,
+    ocpp_rig,
+    process_config,
+    queued,
+    tx_messages,
+    wait,
+)
+from sessions_helpers import CARD
+
+from agent.sessions.model import card_token
+from agent.sessions.store import SessionStore
+from hil.control import send_command
+from hil.csms import Received, TestCsms
+
+
+def check_stream(msgs: list[Received], first_tx_id: int) -> list[list[Received]]:
+    """The transaction messages as sessions (one connector: they never interleave); asserts
+    the order, the ids the CSMS gave and that nothing arrived twice. Returns the sessions."""
+    ids = [int(m.unique_id.removeprefix("tx-")) for m in msgs]
+    assert ids == sorted(ids), "messages out of order"
+    payloads = [json.dumps(m.payload, sort_keys=True) for m in msgs]
+    assert len(set(payloads)) == len(payloads), "the same message arrived under two ids"
+    sessions: list[list[Received]] = []
+    for m in msgs:
+        if m.action == "StartTransaction":
+            sessions.append([m])
+        else:
+            assert sessions and sessions[-1][-1].action != "StopTransaction", f"orphan {m}"
+            sessions[-1].append(m)
+    for n, s in enumerate(sessions):
+        tx_id = first_tx_id + n  # the test CSMS counts up per StartTransaction received
+        assert s[-1].action == "StopTransaction", "a session without its stop"
+        assert all(m.payload["transactionId"] == tx_id for m in s[1:]), [m.payload for m in s]
+        registers = [energy(m, "Sample.Periodic") for m in s if m.action == "MeterValues"]
+        registers = [r for r in registers if r is not None]
+        meter_start, meter_stop = s[0].payload["meterStart"], s[-1].payload["meterStop"]
+        assert all(meter_start <= r <= meter_stop for r in registers)
+        assert registers == sorted(registers)
+    return sessions
+
+
+def billed(db: Path) -> list[tuple[int, int, int]]:
+    """(start Wh, end Wh, energy Wh) of every charge record, in chain order."""
+    with SessionStore(db) as st:
+        out = []
+        for r in st.records():
+            b = r.data
+            out.append((b["meter"]["start_wh"], b["meter"]["end_wh"], r.energy_wh))
+        return out
+
+
+async def card_session(rig, seconds: float) -> None:
+    rig.sim.plug_in(1)
+    await rig.status("Preparing")
+    assert await rig.engine.authorize(1, card_token(CARD)) == "started"
+    await rig.status("Charging")
+    await asyncio.sleep(seconds)
+    rig.sim.unplug(1)
+    await rig.status("Available")
+
+
+async def test_csms_outage_in_the_middle_of_sessions(tmp_path):
+    csms = TestCsms()
+    await csms.start()
+    csms.next_transaction_id = 100
+    keys = {"MeterValueSampleInterval": "1", "TransactionMessageRetryInterval": "1"}
+    cfg = ocpp_config(tmp_path, csms.url, keys=keys)
+    try:
+        async with ocpp_rig(cfg, csms) as rig:
+            outbox = rig.agent.ocpp.ctx.parts["outbox"]
+            # Session 1 starts online, the CSMS goes away while it charges.
+            rig.sim.plug_in(1)
+            await rig.status("Preparing")
+            await rig.engine.authorize(1, card_token(CARD))
+            await rig.status("Charging")
+            await csms.wait_for("MeterValues", cp_id=CP, count=2)
+            await csms.stop()
+            await rig.until(lambda: not rig.agent.ocpp.online.is_set(), 5, "offline")
+            await asyncio.sleep(1.5)
+            rig.sim.unplug(1)
+            await rig.status("Available")
+            # Session 2 runs entirely offline; session 3 starts offline.
+            await card_session(rig, 1.5)
+            rig.sim.plug_in(1)
+            await rig.status("Preparing")
+            await rig.engine.authorize(1, card_token(CARD))
+            await rig.status("Charging")
+            await asyncio.sleep(1.5)
+            offline = outbox.backlog()
+            assert offline["transactions_without_id"] == 2  # sessions 2 and 3
+            await csms.start()  # the same port: the agent reconnects by itself
+            await rig.until(lambda: outbox.backlog()["pending"] == 0, 20, "backlog sent")
+            sid3 = rig.conn.session.id
+            assert outbox.transaction_id(sid3) == 102  # started offline, id given now
+            rig.sim.unplug(1)
+            await csms.wait_for("StopTransaction", cp_id=CP, count=3)
+            await rig.until(lambda: outbox.backlog()["pending"] == 0, 10, "all sent")
+            stored = outbox.messages()
+    finally:
+        await csms.stop()
+    msgs = tx_messages(csms)
+    assert [int(m.unique_id[3:]) for m in msgs] == [seq for seq, *_ in stored], dump(csms)
+    sessions = check_stream(msgs, 100)
+    assert len(sessions) == 3
+    assert offline["pending"] > 5
+    # The meter values the CSMS got are the ones billed.
+    for s, (start_wh, end_wh, energy_wh) in zip(sessions, billed(cfg.store.path), strict=True):
+        assert (s[0].payload["meterStart"], s[-1].payload["meterStop"]) == (start_wh, end_wh)
+        assert end_wh - start_wh == energy_wh
+
+
+async def test_kill_9_with_a_queued_backlog_delivers_everything_once(tmp_path):
+    csms = TestCsms()
+    port = await csms.start()
+    csms.next_transaction_id = 500
+    config, control = process_config(tmp_path, port)
+    db = tmp_path / "evedge.db"
+    sim = Proc("sim", "--config", str(config), log=tmp_path / "sim.log")
+    agent = Proc("run", "--config", str(config), "--console-logs", log=tmp_path / "agent.log")
+    try:
+        for _ in range(100):
+            try:
+                await send_command(control, {"cmd": "snapshot"})
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        await csms.wait_connected(CP, timeout=20)
+        await csms.stop()  # the outage: everything from now on is queued
+        for _ in range(3):  # free vend: each plug-in is a session
+            await send_command(control, {"cmd": "plug_in", "connector": 1})
+            await asyncio.sleep(1.5)
+            await send_command(control, {"cmd": "unplug", "connector": 1})
+            await asyncio.sleep(0.6)
+        await send_command(control, {"cmd": "plug_in", "connector": 1})  # one left running
+        await wait(lambda: queued(db) >= 12, 20, "a backlog")
+        before = queued(db)
+        agent.kill9()
+        agent = Proc("run", "--config", str(config), "--console-logs", log=tmp_path / "agent.log")
+        await asyncio.sleep(2)
+        assert queued(db) >= before  # nothing dropped by the restart
+        await csms.start()
+        await csms.wait_connected(CP, timeout=20)
+        await send_command(control, {"cmd": "unplug", "connector": 1})
+        await csms.wait_for("StopTransaction", cp_id=CP, count=4, timeout=30)
+        await wait(lambda: queued(db) == 0, 20, "the backlog delivered")
+        agent.stop()
+    finally:
+        agent.stop()
+        sim.stop()
+        await csms.stop()
+    msgs = tx_messages(csms)
+    sessions = check_stream(msgs, 500)
+    assert len(sessions) == 4, dump(csms)
+    with SessionStore(db) as st:
+        assert len(st.records()) == 4 and not st.active_sessions()
+    raw = [r for r in csms.received[CP] if r.action != "Heartbeat"]
+    assert len({r.unique_id for r in raw if r.action == "StopTransaction"}) == 4
+
+
+async def test_a_start_never_confirmed_falls_back_to_transaction_id_minus_1(tmp_path):
+    csms = TestCsms()
+    await csms.start()
+    keys = {"TransactionMessageAttempts": "1", "TransactionMessageRetryInterval": "1"}
+    cfg = ocpp_config(tmp_path, csms.url, keys=keys)
+    csms.responders["StartTransaction"] = lambda cp, p: (_ for _ in ()).throw(
+        InternalError(description="no transaction ids today")
+    )
+    try:
+        async with ocpp_rig(cfg, csms) as rig:
+            outbox = rig.agent.ocpp.ctx.parts["outbox"]
+            await card_session(rig, 1.0)
+            await csms.wait_for("StartTransaction", cp_id=CP)
+            # Round 1 exhausted: the stop waits behind its start, nothing sent with -1 yet.
+            await rig.until(lambda: outbox.backlog()["parked"] == 1, 5, "start parked")
+            assert "StopTransaction" not in csms.actions(CP)
+            await csms.disconnect(CP)  # round 2 on the next connection, then the fallback
+            stop = await csms.wait_for("StopTransaction", cp_id=CP, timeout=15)
+            assert csms.actions(CP).count("StartTransaction") == 2
+            await rig.until(lambda: outbox.backlog()["pending"] == 1, 5, "the stop delivered")
+            backlog = outbox.backlog()
+    finally:
+        await csms.stop()
+    assert stop.payload["transactionId"] == -1
+    assert backlog["transactions_with_fallback_id"] == 1
+    assert backlog["by_action"] == {"StartTransaction": 1}  # kept, retried on reconnects

@@ -1,0 +1,290 @@
+"""The service unit (systemd/evedge.service) and its installer (systemd/install.sh).
+
+The unit is parsed for the directives the service relies on and checked with
+`systemd-analyze verify` where systemd is installed. MemoryDenyWriteExecute= is exercised
+for real: the agent charges a car under the kernel's equivalent (prctl PR_SET_MDWE).
+The exposure score is a figure, printed by bench/systemd_security.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_chaos import EVEDGE, chaos_config
+from test_shutdown import wait_for
+
+from agent.billing.keys import load_or_create_key, public_key_hex
+from agent.config import load_config
+from agent.sessions.records import verify_records
+from agent.sessions.store import SessionStore
+from hil.control import execute, parse_command
+from hil.station import SimStation
+
+ROOT = Path(__file__).resolve().parents[1]
+UNIT = ROOT / "systemd" / "evedge.service"
+INSTALL = ROOT / "systemd" / "install.sh"
+ANALYZE = shutil.which("systemd-analyze")
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """section -> key -> every value (keys like DeviceAllow= repeat)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = out.setdefault(line.strip("[]"), {})
+            continue
+        assert section is not None, f"directive outside a section: {line}"
+        key, _, value = line.partition("=")
+        section.setdefault(key, []).append(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unit() -> dict[str, dict[str, list[str]]]:
+    return parse_unit(UNIT.read_text())
+
+
+def test_notify_watchdog_restart_and_stop_timeout(unit):
+    svc = unit["Service"]
+    assert svc["Type"] == ["notify"]
+    assert svc["NotifyAccess"] == ["main"]
+    assert svc["WatchdogSec"] == ["30s"]
+    assert svc["Restart"] == ["on-failure"]
+    assert svc["RestartForceExitStatus"] == ["75"]  # the OCPP hard reset
+    # The agent's flush budget (10 s) plus commit and close fit in the stop timeout.
+    assert svc["TimeoutStopSec"] == ["30s"]
+    assert svc["ExecStart"] == ["/opt/evedge/venv/bin/evedge run --config /etc/evedge/station.toml"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_user_directories_and_serial_ports(unit):
+    svc = unit["Service"]
+    assert (svc["User"], svc["Group"]) == (["evedge"], ["evedge"])
+    assert svc["SupplementaryGroups"] == ["dialout"]
+    assert svc["StateDirectory"] == ["evedge"]
+    assert svc["ConfigurationDirectory"] == ["evedge"]
+    assert svc["RuntimeDirectory"] == ["evedge"]
+    assert svc["RuntimeDirectoryMode"] == ["0750"]  # group evedge reaches the API socket
+    assert svc["DevicePolicy"] == ["closed"]
+    assert set(svc["DeviceAllow"]) == {
+        f"char-{tty} rw" for tty in ("ttyUSB", "ttyACM", "ttyS", "ttyAMA")
+    }
+    assert "PrivateDevices" not in svc  # it would hide the RS-485 adapters
+
+
+def test_hardening(unit):
+    svc = unit["Service"]
+    expected = {
+        "NoNewPrivileges": "yes",
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "ProtectClock": "yes",
+        "ProtectHostname": "yes",
+        "ProtectProc": "invisible",
+        "ProcSubset": "pid",
+        "RestrictNamespaces": "yes",
+        "RestrictRealtime": "yes",
+        "RestrictSUIDSGID": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "RemoveIPC": "yes",
+        "SystemCallArchitectures": "native",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+        "UMask": "0077",
+    }
+    assert {k: svc.get(k, ["<missing>"])[0] for k in expected} == expected
+    assert svc["SystemCallFilter"][0] == "@system-service"
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify(tmp_path):
+    # verify insists the ExecStart binary exists: point it at this checkout's venv.
+    copy = tmp_path / "evedge.service"
+    copy.write_text(UNIT.read_text().replace("/opt/evedge/venv/bin/evedge", EVEDGE))
+    res = subprocess.run([ANALYZE, "verify", str(copy)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_names_a_missing_binary(tmp_path):
+    copy = tmp_path / "evedge.service"
+    copy.write_text(UNIT.read_text().replace("/opt/evedge/venv", str(tmp_path / "nowhere")))
+    res = subprocess.run([ANALYZE, "verify", str(copy)], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "is not executable: No such file or directory" in res.stderr
+
+
+# -------------------------------------------------------------- MemoryDenyWriteExecute=
+
+# python -c MDWE_EXEC PROGRAM ARGS...: exec PROGRAM with prctl(PR_SET_MDWE (65),
+# PR_MDWE_REFUSE_EXEC_GAIN (1)) set; children and exec'd programs inherit it.
+MDWE_EXEC = """
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit("prctl(PR_SET_MDWE) failed: errno %d" % ctypes.get_errno())
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def _kernel_has_mdwe() -> bool:
+    # Probe in a child: the flag cannot be cleared once set.
+    res = subprocess.run(
+        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", "pass"], capture_output=True
+    )
+    return res.returncode == 0
+
+
+@pytest.mark.skipif(not _kernel_has_mdwe(), reason="the kernel has no PR_SET_MDWE (Linux >= 6.3)")
+async def test_agent_charges_a_car_with_write_xor_execute_enforced(tmp_path):
+    """The kernel refuses writable+executable memory, as MemoryDenyWriteExecute=yes does;
+    the agent polls, runs a session and signs its record (cryptography) all the same."""
+    refused = subprocess.run(
+        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c",
+         "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ|mmap.PROT_WRITE|mmap.PROT_EXEC)"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+
+    config = chaos_config(tmp_path)
+    db = tmp_path / "evedge.db"
+    sim = SimStation(load_config(config))
+    await sim.start()
+    log = (tmp_path / "agent.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MDWE_EXEC, EVEDGE, "run", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def active():
+        with SessionStore(db) as st:
+            return [r for r in st.active_sessions() if r.billed_wh]
+
+    def records():
+        with SessionStore(db) as st:
+            return st.records()
+
+    try:
+        await asyncio.sleep(0.5)
+        execute(sim, parse_command({"cmd": "plug_in", "connector": 1}))
+        (session,) = await wait_for(active, what="a session with energy")
+        execute(sim, parse_command({"cmd": "unplug", "connector": 1}))
+        (rec,) = await wait_for(records, what="the charge record")
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        await sim.stop()
+    assert rec.session_id == session.id
+    with SessionStore(db) as st:
+        report = verify_records(st, public_key_hex(load_or_create_key(tmp_path / "keys")))
+    assert report.ok and report.records == 1 and report.signatures, report.problems
+
+
+# -------------------------------------------------------------- install.sh
+
+
+def install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", str(INSTALL), *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
+
+
+def test_install_dry_run_shows_every_step_and_changes_nothing(tmp_path):
+    res = install("--dry-run", "--now", "--prefix", str(tmp_path / "opt"))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert f"-m venv {tmp_path / 'opt' / 'venv'}" in out
+    assert f"pip install --quiet --upgrade {ROOT}" in out
+    assert "/etc/systemd/system/evedge.service" in out
+    assert "systemctl enable evedge.service" in out
+    assert "systemctl restart evedge.service" in out
+    if subprocess.run(["getent", "passwd", "evedge"], capture_output=True).returncode:
+        assert "useradd --system --gid evedge" in out
+    assert not (tmp_path / "opt").exists()
+
+
+def test_install_into_a_destdir_is_idempotent_and_keeps_the_station_config(tmp_path):
+    root = tmp_path / "root"
+    res = install("--destdir", str(root), "--skip-venv", "--prefix", "/srv/evedge")
+    assert res.returncode == 0, res.stderr
+    assert "skip: user evedge" in res.stdout and "skip: systemctl" in res.stdout
+    conf = root / "etc" / "evedge" / "station.toml"
+    unit_file = root / "etc" / "systemd" / "system" / "evedge.service"
+    assert conf.read_text() == (ROOT / "config" / "station.example.toml").read_text()
+    assert oct(conf.stat().st_mode & 0o777) == "0o640"
+    assert oct(unit_file.stat().st_mode & 0o777) == "0o644"
+    assert parse_unit(unit_file.read_text())["Service"]["ExecStart"] == [
+        "/srv/evedge/venv/bin/evedge run --config /etc/evedge/station.toml"
+    ]
+
+    conf.write_text('[station]\nid = "EDITED"\n')
+    again = install("--skip-venv", "--prefix", "/srv/evedge", env={"DESTDIR": str(root)})
+    assert again.returncode == 0, again.stderr
+    assert f"keep: {conf} exists" in again.stdout
+    assert conf.read_text() == '[station]\nid = "EDITED"\n'
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "etc",
+        "etc/evedge",
+        "etc/evedge/station.toml",
+        "etc/systemd",
+        "etc/systemd/system",
+        "etc/systemd/system/evedge.service",
+        "srv",
+        "srv/evedge",
+        "srv/evedge/README.md",
+        "srv/evedge/systemd",
+        "srv/evedge/systemd/README.md",
+    ]
+    assert parse_unit(unit_file.read_text())["Unit"]["Documentation"] == [
+        "file:///srv/evedge/README.md file:///srv/evedge/systemd/README.md"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unknown option '--bogus'"),
+        (["--destdir"], "--destdir needs a directory"),
+        (["--prefix", "relative/dir", "--dry-run"], "--prefix must be absolute"),
+    ],
+)
+def test_install_rejects_bad_arguments(args, message):
+    res = install(*args)
+    assert res.returncode == 2
+    assert message in res.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_install_service_runs_the_installer():
+    res = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "install-service", "ARGS=--dry-run"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "systemctl enable evedge.service" in res.stdout and res.stdout.endswith("done\n")
