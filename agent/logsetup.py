@@ -1,23 +1,103 @@
-"""structlog setup: JSON lines for the service, a readable console for the CLI."""
+"""structlog setup: JSON lines for the service, a readable console for the CLI.
+
+Every log event passes `redact` before it is rendered or kept for the diagnostics bundle.
+Field names are compared without case, `_` and `-` (`idTag` == `id_tag` == `ID-TAG`):
+
+- `SECRET_FIELDS` (password, passwd, secret, authorization, auth_key, private_key, …):
+  the value is replaced by `***`.
+- `TOKEN_FIELDS` (token, id_tag, id_token, idTag, parent_id_tag, …): id tokens are personal
+  data and, for RFID, credentials; masked like the sessions mask them (`DE*****42`, see
+  agent/sessions/model.py `mask`), which keeps two tokens apart in a log. Masking an
+  already masked token changes nothing.
+- A field `key` naming a secret OCPP configuration key (`AuthorizationKey`, any key with a
+  word password/secret/key/…, except public keys): the `value` beside it is replaced by
+  `***`, so `ocpp.config_change key=AuthorizationKey value=***`; the key name stays readable.
+
+Other fields pass unchanged (`key`, `auth_method`, `reason`, …). Nested dicts and lists are
+redacted the same way (an OCPP payload's `configurationKey` entries, say).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from typing import Any
 
 import structlog
 
+from agent.sessions.model import IdToken, mask
 from agent.support.logring import RING
 
-_SECRET_KEYS = ("password", "secret", "token", "key", "auth")
+REDACTED = "***"
+SECRET_FIELDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "secret",
+        "clientsecret",
+        "authorization",  # an HTTP Authorization header
+        "authkey",
+        "authorizationkey",  # OCPP 1.6 security whitepaper: the Basic-auth password
+        "basicauthpassword",  # OCPP 2.0.1
+        "privatekey",
+        "apikey",
+        "psk",
+        "credentials",
+    }
+)
+TOKEN_FIELDS = frozenset(
+    {"token", "idtag", "idtoken", "parentidtag", "parentidtoken", "groupidtoken"}
+)
+# Words of a configuration key name that make its value a secret.
+SECRET_KEY_WORDS = frozenset({"password", "passwd", "passphrase", "secret", "key", "psk"})
+# Words of a name: runs of capitals ("HTTP" in "HTTPPassword"), capitalised or lower-case words.
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
 
 
-def _redact(_logger, _name, event_dict: dict) -> dict:
-    # Defence in depth: a secret passed as a log field never reaches the journal.
-    for k in list(event_dict):
-        if any(s in k.lower() for s in _SECRET_KEYS) and k != "event":
-            event_dict[k] = "***"
-    return event_dict
+def _field(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def is_secret_key_name(name: str) -> bool:
+    """Does an OCPP configuration key name a secret? ("AuthorizationKey", "BasicAuthPassword":
+    yes; "HeartbeatInterval", "MeterPublicKey1", "GetConfigurationMaxKeys": no)"""
+    words = {w.lower() for w in _WORD.findall(name)}
+    return "public" not in words and bool(SECRET_KEY_WORDS & words)
+
+
+def _redact_value(name: str, value: Any) -> Any:
+    f = _field(name)
+    if value is None:
+        return None
+    if f in SECRET_FIELDS:
+        return REDACTED
+    if f in TOKEN_FIELDS:
+        return mask(value.id if isinstance(value, IdToken) else str(value))
+    return _redact_nested(value)
+
+
+def _redact_nested(value: Any) -> Any:
+    if isinstance(value, dict):
+        return _redact_fields(value)
+    if isinstance(value, list):  # not tuples: exc_info is one, format_exc_info needs it
+        return [_redact_nested(v) for v in value]
+    return value
+
+
+def _redact_fields(fields: dict) -> dict:
+    out = {k: _redact_value(k, v) if isinstance(k, str) else v for k, v in fields.items()}
+    key = out.get("key")
+    if isinstance(key, str) and "value" in out and is_secret_key_name(key):
+        out["value"] = REDACTED
+    return out
+
+
+def redact(_logger: Any, _name: str, event_dict: dict) -> dict:
+    """structlog processor: mask secrets and id tokens in the event's fields (see the module
+    docstring). Defence in depth: callers mask already; a slip must not reach the journal."""
+    return _redact_fields(event_dict)
 
 
 def setup_logging(level: str = "info", json: bool = False, stream=None) -> None:
@@ -27,7 +107,7 @@ def setup_logging(level: str = "info", json: bool = False, stream=None) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
+        redact,
         RING.capture,  # recent events for the diagnostics bundle, already redacted
     ]
     if json:

@@ -30,15 +30,26 @@ from agent.billing.tariff import TariffError, tariff_from_data
 from agent.config import StationConfig
 from agent.diagnosis.selftest import Finding, run_selftest
 from agent.diagnosis.store import FaultLog
-from agent.events import DeviceHealth, FaultRaised, HealthState, Reading, utcnow
+from agent.events import (
+    DeviceHealth,
+    DriverMessage,
+    FaultRaised,
+    HealthState,
+    Reading,
+    TicketCreated,
+    utcnow,
+)
 from agent.sessions.engine import CommandRefused
 from agent.sessions.model import AuthStatus, IdToken, mask
 from agent.sessions.report import ReportError, build_report, default_range
 from agent.sessions.store import SessionStore
 from agent.sessions.times import from_us, to_us
-from agent.store.db import open_db
+from agent.store.db import open_db, open_readonly
 from agent.store.readings import select_health, select_latest
 from agent.support.bundle import build_bundle
+from agent.tickets.create import TicketError, create_ticket
+from agent.tickets.model import ReportRequest, Ticket
+from agent.tickets.store import TicketStore
 from drivers.device import WriteVerifyError
 from drivers.profile import ProfileError
 from drivers.transport import ModbusFailure
@@ -99,6 +110,9 @@ class StatusReport(BaseModel):
     sync: dict[str, dict[str, Any]] = Field(default_factory=dict)
     backlog: dict[str, int] = Field(default_factory=dict)
     faults: list[FaultRaised]
+    tariff: dict[str, str | None] | None = Field(
+        default=None, description="the tariff in force: id, source (config|remote), file, reason"
+    )
 
 
 class FaultList(BaseModel):
@@ -158,6 +172,13 @@ class DiagnosticsBundle(BaseModel):
     data_b64: str
 
 
+class DriverScreen(DriverMessage):
+    """A connector's driver message in one language (`lang`)."""
+
+    headline: str
+    lines: list[str]
+
+
 class ReadingsResult(BaseModel):
     readings: list[Reading]
 
@@ -174,12 +195,20 @@ class WriteResult(BaseModel):
 
 class StoreReader:
     """Read-only queries on the store, on their own connection (the service's writers keep
-    theirs). Synchronous and thread-safe: call it from a worker thread."""
+    theirs). Synchronous and thread-safe: call it from a worker thread.
 
-    def __init__(self, path: Path):
+    `readonly` (the CLI while the service is down): the file is opened read-only, never
+    created or migrated, and a store of an older schema is read as far as its tables go.
+    """
+
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = path
-        self._conn = open_db(path)
+        self.readonly = readonly
+        self._conn = open_readonly(path, need=1) if readonly else open_db(path)
         self._lock = threading.Lock()
+        self.tables = {
+            r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
 
     def latest(self, device: str | None = None) -> list[Reading]:
         with self._lock:
@@ -190,10 +219,38 @@ class StoreReader:
             return select_health(self._conn)
 
     def active_faults(self) -> list[FaultRaised]:
-        with FaultLog(self.path) as flog:
+        if "faults" not in self.tables:
+            return []
+        with FaultLog(self.path, readonly=self.readonly) as flog:
             return [r.raised for r in flog.active()]
 
+    def outbox_backlog(self) -> dict[str, dict[str, Any]]:
+        """The OCPP and MQTT outboxes as the store holds them (the service may be down or
+        crash-looping): undelivered OCPP messages with how many ran out of attempts or are
+        parked, undelivered MQTT messages per stream. Only the outboxes the schema has."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            if "ocpp_outbox" in self.tables:
+                pending, parked, exhausted = self._conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(parked), 0), COALESCE(SUM(exhausted > 0), 0) "
+                    "FROM ocpp_outbox WHERE delivered_ts IS NULL"
+                ).fetchone()
+                out["ocpp"] = {
+                    "backlog": pending,
+                    "outbox": {"pending": pending, "parked": parked, "exhausted": exhausted},
+                }
+            if "mqtt_outbox" in self.tables:
+                streams = dict(
+                    self._conn.execute(
+                        "SELECT stream, COUNT(*) FROM mqtt_outbox GROUP BY stream"
+                    ).fetchall()
+                )
+                out["mqtt"] = {"backlog": sum(streams.values()), "backlog_by_stream": streams}
+        return out
+
     def undelivered_records(self) -> int:
+        if "charge_records" not in self.tables:
+            return 0
         with self._lock:
             row = self._conn.execute(
                 "SELECT COUNT(*) FROM charge_records WHERE delivered_ts IS NULL"
@@ -202,6 +259,8 @@ class StoreReader:
 
     def connector_status(self, connector: int) -> str | None:
         """The last status the session engine logged for the connector."""
+        if "session_events" not in self.tables:
+            return None
         with self._lock:
             row = self._conn.execute(
                 "SELECT status FROM session_events WHERE connector = ? ORDER BY ts DESC, id DESC "
@@ -212,6 +271,8 @@ class StoreReader:
 
     def active_sessions(self) -> dict[int, tuple[str, datetime, int]]:
         """connector -> (session id, start, billed Wh) of the sessions still open."""
+        if "sessions" not in self.tables:
+            return {}
         with self._lock:
             rows = self._conn.execute(
                 "SELECT connector, id, started_ts, billed_wh FROM sessions WHERE state = 'active'"
@@ -245,10 +306,12 @@ def _from_readings(cfg: StationConfig, values: dict[tuple[str, str], Any]) -> li
 
 
 def store_status(cfg: StationConfig) -> StatusReport:
-    """The status from the store alone (the service is down): last readings and health,
-    last logged connector status, open sessions, active faults, records not delivered."""
-    reader = StoreReader(cfg.store.path)
+    """The status from the store alone (the service is down), opened read-only: last
+    readings and health, last logged connector status, open sessions, active faults, records
+    and OCPP/MQTT messages not delivered. StoreError (StoreMissingError, ...) if unreadable."""
+    reader = StoreReader(cfg.store.path, readonly=True)
     try:
+        sync = reader.outbox_backlog()
         conns = _from_readings(cfg, _values(reader.latest()))
         active = reader.active_sessions()
         for c in conns:
@@ -261,7 +324,9 @@ def store_status(cfg: StationConfig) -> StatusReport:
             source="store",
             connectors=conns,
             devices=reader.health(),
-            backlog={"charge_records": reader.undelivered_records()},
+            sync=sync,
+            backlog={"charge_records": reader.undelivered_records()}
+            | {name: st["backlog"] for name, st in sync.items()},
             faults=reader.active_faults(),
         )
     finally:
@@ -346,6 +411,7 @@ class Ops:
         """Station, connectors with session state/energy/cost, device health, sync state
         and backlog, active faults."""
         store = self._store()
+        engine = self.agent.sessions
         sync = self._sync()
         backlog = {"charge_records": await asyncio.to_thread(store.undelivered_records)}
         for name, st in sync.items():
@@ -360,6 +426,7 @@ class Ops:
             sync=sync,
             backlog=backlog,
             faults=await asyncio.to_thread(store.active_faults),
+            tariff=None if engine is None else engine.tariff_choice.as_json(),
         )
 
     async def active_faults(self) -> FaultList:
@@ -513,6 +580,57 @@ class Ops:
             data_b64=base64.b64encode(data).decode("ascii"),
         )
 
+    async def report_problem(
+        self,
+        connector: int,
+        text: str = "",
+        category: str = "other",
+        source: str = "api",
+        lang: str | None = None,
+        contact: str | None = None,
+    ) -> TicketCreated:
+        """A driver's problem report becomes a ticket with its diagnostic snapshot, stored
+        and announced (TicketCreated: MQTT sends it at once). Through the driver service
+        when [driver] is configured (the display thanks the driver), else directly."""
+        driver = self.agent.driver
+        if lang is None:
+            lang = self.cfg.driver.language if self.cfg.driver else "en"
+        try:
+            req = ReportRequest(connector=connector, text=text, category=category,
+                                source=source, lang=lang, contact=contact)  # fmt: skip
+        except ValidationError as e:
+            raise OpError("bad_request", f"report: {e.errors()[0]['msg']}") from None
+        try:
+            if driver is not None:
+                ticket = await driver.report_problem(req)
+            else:
+                ticket = await asyncio.to_thread(self._store_ticket, req)
+                self.agent.bus.publish(ticket.created_event())
+        except TicketError as e:
+            raise OpError("not_found", str(e)) from None
+        return ticket.created_event()
+
+    def _store_ticket(self, req: ReportRequest) -> Ticket:
+        engine = self.agent.sessions
+        status = None
+        if engine is not None and req.connector in engine.connectors:
+            status = engine.status(req.connector)["status"]
+        with TicketStore(self.cfg.store.path) as store:
+            return create_ticket(store, self.cfg, req, status=status)
+
+    async def driver_screen(self, connector: int, lang: str | None = None) -> DriverScreen:
+        """The connector's driver message in the driver's language (default: the
+        station's), for a display controller that draws its own screen."""
+        driver = self.agent.driver
+        if driver is None:
+            raise OpError("unsupported", "no driver display: the config has no [driver] section")
+        try:
+            return DriverScreen.model_validate(driver.screen(connector, lang))
+        except KeyError as e:
+            raise OpError("not_found", str(e.args[0])) from None
+        except ValueError as e:
+            raise OpError("bad_request", str(e)) from None
+
     async def readings(self, device: str | None = None) -> ReadingsResult:
         """The newest reading of every quantity (of one device, or all)."""
         if device is not None and device not in self.agent.station.devices:
@@ -548,6 +666,7 @@ __all__ = [
     "ConnectorState",
     "DiagnoseReport",
     "DiagnosticsBundle",
+    "DriverScreen",
     "FaultList",
     "LimitResult",
     "LocalListEntry",

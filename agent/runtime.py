@@ -65,6 +65,8 @@ class Agent:
         outbox = self.ocpp.ctx.parts.get("outbox") if self.ocpp else None
         if self.diagnosis is not None and outbox is not None:  # rule ocpp_tx_undelivered
             self.diagnosis.facts.tx_exhausted = lambda: outbox.exhausted_now
+        if self.diagnosis is not None and self.sessions is not None:  # rules with derate_a
+            self.sessions.derate_limits = self.diagnosis.derate_limits()
         # Driver displays and problem reports (issue 7) run when the config has [driver].
         self.driver = DriverService(cfg, self.bus, self.sessions) if cfg.driver else None
         self.ops = Ops(self)
@@ -133,7 +135,9 @@ class Agent:
         await self.flush()
         pollers, writer = self._tasks[1:], self._tasks[:1]
         for group in (pollers, writer):
-            await cancel_and_wait(group)
+            # A task that already ended (OCPP's HardReset) is reported by wait(), not here:
+            # its exception must not cut the shutdown short.
+            await cancel_and_wait(t for t in group if not t.done())
         self._tasks.clear()
         if self.sessions is not None:
             self.sessions.close()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -42,58 +41,17 @@ from agent.ocpp.outbox import begin_transaction_in, enqueue_in
 from agent.runtime import Agent
 from agent.sessions.times import US
 from agent.store.db import open_db, transaction
+from hil.procs import StationFile, free_port, sim_ready, start_sim, write_station
 
 ROOT = Path(__file__).resolve().parents[1]
-EVEDGE = str(Path(sys.executable).parent / "evedge")
 MV_INTERVAL_S = 10
 WEEK_US = 7 * 86400 * US
 WARMUP_S = 3.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def station(tmp: Path, csms_port: int, poll_s: float) -> str:
-    control, mport, eport = free_port(), free_port(), free_port()
-    text = f"""
-[station]
-id = "BENCH"
-[[bus]]
-name = "lan"
-kind = "tcp"
-timeout_s = 0.5
-retries = 0
-[[device]]
-name = "meter1"
-profile = "eastron-sdm630"
-bus = "lan"
-host = "127.0.0.1"
-port = {mport}
-unit = 1
-interval_s = {poll_s}
-[[device]]
-name = "evse1"
-profile = "phoenix-ev-charge-control"
-bus = "lan"
-host = "127.0.0.1"
-port = {eport}
-unit = 255
-interval_s = {poll_s}
-[[connector]]
-id = 1
-evse = "evse1"
-meter = "meter1"
-max_current_a = 32
-[store]
-path = "{tmp / "evedge.db"}"
-[log]
-level = "warning"
-[sim]
-control_port = {control}
-[billing]
+def station(tmp: Path, csms_port: int, poll_s: float) -> StationFile:
+    """The billed one-connector station with [ocpp] at `csms_port`, polled every `poll_s`."""
+    extra = f"""[billing]
 tariff = "{ROOT / "config" / "tariffs" / "simple-energy.json"}"
 key_dir = "{tmp / "keys"}"
 [ocpp]
@@ -103,7 +61,15 @@ reconnect_min_s = 0.2
 reconnect_max_s = 0.5
 keys = {{ MeterValueSampleInterval = "0" }}
 """
-    return text
+    return write_station(
+        tmp,
+        station_id="BENCH",
+        meter_interval_s=poll_s,
+        evse_interval_s=poll_s,
+        timeout_s=0.5,
+        log_level="warning",
+        extra=extra,
+    )
 
 
 def fill(db: Path, sessions: int, minutes: int) -> int:
@@ -208,21 +174,16 @@ async def main(args: argparse.Namespace) -> None:
     with TemporaryDirectory() as d:
         tmp = Path(d)
         csms_port = free_port()
-        text = station(tmp, csms_port, args.poll_s)
-        (tmp / "station.toml").write_text(text)
-        cfg = parse_config(text)
-        db = tmp / "evedge.db"
+        st = station(tmp, csms_port, args.poll_s)
+        cfg = parse_config(st.text)
+        db = st.db
         t0 = time.perf_counter()
         queued = fill(db, args.sessions, args.minutes)
         print(
             f"queued {queued} transaction messages of {args.sessions} sessions "
             f"in {time.perf_counter() - t0:.1f} s ({db.stat().st_size / 1e6:.1f} MB)"
         )
-        sim = subprocess.Popen(
-            [EVEDGE, "sim", "--config", str(tmp / "station.toml")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        sim = start_sim(st.path)
         csms = None
         agent = Agent(cfg)
         clock = PollClock()
@@ -234,7 +195,7 @@ async def main(args: argparse.Namespace) -> None:
 
         collector = asyncio.create_task(collect())
         try:
-            await asyncio.sleep(1.0)  # the simulator's servers
+            await sim_ready(st.control, proc=sim)
             await agent.start()
             await asyncio.sleep(WARMUP_S)  # connect attempts, session recovery: not measured
             clock.take()
@@ -257,7 +218,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             collector.cancel()
             await agent.stop()
-            sim.terminate()
+            sim.stop()
             if csms is not None:
                 csms.terminate()
         drain_s = t_done - t_online

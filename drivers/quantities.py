@@ -81,6 +81,7 @@ _ALL = [
     _q("failsafe_timeout_s", "s", "float", "communication failsafe timeout"),
     _q("failsafe_current_a", "A", "float", "current offered when communication fails"),
     _q("lock_state", "", "str", "connector lock state, mapped to a word"),
+    _q("connector_unlock", "", "bool", "command: release the connector lock (write true)"),
 ]
 
 QUANTITIES: dict[str, Quantity] = {q.name: q for q in _ALL}

@@ -32,7 +32,8 @@ API (stable; the OCPP tests of issue 5 and `python -m hil.csms` use it):
 - `await wait_for(action, cp_id=None, where=None, count=1, timeout=10) -> Received`: the
   `count`-th matching CALL (`where`: payload items that must be equal), recorded or future.
 - `await wait_connected(cp_id, timeout=10)`, `connected(cp_id) -> bool`,
-  `await disconnect(cp_id)` (close the WebSocket from the CSMS side).
+  `await disconnect(cp_id)` (close the WebSocket from the CSMS side), `hang(cp_id, seconds)`
+  (read nothing from that connection for a while: pings go unanswered).
 - `await call(cp_id, payload, timeout=10, validate=True)`: send a CSMS -> CP call (an
   `ocpp.v16.call.*` dataclass); returns the `call_result` dataclass, raises the CALLERROR as
   an OCPPError; `validate=False` skips the schema check of the request and its answer.
@@ -141,6 +142,7 @@ class TestCsms:
         self._peers: dict[str, _Peer] = {}
         self._server: Server | None = None
         self._changed = asyncio.Condition()
+        self._hung: list[tuple[asyncio.TimerHandle, asyncio.Transport]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,6 +174,11 @@ class TestCsms:
         """Close every connection and stop listening."""
         if self._server is None:
             return
+        for resume, transport in self._hung:  # a hung connection must see its close now
+            resume.cancel()
+            if not transport.is_closing():
+                transport.resume_reading()
+        self._hung.clear()
         self._server.close()
         await self._server.wait_closed()
         self._server = None
@@ -232,6 +239,17 @@ class TestCsms:
         peer = self._peers.get(cp_id)
         if peer is not None:
             await peer._connection.close()
+
+    def hang(self, cp_id: str, seconds: float) -> None:
+        """Stop reading the charge point's connection for `seconds` (no pongs, no answers):
+        a CSMS that hangs, or a path that silently drops packets."""
+        peer = self._peers.get(cp_id)
+        if peer is None:
+            raise ConnectionError(f"charge point {cp_id} is not connected")
+        transport = peer._connection.transport
+        transport.pause_reading()
+        resume = asyncio.get_running_loop().call_later(seconds, transport.resume_reading)
+        self._hung.append((resume, transport))
 
     async def call(
         self, cp_id: str, payload: Any, timeout: float = 10, *, validate: bool = True

@@ -612,6 +612,8 @@ class SimStation:
                 evse.offered_current_a = min(amps, conn.cfg.max_current_a)
         elif quantity == "charging_enabled" and evse is not None:
             evse.enabled = bool(value)
+        elif quantity == "connector_unlock" and evse is not None and evse.faults.lock_failure:
+            return ExcCodes.DEVICE_FAILURE  # the lock actuator does not move
         elif quantity == "failsafe_timeout_s" and conn is not None and evse is not None:
             conn.failsafe_timeout_s = float(value)
         elif quantity == "failsafe_current_a" and conn is not None and evse is not None:

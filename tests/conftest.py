@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from agent.config import StationConfig, parse_config
+from hil.procs import free_port  # noqa: F401  (tests import it from here)
 from hil.serial_pair import SerialPair
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on (right now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _toml_value(v: object) -> str:

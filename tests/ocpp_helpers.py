@@ -6,22 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from conftest import free_port
 from sessions_helpers import CARD, TARIFFS, Rig, billed_config, running
 
+from agent.bus import EventBus
 from agent.config import StationConfig
+from agent.ocpp.service import OcppService
+from agent.tasks import cancel_and_wait
 from hil.csms import Received, TestCsms
+from hil.procs import write_station
 
-EVEDGE = str(Path(sys.executable).parent / "evedge")
 CP = "TEST"  # the charge point id: station.id of the billed test config
 TX_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
 AUTH = f'local_list = [{{ id = "{CARD}" }}, {{ id = "BLOCKED-1", status = "Blocked" }}]'
@@ -54,6 +52,29 @@ async def ocpp_rig(cfg: StationConfig, csms: TestCsms, **kw: Any) -> AsyncIterat
             await csms.wait_for("BootNotification", cp_id=CP)
             await until_online(rig)
         yield rig
+
+
+@contextlib.asynccontextmanager
+async def csms_running(**kw: Any) -> AsyncIterator[TestCsms]:
+    """A test CSMS (hil/csms.py, `TestCsms(**kw)`) listening until the block ends."""
+    csms = TestCsms(**kw)
+    await csms.start()
+    try:
+        yield csms
+    finally:
+        await csms.stop()
+
+
+@contextlib.asynccontextmanager
+async def ocpp_service(cfg: StationConfig) -> AsyncIterator[OcppService]:
+    """The OCPP service of `cfg` alone (its own bus, no sessions), running until the block ends."""
+    svc = OcppService(cfg, EventBus())
+    task = asyncio.create_task(svc.run())
+    try:
+        yield svc
+    finally:
+        await cancel_and_wait([task])
+        svc.close()
 
 
 async def until_online(rig: Rig, timeout: float = 10) -> None:
@@ -111,43 +132,10 @@ def dump(csms: TestCsms) -> str:
 def process_config(tmp: Path, csms_port: int, free_vend: bool = True) -> tuple[Path, int]:
     """A station file for `evedge run` + `evedge sim` with [ocpp] at the CSMS on
     `csms_port`; returns (path, the simulator's control port)."""
-    control, mport, eport = free_port(), free_port(), free_port()
-    text = f"""
-[station]
-id = "{CP}"
-[[bus]]
-name = "lan"
-kind = "tcp"
-timeout_s = 0.3
-retries = 0
-[[device]]
-name = "meter1"
-profile = "eastron-sdm630"
-bus = "lan"
-host = "127.0.0.1"
-port = {mport}
-unit = 1
-interval_s = 0.1
-[[device]]
-name = "evse1"
-profile = "phoenix-ev-charge-control"
-bus = "lan"
-host = "127.0.0.1"
-port = {eport}
-unit = 255
-interval_s = 0.05
-[[connector]]
-id = 1
-evse = "evse1"
-meter = "meter1"
-max_current_a = 32
-[store]
-path = "{tmp / "evedge.db"}"
-[log]
-level = "info"
-[sim]
-control_port = {control}
-[billing]
+    st = write_station(
+        tmp,
+        station_id=CP,
+        extra=f"""[billing]
 tariff = "{TARIFFS / "simple-energy.json"}"
 key_dir = "{tmp / "keys"}"
 free_vend = {"true" if free_vend else "false"}
@@ -160,33 +148,9 @@ call_timeout_s = 2
 reconnect_min_s = 0.2
 reconnect_max_s = 0.5
 keys = {{ MeterValueSampleInterval = "1", TransactionMessageRetryInterval = "1" }}
-"""
-    path = tmp / "station.toml"
-    path.write_text(text)
-    return path, control
-
-
-class Proc:
-    """A child process (`evedge run` / `evedge sim`) with its log."""
-
-    def __init__(self, *args: str, log: Path):
-        out = log.open("ab")
-        self.p = subprocess.Popen([EVEDGE, *args], stdout=out, stderr=subprocess.STDOUT)
-        out.close()
-
-    def kill9(self) -> None:
-        """SIGKILL and reap."""
-        os.kill(self.p.pid, signal.SIGKILL)
-        self.p.wait()
-
-    def stop(self) -> None:
-        """SIGTERM (SIGKILL after 15 s)."""
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+""",
+    )
+    return st.path, st.control
 
 
 def queued(db: Path) -> int:
@@ -200,12 +164,3 @@ def queued(db: Path) -> int:
         return 0
     finally:
         c.close()
-
-
-async def wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `pred` until true (AssertionError after `timeout` s)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)

@@ -15,6 +15,7 @@ from conftest import free_port, station_config
 from agent.config import StationConfig
 from agent.events import ChargeRecordWritten, Event, SessionEvent
 from agent.runtime import Agent
+from agent.sessions.model import card_token
 from agent.sessions.store import RecordRow, SessionStore
 from hil.station import SimStation
 
@@ -45,7 +46,7 @@ def billed_config(
         )
         conn["meter"] = "meter1"
     if tariff is not None and Path(tariff).parent == TARIFFS:
-        # A copy: set_tariff rewrites the station's tariff file, never the repo's.
+        # A copy per test: a test may edit the station's tariff file, never the repo's.
         copy = tmp_path / "tariffs" / Path(tariff).name
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(Path(tariff).read_bytes())
@@ -101,6 +102,13 @@ class Rig:
     async def status(self, *want: str, timeout: float = 10) -> None:
         """Wait until connector 1 is in one of the statuses `want`."""
         await self.until(lambda: self.conn.status.value in want, timeout, f"status {want}")
+
+    async def card_charging(self, card: str = CARD) -> None:
+        """Plug a car into connector 1, present `card`: wait until it charges."""
+        self.sim.plug_in(1)
+        await self.status("Preparing")
+        assert await self.engine.authorize(1, card_token(card)) == "started"
+        await self.status("Charging")
 
     async def record(self, n: int = 1, timeout: float = 15) -> RecordRow:
         """Wait for the n-th charge record and return it."""

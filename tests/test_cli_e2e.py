@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,79 +14,53 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from sessions_helpers import CARD, TARIFFS
 
-from agent.sessions.engine import SessionEngine
+from agent.billing.keys import KEY_FILE
 from hil.control import send_command
+from hil.procs import (
+    EVEDGE,
+    Proc,
+    StationFile,
+    sim_ready,
+    start_agent,
+    start_sim,
+    write_station,
+)
 
-EVEDGE = str(Path(sys.executable).parent / "evedge")
 
-
-def station_toml(tmp: Path, sock: Path, kind: str) -> tuple[Path, int, int]:
-    """A one-connector billed station; returns (config, control port, evse TCP port)."""
-    control, mport, eport = free_port(), free_port(), free_port()
-    if kind == "tcp":
-        bus = 'name = "lan"\nkind = "tcp"'
-        where = (
-            f'host = "127.0.0.1"\nport = {mport}',
-            f'host = "127.0.0.1"\nport = {eport}',
-        )
-        busname = "lan"
-    else:
-        bus = f'name = "rs485"\nkind = "rtu"\nport = "{tmp / "ttyRS485"}"\nbaudrate = 38400'
-        where = ("", "")
-        busname = "rs485"
-    text = f"""
-[station]
-id = "E2E-{kind.upper()}"
-[[bus]]
-{bus}
-timeout_s = 0.3
-retries = 1
-[[device]]
-name = "meter1"
-profile = "eastron-sdm630"
-bus = "{busname}"
-unit = 1
-interval_s = 0.2
-{where[0]}
-[[device]]
-name = "evse1"
-profile = "phoenix-ev-charge-control"
-bus = "{busname}"
-unit = {255 if kind == "tcp" else 2}
-interval_s = 0.1
-{where[1]}
-[[connector]]
-id = 1
-evse = "evse1"
-meter = "meter1"
-max_current_a = 32
-[store]
-path = "{tmp / "evedge.db"}"
-[sim]
-control_port = {control}
-[billing]
+def station_toml(tmp: Path, sock: Path, kind: str) -> StationFile:
+    """A one-connector billed station on TCP or (over a socat pair the simulator makes) RTU."""
+    extra = f"""[billing]
 tariff = "{TARIFFS / "simple-energy.json"}"
 key_dir = "{tmp / "keys"}"
 [auth]
 local_list = [{{ id = "{CARD}" }}]
 [api]
 socket = "{sock}"
+[diagnosis.rule.device_not_answering]
+raise_after_s = 0.5
+clear_after_s = 0.5
 """
-    path = tmp / "station.toml"
-    path.write_text(text)
-    return path, control, eport
+    return write_station(
+        tmp,
+        station_id=f"E2E-{kind.upper()}",
+        meter_interval_s=0.2,
+        evse_interval_s=0.1,
+        retries=1,
+        log_level=None,
+        rtu=tmp / "ttyRS485" if kind == "rtu" else None,
+        extra=extra,
+    )
 
 
 @dataclass
 class Station:
     config: Path
     control: int
-    evse_port: int
+    evse_port: int | None
     tmp: Path
-    agent: subprocess.Popen | None = None
+    agent: Proc | None = None
 
     def ev(self, *args: str, config: bool = True) -> subprocess.CompletedProcess:
         """Run `evedge ARGS --config CONFIG`."""
@@ -112,16 +85,10 @@ class Station:
             time.sleep(0.3)
 
     def start_agent(self) -> None:
-        log = (self.tmp / "agent.log").open("ab")
-        self.agent = subprocess.Popen(
-            [EVEDGE, "run", "--config", str(self.config), "--console-logs"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        self.agent = start_agent(self.config, self.tmp / "agent.log")
         deadline = time.monotonic() + 30
         while self.ev("status", "--json").returncode != 0 or not self.served():
-            assert self.agent.poll() is None, (self.tmp / "agent.log").read_text()[-3000:]
+            assert self.agent.poll() is None, self.agent.log_tail()
             assert time.monotonic() < deadline, "the agent's API never came up"
             time.sleep(0.3)
 
@@ -129,34 +96,23 @@ class Station:
         return json.loads(self.ev("status", "--json").stdout)["source"] == "service"
 
     def stop_agent(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
-            self.agent.wait(20)
+        if self.agent is not None:
+            self.agent.stop(20)
 
 
 @pytest.fixture(params=["tcp", "rtu"])
 def station(request, tmp_path) -> Iterator[Station]:
     sockdir = Path(tempfile.mkdtemp(prefix="evcli-", dir="/tmp"))
-    config, control, eport = station_toml(tmp_path, sockdir / "api.sock", request.param)
-    sim = subprocess.Popen(
-        [EVEDGE, "sim", "--config", str(config)],
-        stdout=(tmp_path / "sim.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    st = Station(config, control, eport, tmp_path)
+    f = station_toml(tmp_path, sockdir / "api.sock", request.param)
+    sim = start_sim(f.path, tmp_path / "sim.log")
+    st = Station(f.path, f.control, f.evse_port, tmp_path)
     try:
-        for _ in range(150):
-            try:
-                st.sim(cmd="snapshot")
-                break
-            except OSError:
-                time.sleep(0.1)
+        asyncio.run(sim_ready(f.control, proc=sim))
         st.start_agent()
         yield st
     finally:
         st.stop_agent()
-        sim.terminate()
-        sim.wait(20)
+        sim.stop(20)
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
@@ -239,8 +195,6 @@ def test_direct_modbus_write_and_read_back(station):
 
 
 def test_limit_is_applied_and_cleared(station):
-    if not hasattr(SessionEngine, "set_limit"):
-        pytest.skip("the session engine has no set_limit in this build (issue 5/6 work)")
     st = station
     st.sim(cmd="plug_in", connector=1)
     st.until_status("Preparing")
@@ -252,3 +206,89 @@ def test_limit_is_applied_and_cleared(station):
     cleared = st.json("limit", "1", "none")
     assert cleared["requested_a"] is None and cleared["offered_a"] == 32
     assert st.sim(cmd="snapshot")["result"]["connectors"]["1"]["evse"]["offered_current_a"] == 32
+
+
+def lines_json(out: subprocess.CompletedProcess) -> list[dict]:
+    """Every stdout line as a JSON document."""
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_read_commands_against_a_running_agent(station):
+    st = station
+    rtu = st.evse_port is None
+
+    # A finished session, so sessions and billing have a record to show.
+    st.sim(cmd="plug_in", connector=1)
+    st.until_status("Preparing")
+    assert st.ev("start", "1", "--id-token", CARD).returncode == 0
+    session = st.until_status("Charging")["connectors"][0]["session_id"]
+    assert st.json("stop", "1")["result"] == "stopped"
+    listed = st.json("sessions", "list")
+    assert [s["session_id"] for s in listed] == [session]
+    assert listed[0]["record_id"] and listed[0]["id_token"] != CARD
+    verified = st.json("billing", "verify")
+    assert verified["ok"] is True and verified["records"] == 1 and verified["problems"] == []
+    key = st.json("keys", "show")
+    assert key["file"] == str(st.tmp / "keys" / KEY_FILE)
+    assert len(bytes.fromhex(key["public_key_hex"])) > 32
+
+    # Config check: the file as an argument and as --config, same answer.
+    by_option = st.json("config", "check")
+    by_argument = st.ev("config", "check", str(st.config), "--json", config=False)
+    assert by_argument.returncode == 0 and json.loads(by_argument.stdout) == by_option
+    assert by_option["ok"] is True and by_option["devices"] == 2
+
+    # The self-test goes through the service (it owns the serial line).
+    diag = st.ev("diagnose", "--reads", "2", "--gap", "0", "--json")
+    report = json.loads(diag.stdout)
+    assert report["source"] == "service" and diag.returncode == (0 if report["ok"] else 1)
+    assert {f["target"] for f in report["findings"]} >= {"meter1", "evse1"}
+
+    # Modbus: the device's readings through the service; direct access on the service's
+    # serial line is refused, pointing to --device; a TCP bus can be scanned directly.
+    read = st.json("modbus", "read", "--device", "evse1")
+    assert read["source"] == "service" and "offered_current_a" in read["values"]
+    if rtu:
+        tty = str(st.tmp / "ttyRS485")
+        for cmd in (
+            ("modbus", "scan", "--serial", tty, "--baud", "38400"),
+            ("modbus", "read", "--profile", "eastron-sdm630", "--serial", tty),
+        ):
+            busy = st.ev(*cmd, "--json")
+            assert busy.returncode == 2, busy.stderr
+            err = json.loads(busy.stdout)["error"]
+            assert err["code"] == "line_busy" and "--device meter1" in err["message"]
+    else:
+        scan = st.json(
+            "modbus", "scan", "--tcp", f"127.0.0.1:{st.evse_port}", "--from", "250", "--to", "255"
+        )
+        assert scan["found"] == [{"unit": 255, "reply": "data"}]
+
+    assert st.json("tickets", "list")["tickets"] == []
+    logs = st.ev("logs", "--lines", "5", "--json")
+    assert logs.returncode == 0, logs.stderr
+    if not lines_json(logs):  # no journal for the unit here (outside systemd)
+        assert "no journal entries for the unit evedge" in " ".join(logs.stderr.split())
+
+    polls = st.ev("live", "--count", "2", "--interval", "0.2", "--json")
+    assert polls.returncode == 0, polls.stderr
+    docs = lines_json(polls)
+    assert len(docs) == 2 and all(d["source"] == "service" for d in docs)
+
+    # A fault injected at the simulator: diagnosis raises it, `faults` shows it.
+    st.sim(cmd="inject", fault={"kind": "no_response", "device": "meter1"})
+    deadline = time.monotonic() + 20
+    while True:
+        active = st.json("faults")["faults"]
+        found = [f for f in active if f["rule"] == "device_not_answering"]
+        if found:
+            break
+        assert time.monotonic() < deadline, f"no device_not_answering fault: {active}"
+        time.sleep(0.3)
+    assert found[0]["scope"] == "device:meter1" and found[0]["active"] is True
+    assert found[0]["fault_id"] in {f["fault_id"] for f in st.json("status")["faults"]}
+
+    # An error with --json: the JSON error object on stdout, and the exit code.
+    nowhere = st.ev("start", "9", "--json")
+    assert nowhere.returncode == 2
+    assert json.loads(nowhere.stdout)["error"]["code"] == "not_found"

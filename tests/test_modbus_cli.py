@@ -135,6 +135,8 @@ def test_read_with_nothing_listening_exits_3_with_a_clear_message(tmp_path):
         (["--profile", "eastron-sdm630", "--tcp", "127.0.0.1:70000"], "--tcp wants HOST:PORT"),
         (["--profile", "no-such-meter", "--tcp", "127.0.0.1:502"], "unknown profile"),
         (["--profile", "eastron-sdm630"], "give exactly one of --tcp"),
+        ([], "give --device NAME, or --profile"),
+        (["--device", "meter1", "--tcp", "127.0.0.1:502"], "--device goes through the service"),
     ],
 )
 def test_bad_arguments_exit_2(args, message):

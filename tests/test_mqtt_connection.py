@@ -4,22 +4,18 @@ private file, MQTT 3.1.1, and the Last Will when the agent process is killed (ki
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, station_config
+from conftest import station_config
 from mqtt_helpers import Backend, Broker, make_pki
 from test_mqtt_sync import STATION, by_stream, no_gaps_after_dedup
 
 from agent.config import ConfigError, StationConfig, parse_config
 from agent.mqtt.config import MqttConfig, MqttConfigError
 from agent.runtime import Agent
+from hil.procs import Proc, start_agent, start_sim, until, write_station
 
-EVEDGE = str(Path(sys.executable).parent / "evedge")
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -28,14 +24,6 @@ def bare(tmp_path: Path, **mqtt) -> StationConfig:
     cfg = station_config(extra=f'[store]\npath = "{tmp_path / "evedge.db"}"\n')
     m = dict(host="127.0.0.1", reconnect_min_s=0.1, reconnect_max_s=0.3, telemetry_interval_s=0.2)
     return cfg.model_copy(update={"mqtt": MqttConfig(**{**m, **mqtt})})
-
-
-async def until(pred, timeout: float = 10, what: str = "") -> None:
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or pred}")
 
 
 async def connects(cfg: StationConfig, backend: Backend | None = None) -> dict:
@@ -150,39 +138,7 @@ async def test_mqtt_311_replies_on_the_reply_topic(tmp_path):
 
 def run_config(tmp_path: Path, broker: Broker) -> Path:
     """A simulated one-connector station with [mqtt], as a file for `evedge run|sim`."""
-    mport, eport, control = free_port(), free_port(), free_port()
-    text = f"""
-[station]
-id = "{STATION}"
-[[bus]]
-name = "lan"
-kind = "tcp"
-timeout_s = 0.3
-[[device]]
-name = "meter1"
-profile = "eastron-sdm630"
-bus = "lan"
-host = "127.0.0.1"
-port = {mport}
-unit = 1
-interval_s = 0.2
-[[device]]
-name = "evse1"
-profile = "phoenix-ev-charge-control"
-bus = "lan"
-host = "127.0.0.1"
-port = {eport}
-unit = 255
-interval_s = 0.2
-[[connector]]
-id = 1
-evse = "evse1"
-meter = "meter1"
-[store]
-path = "{tmp_path / "evedge.db"}"
-[sim]
-control_port = {control}
-[mqtt]
+    mqtt = f"""[mqtt]
 host = "127.0.0.1"
 port = {broker.port}
 tls = false
@@ -190,9 +146,15 @@ telemetry_interval_s = 0.2
 reconnect_min_s = 0.1
 reconnect_max_s = 0.5
 """
-    path = tmp_path / "station.toml"
-    path.write_text(text)
-    return path
+    return write_station(
+        tmp_path,
+        station_id=STATION,
+        meter_interval_s=0.2,
+        evse_interval_s=0.2,
+        retries=1,
+        log_level=None,
+        extra=mqtt,
+    ).path
 
 
 def test_kill_9_publishes_offline_and_loses_nothing(tmp_path):
@@ -200,23 +162,20 @@ def test_kill_9_publishes_offline_and_loses_nothing(tmp_path):
     broker.start()
     backend = Backend(broker).connect()
     config = run_config(tmp_path, broker)
-    log = (tmp_path / "agent.log").open("ab")
-    sim = subprocess.Popen([EVEDGE, "sim", "--config", str(config)], stdout=log, stderr=log)
-    agents: list[subprocess.Popen] = []
+    log = tmp_path / "agent.log"
+    sim = start_sim(config, log)
+    agents: list[Proc] = []
     try:
 
         def start() -> None:
-            agents.append(
-                subprocess.Popen([EVEDGE, "run", "--config", str(config)], stdout=log, stderr=log)
-            )
+            agents.append(start_agent(config, log, console_logs=False))
 
         def telemetry(ms) -> list[dict]:
             return by_stream(ms, "telemetry")
 
         start()
         backend.wait(lambda ms: len(telemetry(ms)) >= 5, 30, "telemetry from the agent")
-        os.kill(agents[-1].pid, signal.SIGKILL)
-        agents[-1].wait()
+        agents[-1].kill9()
         backend.wait(
             lambda ms: by_stream(ms, "status")[-1]["state"] == "offline", 15, "the Last Will"
         )
@@ -229,14 +188,11 @@ def test_kill_9_publishes_offline_and_loses_nothing(tmp_path):
         seen = len(telemetry(backend.snapshot()))
         start()
         backend.wait(lambda ms: len(telemetry(ms)) >= seen + 5, 30, "telemetry after restart")
-        agents[-1].terminate()
-        agents[-1].wait(20)
+        assert agents[-1].stop(20) == 0  # a clean stop
         backend.wait(lambda ms: by_stream(ms, "status")[-1]["clean"] is True, 15, "clean offline")
     finally:
         for p in (*agents, sim):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            p.kill9()
         backend.close()
         broker.stop()
     msgs = backend.snapshot()

@@ -69,8 +69,8 @@ BAD_FRAMES = [
     ('[7, "m2", "Heartbeat", {}]', "PropertyConstraintViolation", "m2"),
     ('[2, "m3", "NoSuchAction", {}]', "NotSupported", "m3"),
     (
-        '[2, "m4", "ReserveNow", {"connectorId": 1, "expiryDate": "2030-01-01T00:00:00Z", '
-        '"idTag": "X", "reservationId": 1}]',
+        '[2, "m4", "UpdateFirmware", {"location": "https://fw.example/x.bin", '
+        '"retrieveDate": "2030-01-01T00:00:00Z"}]',
         "NotImplemented",
         "m4",
     ),

@@ -8,13 +8,12 @@ Reset, UnlockConnector, DataTransfer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from conftest import station_config
 from ocpp.v16 import call
+from ocpp_helpers import csms_running, ocpp_service
 from sessions_helpers import CARD, billed_config, body, running
 
 from agent.bus import EventBus
@@ -22,17 +21,7 @@ from agent.ocpp.context import OcppOffline
 from agent.ocpp.service import EXIT_HARD_RESET, HardReset, OcppService
 from agent.sessions.model import card_token
 from agent.tasks import cancel_and_wait
-from hil.csms import TestCsms
-
-
-@contextlib.asynccontextmanager
-async def csms_running(**kw) -> AsyncIterator[TestCsms]:
-    csms = TestCsms(**kw)
-    await csms.start()
-    try:
-        yield csms
-    finally:
-        await csms.stop()
+from hil import REFERENCE_EVSE
 
 
 def plain_config(tmp_path: Path, url: str, ocpp_extra: str = ""):
@@ -42,27 +31,16 @@ def plain_config(tmp_path: Path, url: str, ocpp_extra: str = ""):
     )
 
 
-@contextlib.asynccontextmanager
-async def service(cfg) -> AsyncIterator[OcppService]:
-    svc = OcppService(cfg, EventBus())
-    task = asyncio.create_task(svc.run())
-    try:
-        yield svc
-    finally:
-        await cancel_and_wait([task])
-        svc.close()
-
-
-def with_ocpp(tmp_path: Path, url: str):
+def with_ocpp(tmp_path: Path, url: str, **kw):
     """The one-connector billed station of the session tests, plus [ocpp]."""
     auth = f'local_list = [{{ id = "{CARD}" }}]\n[ocpp]\nurl = "{url}"\nreconnect_min_s = 0.2'
-    return billed_config(tmp_path, auth=auth)
+    return billed_config(tmp_path, auth=auth, **kw)
 
 
 async def test_boot_pending_sends_nothing_else_then_accepted_with_interval(tmp_path):
     async with csms_running() as csms:
         csms.boot_status, csms.boot_interval = "Pending", 1
-        async with service(plain_config(tmp_path, csms.url)) as svc:
+        async with ocpp_service(plain_config(tmp_path, csms.url)) as svc:
             await csms.wait_for("BootNotification", "TEST")
             with pytest.raises(OcppOffline, match="not accepted"):
                 await svc.call(call.Heartbeat())
@@ -82,7 +60,7 @@ async def test_boot_pending_sends_nothing_else_then_accepted_with_interval(tmp_p
 async def test_rejected_boot_is_retried_on_the_csms_interval(tmp_path):
     async with csms_running() as csms:
         csms.boot_status, csms.boot_interval = "Rejected", 1
-        async with service(plain_config(tmp_path, csms.url)):
+        async with ocpp_service(plain_config(tmp_path, csms.url)):
             await csms.wait_for("BootNotification", "TEST", count=2)
             assert set(csms.actions("TEST")) == {"BootNotification"}
 
@@ -90,7 +68,7 @@ async def test_rejected_boot_is_retried_on_the_csms_interval(tmp_path):
 async def test_configuration_keys_change_get_and_survive_a_restart(tmp_path):
     async with csms_running() as csms:
         cfg = plain_config(tmp_path, csms.url, 'keys = { ClockAlignedDataInterval = "900" }\n')
-        async with service(cfg):
+        async with ocpp_service(cfg):
             await csms.wait_for("StatusNotification", "TEST")
 
             async def change(key: str, value: str) -> str:
@@ -100,13 +78,14 @@ async def test_configuration_keys_change_get_and_survive_a_restart(tmp_path):
             assert await change("MeterValueSampleInterval", "30") == "Accepted"
             assert await change("ClockAlignedDataInterval", "600") == "Accepted"
             assert await change("NumberOfConnectors", "4") == "Rejected"  # read-only
+            assert await change("ResetRetries", "3") == "Rejected"  # read-only: no retries
             assert await change("HeartbeatInterval", "often") == "Rejected"  # not an int
             assert await change("MeterValuesSampledData", "Voltage,Bogus") == "Rejected"
             assert await change("NoSuchKey", "1") == "NotSupported"
             assert await change("WebSocketPingInterval", "10") == "RebootRequired"
             assert await change("SecurityProfile", "0") == "Accepted"  # unchanged
         # A new service on the same store: what the CSMS set wins over the file.
-        async with service(cfg):
+        async with ocpp_service(cfg):
             await csms.wait_for("BootNotification", "TEST", count=2)
             res = await csms.call(
                 "TEST",
@@ -175,10 +154,30 @@ async def test_unlock_connector_stops_the_session(tmp_path):
             assert await rig.engine.authorize(1, card_token(CARD)) == "started"
             await rig.status("Charging")
             res = await csms.call("TEST", call.UnlockConnector(connector_id=1))
-            # The simulated EVSE's profile has no unlock command: the session is stopped,
-            # the lock itself is not ours to release.
+            # The Phoenix profile has no unlock command: the session is stopped, the lock
+            # itself is not ours to release.
             assert res.status == "NotSupported"
             rec = await rig.record()
+        assert body(rec)["stop"]["reason"] == "UnlockCommand"
+
+
+async def test_unlock_connector_unlocked_and_unlock_failed_on_the_reference_evse(tmp_path):
+    # The simulator's reference controller has a connector_unlock command (sim-only).
+    async with csms_running() as csms:
+        cfg = with_ocpp(tmp_path, csms.url, evse_profile=REFERENCE_EVSE)
+        async with running(cfg) as rig:
+            await csms.wait_for("StatusNotification", "TEST", {"connectorId": 1})
+            rig.sim.plug_in(1)
+            await rig.status("Preparing")
+            assert await rig.engine.authorize(1, card_token(CARD)) == "started"
+            await rig.status("Charging")
+            res = await csms.call("TEST", call.UnlockConnector(connector_id=1))
+            assert res.status == "Unlocked"
+            rec = await rig.record()
+            # A jammed lock actuator: the controller refuses the command (exception 04).
+            rig.sim.inject({"kind": "lock_failure", "connector": 1})
+            res = await csms.call("TEST", call.UnlockConnector(connector_id=1))
+            assert res.status == "UnlockFailed"
         assert body(rec)["stop"]["reason"] == "UnlockCommand"
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from conftest import free_port
 from ocpp.v16 import call
+from ocpp_helpers import csms_running, ocpp_service
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
-from test_ocpp_core import csms_running, plain_config, service
+from test_ocpp_core import plain_config
 
 
 class Uploads(ThreadingHTTPServer):
@@ -93,7 +94,7 @@ async def diagnostics(csms, location: str, **kw) -> str | None:
 
 
 async def test_upload_over_http_put_and_post(tmp_path):
-    async with csms_running() as csms, service(plain_config(tmp_path, csms.url)):
+    async with csms_running() as csms, ocpp_service(plain_config(tmp_path, csms.url)):
         await csms.wait_for("StatusNotification", "TEST")  # online: the boot was accepted
         with http_server() as srv:
             url = f"http://diag:http-pw@127.0.0.1:{srv.server_port}/upload/"
@@ -122,7 +123,7 @@ async def test_upload_over_http_put_and_post(tmp_path):
 async def test_upload_over_ftp(tmp_path):
     root = tmp_path / "ftp"
     (root / "diag").mkdir(parents=True)
-    async with csms_running() as csms, service(plain_config(tmp_path, csms.url)):
+    async with csms_running() as csms, ocpp_service(plain_config(tmp_path, csms.url)):
         await csms.wait_for("StatusNotification", "TEST")  # online: the boot was accepted
         with ftp_server(root) as port:
             name = await diagnostics(csms, f"ftp://diag:ftp-pw@127.0.0.1:{port}/diag/")
@@ -133,7 +134,7 @@ async def test_upload_over_ftp(tmp_path):
 
 
 async def test_failed_upload_is_retried_then_reported(tmp_path):
-    async with csms_running() as csms, service(plain_config(tmp_path, csms.url)):
+    async with csms_running() as csms, ocpp_service(plain_config(tmp_path, csms.url)):
         await csms.wait_for("StatusNotification", "TEST")  # online: the boot was accepted
         nobody = f"http://127.0.0.1:{free_port()}/"
         name = await diagnostics(csms, nobody, retries=1, retry_interval=0)

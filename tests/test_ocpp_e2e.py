@@ -7,7 +7,7 @@ import asyncio
 import warnings
 
 from ocpp.v16 import call
-from ocpp_helpers import CP, Proc, contexts, dump, energy, process_config, signed, tx_messages
+from ocpp_helpers import CP, contexts, dump, energy, process_config, signed, tx_messages
 from pyocmf import OCMF
 from pyocmf.exceptions import SpecWarning
 
@@ -15,6 +15,7 @@ from agent.ocpp.metervalues import signed_record_of
 from agent.sessions.store import SessionStore
 from hil.control import send_command
 from hil.csms import TestCsms
+from hil.procs import start_agent, start_sim
 
 
 async def test_full_session_from_evedge_run(tmp_path):
@@ -22,8 +23,8 @@ async def test_full_session_from_evedge_run(tmp_path):
     port = await csms.start()
     csms.next_transaction_id = 9001
     config, control = process_config(tmp_path, port, free_vend=False)
-    sim = Proc("sim", "--config", str(config), log=tmp_path / "sim.log")
-    agent = Proc("run", "--config", str(config), "--console-logs", log=tmp_path / "agent.log")
+    sim = start_sim(config, tmp_path / "sim.log")
+    agent = start_agent(config, tmp_path / "agent.log")
     try:
         boot = await csms.wait_for("BootNotification", cp_id=CP, timeout=30)
         await csms.wait_for("StatusNotification", cp_id=CP, where={"connectorId": 1}, timeout=15)
@@ -46,8 +47,7 @@ async def test_full_session_from_evedge_run(tmp_path):
         stop = await csms.wait_for("StopTransaction", cp_id=CP, timeout=15)
         await send_command(control, {"cmd": "unplug", "connector": 1})
         await csms.wait_for("StatusNotification", cp_id=CP, where={"status": "Available"}, count=2)
-        agent.stop()
-        assert agent.p.returncode == 0
+        assert agent.stop() == 0
     finally:
         agent.stop()
         sim.stop()

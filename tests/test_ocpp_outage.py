@@ -11,7 +11,6 @@ from pathlib import Path
 from ocpp.exceptions import InternalError
 from ocpp_helpers import (
     CP,
-    Proc,
     dump,
     energy,
     ocpp_config,
@@ -19,14 +18,12 @@ from ocpp_helpers import (
     process_config,
     queued,
     tx_messages,
-    wait,
 )
-from sessions_helpers import CARD
 
-from agent.sessions.model import card_token
 from agent.sessions.store import SessionStore
 from hil.control import send_command
 from hil.csms import Received, TestCsms
+from hil.procs import sim_ready, start_agent, start_sim, until
 
 
 def check_stream(msgs: list[Received], first_tx_id: int) -> list[list[Received]]:
@@ -66,10 +63,7 @@ def billed(db: Path) -> list[tuple[int, int, int]]:
 
 
 async def card_session(rig, seconds: float) -> None:
-    rig.sim.plug_in(1)
-    await rig.status("Preparing")
-    assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-    await rig.status("Charging")
+    await rig.card_charging()
     await asyncio.sleep(seconds)
     rig.sim.unplug(1)
     await rig.status("Available")
@@ -85,10 +79,7 @@ async def test_csms_outage_in_the_middle_of_sessions(tmp_path):
         async with ocpp_rig(cfg, csms) as rig:
             outbox = rig.agent.ocpp.ctx.parts["outbox"]
             # Session 1 starts online, the CSMS goes away while it charges.
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            await rig.engine.authorize(1, card_token(CARD))
-            await rig.status("Charging")
+            await rig.card_charging()
             await csms.wait_for("MeterValues", cp_id=CP, count=2)
             await csms.stop()
             await rig.until(lambda: not rig.agent.ocpp.online.is_set(), 5, "offline")
@@ -97,10 +88,7 @@ async def test_csms_outage_in_the_middle_of_sessions(tmp_path):
             await rig.status("Available")
             # Session 2 runs entirely offline; session 3 starts offline.
             await card_session(rig, 1.5)
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            await rig.engine.authorize(1, card_token(CARD))
-            await rig.status("Charging")
+            await rig.card_charging()
             await asyncio.sleep(1.5)
             offline = outbox.backlog()
             assert offline["transactions_without_id"] == 2  # sessions 2 and 3
@@ -131,15 +119,10 @@ async def test_kill_9_with_a_queued_backlog_delivers_everything_once(tmp_path):
     csms.next_transaction_id = 500
     config, control = process_config(tmp_path, port)
     db = tmp_path / "evedge.db"
-    sim = Proc("sim", "--config", str(config), log=tmp_path / "sim.log")
-    agent = Proc("run", "--config", str(config), "--console-logs", log=tmp_path / "agent.log")
+    sim = start_sim(config, tmp_path / "sim.log")
+    agent = start_agent(config, tmp_path / "agent.log")
     try:
-        for _ in range(100):
-            try:
-                await send_command(control, {"cmd": "snapshot"})
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
+        await sim_ready(control, proc=sim)
         await csms.wait_connected(CP, timeout=20)
         await csms.stop()  # the outage: everything from now on is queued
         for _ in range(3):  # free vend: each plug-in is a session
@@ -148,17 +131,17 @@ async def test_kill_9_with_a_queued_backlog_delivers_everything_once(tmp_path):
             await send_command(control, {"cmd": "unplug", "connector": 1})
             await asyncio.sleep(0.6)
         await send_command(control, {"cmd": "plug_in", "connector": 1})  # one left running
-        await wait(lambda: queued(db) >= 12, 20, "a backlog")
+        await until(lambda: queued(db) >= 12, 20, "a backlog", proc=agent)
         before = queued(db)
         agent.kill9()
-        agent = Proc("run", "--config", str(config), "--console-logs", log=tmp_path / "agent.log")
+        agent = start_agent(config, tmp_path / "agent.log")
         await asyncio.sleep(2)
         assert queued(db) >= before  # nothing dropped by the restart
         await csms.start()
         await csms.wait_connected(CP, timeout=20)
         await send_command(control, {"cmd": "unplug", "connector": 1})
         await csms.wait_for("StopTransaction", cp_id=CP, count=4, timeout=30)
-        await wait(lambda: queued(db) == 0, 20, "the backlog delivered")
+        await until(lambda: queued(db) == 0, 20, "the backlog delivered", proc=agent)
         agent.stop()
     finally:
         agent.stop()

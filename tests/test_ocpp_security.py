@@ -8,13 +8,10 @@ password never in a log line.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import ipaddress
 import logging
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +21,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from ocpp.v16 import call
+from ocpp_helpers import csms_running, ocpp_service
 from structlog.testing import capture_logs
 
 from agent.bus import EventBus
 from agent.config import ConfigError, parse_config
 from agent.ocpp.service import OcppService, OcppSetupError
-from agent.tasks import cancel_and_wait
-from hil.csms import TestCsms
+from hil.procs import until
 
 PASSWORD = "s3cret-Pa55word-0123"
 
@@ -148,39 +145,12 @@ def config(pki: Path, url: str, profile: int, **files: str):
     )
 
 
-@contextlib.asynccontextmanager
-async def csms_running(**kw) -> AsyncIterator[TestCsms]:
-    csms = TestCsms(**kw)
-    await csms.start()
-    try:
-        yield csms
-    finally:
-        await csms.stop()
-
-
-@contextlib.asynccontextmanager
-async def service(cfg) -> AsyncIterator[OcppService]:
-    svc = OcppService(cfg, EventBus())
-    task = asyncio.create_task(svc.run())
-    try:
-        yield svc
-    finally:
-        await cancel_and_wait([task])
-        svc.close()
-
-
-async def until(pred, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
-
-
 async def test_profile1_basic_auth_checked_and_wrong_password_refused(pki, caplog):
     caplog.set_level(logging.DEBUG)
     pw = str(pki / "ocpp.pass")
     with capture_logs() as logs:
         async with csms_running(credentials={"TEST": PASSWORD}) as csms:
-            async with service(config(pki, csms.url, 1, password_file=pw)):
+            async with ocpp_service(config(pki, csms.url, 1, password_file=pw)):
                 await csms.wait_for("StatusNotification", "TEST")
                 assert csms.auth_failures == []
                 # The whitepaper: the CSMS cannot lower the profile.
@@ -189,8 +159,8 @@ async def test_profile1_basic_auth_checked_and_wrong_password_refused(pki, caplo
                 )
                 assert res.status == "Rejected"
             csms.credentials = {"TEST": "another-password-000"}
-            async with service(config(pki, csms.url, 1, password_file=pw)) as svc:
-                await until(lambda: len(csms.auth_failures) >= 2)
+            async with ocpp_service(config(pki, csms.url, 1, password_file=pw)) as svc:
+                await until(lambda: len(csms.auth_failures) >= 2, 10, "two auth failures")
                 assert csms.auth_failures[0] == ("TEST", "wrong password")
                 assert "HTTP 401" in (svc.state()["last_error"] or "")
                 assert not svc.state()["connected"]
@@ -213,13 +183,15 @@ async def test_profile2_tls_verifies_the_csms_and_refuses_a_wrong_ca(pki):
     ssl_ctx = server_ssl(pki, client_cert=False)
     async with csms_running(ssl=ssl_ctx, credentials={"TEST": PASSWORD}) as csms:
         assert csms.url.startswith("wss://")
-        async with service(config(pki, csms.url, 2, **files)) as svc:
+        async with ocpp_service(config(pki, csms.url, 2, **files)) as svc:
             await csms.wait_for("StatusNotification", "TEST")
             assert svc.state()["security_profile"] == 2
         files["ca_file"] = str(pki / "other-ca.pem")
         with capture_logs() as logs:
-            async with service(config(pki, csms.url, 2, **files)) as svc:
-                await until(lambda: any(e["event"] == "ocpp.tls_failed" for e in logs))
+            async with ocpp_service(config(pki, csms.url, 2, **files)) as svc:
+                await until(
+                    lambda: any(e["event"] == "ocpp.tls_failed" for e in logs), 10, "tls_failed"
+                )
                 assert csms.connections["TEST"] == 1  # the second one never got through
         failed = next(e for e in logs if e["event"] == "ocpp.tls_failed")
         assert "certificate verify failed" in str(failed["error"]) or failed["error"]
@@ -231,7 +203,7 @@ async def test_profile3_client_certificate_required_and_no_downgrade(pki):
     ssl_ctx = server_ssl(pki, client_cert=True)
     async with csms_running(ssl=ssl_ctx) as csms:
         cert = dict(tls, cert_file=str(pki / "cp.pem"), key_file=str(pki / "cp.key"))
-        async with service(config(pki, csms.url, 3, **cert)):
+        async with ocpp_service(config(pki, csms.url, 3, **cert)):
             await csms.wait_for("StatusNotification", "TEST")
         assert csms.connections["TEST"] == 1
     # Profile 3 was used: a config asking for profile 2 now is a downgrade.
@@ -245,8 +217,8 @@ async def test_without_client_certificate_the_csms_refuses(pki, tmp_path):
     async with csms_running(ssl=ssl_ctx) as csms:
         files = dict(password_file=str(pki / "ocpp.pass"), ca_file=str(pki / "ca.pem"))
         with capture_logs() as logs:
-            async with service(config(pki, csms.url, 2, **files)) as svc:
-                await until(lambda: svc.reconnects >= 1)
+            async with ocpp_service(config(pki, csms.url, 2, **files)) as svc:
+                await until(lambda: svc.reconnects >= 1, 10, "a reconnect")
                 assert not svc.state()["connected"]
         assert "TEST" not in csms.connections
         assert any(e["event"] == "ocpp.connect_failed" for e in logs)

@@ -10,7 +10,17 @@ import warnings
 import pytest
 from ocpp.exceptions import InternalError
 from ocpp.v16 import call
-from ocpp_helpers import CP, contexts, dump, energy, ocpp_config, ocpp_rig, signed, tx_messages
+from ocpp_helpers import (
+    CP,
+    contexts,
+    csms_running,
+    dump,
+    energy,
+    ocpp_config,
+    ocpp_rig,
+    signed,
+    tx_messages,
+)
 from pyocmf import OCMF
 from pyocmf.exceptions import SpecWarning
 from sessions_helpers import CARD
@@ -18,17 +28,12 @@ from sessions_helpers import CARD
 from agent.events import FaultCleared, FaultRaised
 from agent.ocpp.metervalues import signed_record_of
 from agent.sessions.model import card_token
-from hil.csms import TestCsms
 
 
 @pytest.fixture
 async def csms():
-    c = TestCsms()
-    await c.start()
-    try:
+    async with csms_running() as c:
         yield c
-    finally:
-        await c.stop()
 
 
 def contexts_of(meter_value: dict) -> list[str]:
@@ -46,10 +51,7 @@ async def test_card_session_start_begin_values_stop(tmp_path, csms):
     csms.next_transaction_id = 41
     async with ocpp_rig(cfg, csms) as rig:
         outbox = rig.agent.ocpp.ctx.parts["outbox"]
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-        await rig.status("Charging")
+        await rig.card_charging()
         start_wh = rig.conn.session.row.start_wh
         await charge(rig, 1.5)
         rig.sim.unplug(1)
@@ -112,10 +114,7 @@ async def test_periodic_and_clock_aligned_values_with_phases(tmp_path, csms):
     }
     cfg = ocpp_config(tmp_path, csms.url, keys=keys)
     async with ocpp_rig(cfg, csms) as rig:
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        await rig.engine.authorize(1, card_token(CARD))
-        await rig.status("Charging")
+        await rig.card_charging()
         await csms.wait_for("MeterValues", cp_id=CP, count=6, timeout=15)
         rig.sim.unplug(1)
         stop = await csms.wait_for("StopTransaction", cp_id=CP)
@@ -150,10 +149,7 @@ async def test_signed_meter_values_verify_with_pyocmf(tmp_path, csms):
     cfg = ocpp_config(tmp_path, csms.url, keys=keys)
     async with ocpp_rig(cfg, csms) as rig:
         key_hex = rig.engine.public_key_hex(1)
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        await rig.engine.authorize(1, card_token(CARD))
-        await rig.status("Charging")
+        await rig.card_charging()
         await charge(rig, 1)
         rig.sim.unplug(1)
         stop = await csms.wait_for("StopTransaction", cp_id=CP)
@@ -188,10 +184,7 @@ async def test_callerror_to_stop_is_retried_under_the_same_message_id(tmp_path, 
     csms.responders["StopTransaction"] = refuse_twice
     async with ocpp_rig(cfg, csms) as rig:
         outbox = rig.agent.ocpp.ctx.parts["outbox"]
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        await rig.engine.authorize(1, card_token(CARD))
-        await rig.status("Charging")
+        await rig.card_charging()
         rig.sim.unplug(1)
         await csms.wait_for("StopTransaction", cp_id=CP, count=3, timeout=15)
         await rig.until(lambda: outbox.backlog()["pending"] == 0, 5, "outbox drained")
@@ -209,10 +202,7 @@ async def test_exhausted_retries_are_kept_marked_and_sent_after_reconnect(tmp_pa
     async with ocpp_rig(cfg, csms) as rig:
         faults = rig.agent.bus.subscribe(FaultRaised, FaultCleared)
         outbox = rig.agent.ocpp.ctx.parts["outbox"]
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        await rig.engine.authorize(1, card_token(CARD))
-        await rig.status("Charging")
+        await rig.card_charging()
         rig.sim.unplug(1)
         await csms.wait_for("StopTransaction", cp_id=CP, count=2, timeout=15)
         await rig.until(lambda: outbox.backlog()["parked"] == 1, 5, "stop parked")

@@ -12,34 +12,19 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-from pathlib import Path
 
 import structlog
 from conftest import free_port, station_config
-from test_chaos import EVEDGE, chaos_config
 from test_watchdog import NotifyListener
 
 from agent.config import load_config
 from agent.runtime import Agent
 from agent.sessions.store import SessionStore
 from hil.control import execute, parse_command
+from hil.procs import Proc, fast_billing, start_agent, write_station
 from hil.station import SimStation
 
 TIMEOUT_STOP_S = 30  # TimeoutStopSec= in systemd/evedge.service
-
-
-def start_agent(config: Path, log: Path, notify: Path) -> subprocess.Popen:
-    out = log.open("ab")
-    try:
-        return subprocess.Popen(
-            [EVEDGE, "run", "--config", str(config), "--console-logs"],
-            env=dict(os.environ, NOTIFY_SOCKET=str(notify)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    finally:
-        out.close()
 
 
 async def wait_for(pred, timeout: float = 20, what: str = ""):
@@ -51,14 +36,14 @@ async def wait_for(pred, timeout: float = 20, what: str = ""):
 
 
 async def test_sigterm_during_a_session_exits_0_and_the_session_resumes(tmp_path):
-    config = chaos_config(tmp_path)
-    config.write_text(config.read_text().replace('level = "warning"', 'level = "info"'))
-    db = tmp_path / "evedge.db"
+    station = write_station(tmp_path, station_id="CHAOS", extra=fast_billing(tmp_path))
+    config, db = station.path, station.db
     sim = SimStation(load_config(config))
     await sim.start()
     listener = NotifyListener(tmp_path / "notify.sock")
     log = tmp_path / "agent.log"
-    procs: list[subprocess.Popen] = []
+    procs: list[Proc] = []
+    env = dict(os.environ, NOTIFY_SOCKET=str(listener.path))
 
     def charging_session():
         with SessionStore(db) as st:
@@ -66,12 +51,12 @@ async def test_sigterm_during_a_session_exits_0_and_the_session_resumes(tmp_path
         return rows[0] if rows else None
 
     try:
-        procs.append(start_agent(config, log, listener.path))
+        procs.append(start_agent(config, log, env=env))
         await listener.until("READY", timeout=30)
         execute(sim, parse_command({"cmd": "plug_in", "connector": 1}))
         session = await wait_for(charging_session, what="a charging session with energy")
 
-        procs[0].send_signal(signal.SIGTERM)
+        procs[0].signal(signal.SIGTERM)
         stopping = await listener.until("STOPPING")
         assert stopping["STATUS"] == "stopping: flushing outboxes, committing the store"
         assert await asyncio.to_thread(procs[0].wait, TIMEOUT_STOP_S) == 0
@@ -83,7 +68,7 @@ async def test_sigterm_during_a_session_exits_0_and_the_session_resumes(tmp_path
             assert st.record_of(session.id) is None
 
         # The car charges on meanwhile; the next start resumes the session.
-        procs.append(start_agent(config, log, listener.path))
+        procs.append(start_agent(config, log, env=env))
         await listener.until("READY", timeout=30)
 
         def resumed():
@@ -98,13 +83,11 @@ async def test_sigterm_during_a_session_exits_0_and_the_session_resumes(tmp_path
                 return st.record_of(session.id)
 
         rec = await wait_for(record, what="the session's charge record")
-        procs[1].send_signal(signal.SIGTERM)
+        procs[1].signal(signal.SIGTERM)
         assert await asyncio.to_thread(procs[1].wait, TIMEOUT_STOP_S) == 0
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            p.kill9()
         listener.close()
         await sim.stop()
 

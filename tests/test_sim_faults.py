@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 
 import pytest
@@ -11,10 +10,11 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
-from agent.config import parse_config
+from agent.config import load_config, parse_config
 from drivers.profile import load_profile
 from hil.faults import FAULT_DOCS, FaultError, parse_fault
 from hil.probe import read_value, write_value
+from hil.procs import free_port, write_station
 from hil.serial_pair import SerialPair
 from hil.station import SimStation
 
@@ -23,47 +23,17 @@ METER = load_profile("eastron-sdm630")
 CODE = {f.fault: c for c, f in sorted(EVSE.error_codes.items(), reverse=True)}  # lowest code
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-TOML = """
-[station]
-id = "SIM-FAULTS"
-[[bus]]
-name = "lan"
-kind = "tcp"
-[[bus]]
+# A second meter on an RS-485 bus next to the TCP pair of hil.procs' station.
+RTU_METER = """[[bus]]
 name = "rs485"
 kind = "rtu"
 port = "{rtu}"
 baudrate = 38400
 [[device]]
-name = "meter1"
-profile = "eastron-sdm630"
-bus = "lan"
-host = "127.0.0.1"
-port = {mport}
-unit = 1
-[[device]]
-name = "evse1"
-profile = "phoenix-ev-charge-control"
-bus = "lan"
-host = "127.0.0.1"
-port = {eport}
-unit = 255
-[[device]]
 name = "meter2"
 profile = "eastron-sdm630"
 bus = "rs485"
 unit = 2
-[[connector]]
-id = 1
-evse = "evse1"
-meter = "meter1"
-max_current_a = 32
 """
 
 
@@ -88,10 +58,11 @@ class Rig:
 
 
 @pytest.fixture
-async def rig():
-    mport, eport = free_port(), free_port()
+async def rig(tmp_path):
     async with SerialPair() as (agent_end, sim_end):
-        cfg = parse_config(TOML.format(rtu=agent_end, mport=mport, eport=eport))
+        st = write_station(tmp_path, station_id="SIM-FAULTS", extra=RTU_METER.format(rtu=agent_end))
+        mport, eport = st.meter_port, st.evse_port
+        cfg = load_config(st.path)
         sim = SimStation(cfg, {"rs485": sim_end}, tick_s=None)
         await sim.start()
         clients = [

@@ -1,28 +1,39 @@
 """Driver problem reports: the QR report link and its parser, tickets with a diagnostic
 snapshot from a running agent on the simulated station, TicketCreated on the bus, the
-store (kept until delivered, immutable, survives a restart), and `evedge tickets` as a
-real subprocess."""
+store (kept until delivered, immutable, survives a restart), reports through the local API
+and the MQTT command reaching the MQTT tickets stream without a restart (and tickets written
+to the store by another process too), and `evedge tickets` as a real subprocess."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import station_config
+from mqtt_helpers import Backend, Broker
 from pydantic import ValidationError
-from sessions_helpers import CARD, TARIFFS, running
+from sessions_helpers import CARD, TARIFFS, billed_config, running
+from test_mqtt_commands import Cloud
+from test_mqtt_sync import validate, with_mqtt
 
+from agent.api.client import ApiError, call
+from agent.api.config import ApiConfig
 from agent.config import load_config
+from agent.driver.config import DriverConfig
 from agent.events import TicketCreated
+from agent.runtime import Agent
 from agent.sessions.model import card_token
 from agent.tickets.create import TicketError, create_ticket, report_from_link
 from agent.tickets.links import ReportLinkError, parse_report_link, report_link
-from agent.tickets.model import ReportRequest
+from agent.tickets.model import ReportRequest, Snapshot, Ticket
 from agent.tickets.store import TicketStore
 from hil.display import ConsoleDisplay
 from hil.scenarios.stations import station_toml
@@ -32,7 +43,23 @@ BASE = "https://charge.example.com/report"
 STATION = "HIL-TCP"
 
 
-def write_config(tmp_path: Path, driver: bool = True) -> Path:
+@pytest.fixture
+def sockdir():
+    # Short: a Unix socket path is at most 107 bytes, pytest's tmp_path can be longer.
+    d = Path(tempfile.mkdtemp(prefix="evtix-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+def write_config(tmp_path: Path, driver: bool = True, api: Path | None = None) -> Path:
     extra = (
         f'\n[billing]\ntariff = "{TARIFFS / "simple-energy.json"}"\n'
         f'key_dir = "{tmp_path / "keys"}"\ntimezone = "Europe/Berlin"\n'
@@ -43,6 +70,8 @@ def write_config(tmp_path: Path, driver: bool = True) -> Path:
             '[driver]\nlanguage = "de"\noperator = "Example Charging GmbH"\n'
             f'hotline = "+49 30 1234 5678"\nreport_url = "{BASE}"\n'
         )
+    if api is not None:
+        extra += f'[api]\nsocket = "{api}"\nmode = 0o600\n'
     path = tmp_path / "station.toml"
     path.write_text(station_toml("tcp", store=str(tmp_path / "evedge.db"), extra=extra))
     return path
@@ -206,8 +235,8 @@ def test_tickets_table_keeps_undelivered_tickets_and_their_bodies(tmp_path):
 # ---------------------------------------------------------------- evedge tickets
 
 
-async def test_tickets_cli(tmp_path):
-    path = write_config(tmp_path)
+async def test_tickets_cli(tmp_path, sockdir):
+    path = write_config(tmp_path, api=sockdir / "api.sock")
     cfg = load_config(path)
     c = ["--config", str(path)]
     code, _, err = await evedge("tickets", "list", *c)
@@ -221,7 +250,9 @@ async def test_tickets_cli(tmp_path):
         )
         assert code == 0, err
         made = json.loads(out)
+        assert made["via"] == "service"  # the running agent made it (and announced it)
         assert made["connector"] == 1 and made["source"] == "cli" and made["lang"] == "de"
+        assert made["id"] in " ".join(rig.agent.driver.current(1).lines["de"])  # thanked
         assert made["snapshot"]["status"] == "Preparing"
         assert any(r["quantity"] == "cp_state" for r in made["snapshot"]["readings"])
         link = f"{BASE}?station={STATION}&connector=1"
@@ -231,11 +262,21 @@ async def test_tickets_cli(tmp_path):
         assert code == 0, err
         by_link = json.loads(out)
         assert by_link["source"] == "qr" and by_link["category"] == "not_starting"
+        code, _, err = await evedge("tickets", "create", "--connector", "9", "--text", "x", *c)
+        assert code == 2 and "report_problem: no connector 9" in err  # the service said so
 
+    # The service is down: the ticket goes into the store, and the CLI says so.
+    code, out, err = await evedge(
+        "tickets", "create", "--connector", "1", "--category", "damaged", "--json", *c
+    )
+    assert code == 0, err
+    offline = json.loads(out)
+    assert offline["via"] == "store" and "the service is not running" in err
+    assert "MQTT sync sends it" in offline["note"]
     code, out, err = await evedge("tickets", "list", "--json", *c)
     assert code == 0, err
     listed = json.loads(out)["tickets"]
-    assert {t["id"] for t in listed} == {made["id"], by_link["id"]}
+    assert {t["id"] for t in listed} == {made["id"], by_link["id"], offline["id"]}
     assert all(t["delivered"] is None for t in listed)
     code, out, _ = await evedge("tickets", "show", made["id"], "--json", *c)
     assert code == 0 and json.loads(out)["text"] == "cable stuck"
@@ -260,4 +301,127 @@ async def test_tickets_cli(tmp_path):
     )
     assert code == 2 and "category" in err
     code, out, _ = await evedge("tickets", "list", "--json", *c)
-    assert len(json.loads(out)["tickets"]) == 2  # nothing created by the refused commands
+    assert len(json.loads(out)["tickets"]) == 3  # nothing created by the refused commands
+
+
+# ---------------------------------------------------------------- API and MQTT, no restart
+
+
+def reporting_station(tmp_path: Path, sock: Path, broker: Broker):
+    """Station TEST (as the MQTT test cloud expects) with [driver], [api] and [mqtt]."""
+    driver = DriverConfig(language="de", operator="Example Charging GmbH", hotline="+49 30 1234")
+    cfg = billed_config(tmp_path).model_copy(
+        update={"driver": driver, "api": ApiConfig(socket=sock, mode=0o600)}
+    )
+    return with_mqtt(cfg, broker)
+
+
+async def api(sock: Path, op: str, **args):
+    return await asyncio.to_thread(call, sock, op, 10.0, **args)
+
+
+def tickets_sent(backend: Backend) -> dict[str, dict]:
+    """Ticket id -> ticket, as the cloud received them on the tickets stream."""
+    return {m.json()["ticket"]["id"]: m.json()["ticket"] for m in backend.on("tickets")}
+
+
+async def arrives(backend: Backend, ticket_id: str) -> dict:
+    await asyncio.to_thread(
+        backend.wait, lambda ms: ticket_id in tickets_sent(backend), 20, f"ticket {ticket_id}"
+    )
+    return tickets_sent(backend)[ticket_id]
+
+
+async def test_reports_through_api_and_mqtt_reach_the_cloud_without_a_restart(
+    tmp_path, sockdir, broker
+):
+    sock = sockdir / "api.sock"
+    cfg = reporting_station(tmp_path, sock, broker)
+    # Written while the service is down (the CLI's fallback): sent once the service starts.
+    with TicketStore(cfg.store.path) as store:
+        offline = create_ticket(store, cfg, ReportRequest(connector=1, source="cli", text="dark"))
+    backend = Backend(broker).connect()
+    cloud = Cloud(backend)
+    events: list = []
+
+    def setup(agent):
+        events.append(agent.bus.subscribe(TicketCreated))
+        agent.mqtt.ticket_poll_s = 3600  # no poll: what arrives came by TicketCreated
+
+    try:
+        async with running(cfg, setup=setup):
+            assert (await arrives(backend, offline.id))["text"] == "dark"
+
+            # A display controller's report through the local API (a read-level operation).
+            got = await api(sock, "report_problem", connector=1, category="damaged",
+                            text="cable torn", lang="en")  # fmt: skip
+            assert got["connector"] == 1 and got["source"] == "api" and got["lang"] == "en"
+            event = await asyncio.wait_for(events[0].get(), 5)
+            assert event.ticket_id == got["ticket_id"]
+            sent = await arrives(backend, got["ticket_id"])
+            assert sent["text"] == "cable torn" and sent["category"] == "damaged"
+            assert sent["snapshot"]["status"] == "Available"
+            # The driver's screen, in the driver's language and in the station's.
+            en = await api(sock, "driver_screen", connector=1, lang="en")
+            assert en["lang"] == "en" and got["ticket_id"] in " ".join(en["lines"])
+            de = await api(sock, "driver_screen", connector=1)
+            assert de["lang"] == "de" and de["headline"] != en["headline"]
+
+            # A display controller speaking MQTT: the report_problem command.
+            reply = await cloud.run("report_problem", {"connector": 1, "category": "payment"})
+            assert reply["ok"], reply
+            assert reply["result"]["source"] == "display" and reply["result"]["lang"] == "de"
+            assert (await arrives(backend, reply["result"]["ticket_id"]))["category"] == "payment"
+            bad = await cloud.run("report_problem", {"connector": 1})
+            assert bad["error"]["code"] == "invalid" and "describe the problem" in str(bad)
+            gone = await cloud.run("report_problem", {"connector": 7, "text": "x"})
+            assert gone["error"]["code"] == "not_found" and "no connector 7" in str(gone)
+
+            # Invalid reports: a clear error each, and no ticket.
+            invalid = [
+                ("report_problem", {"connector": 1}, "bad_request", "describe the problem"),
+                ("report_problem", {"connector": 1, "text": "x", "lang": "fr"}, "bad_request",
+                 "must be one of en, de"),
+                ("report_problem", {"connector": 1, "text": "x", "category": "fire"},
+                 "bad_request", "category"),
+                ("report_problem", {"connector": 1, "text": "x", "seat": 3}, "bad_request",
+                 "seat"),
+                ("report_problem", {"text": "x"}, "bad_request", "connector"),
+                ("report_problem", {"connector": 3, "text": "x"}, "not_found", "no connector 3"),
+                ("driver_screen", {"connector": 1, "lang": "fr"}, "bad_request", "lang"),
+                ("driver_screen", {"connector": 4}, "not_found", "no connector 4"),
+            ]  # fmt: skip
+            for op, args, code, text in invalid:
+                with pytest.raises(ApiError) as e:
+                    await api(sock, op, **args)
+                assert (e.value.code, text in e.value.message) == (code, True), (op, args, e.value)
+            with TicketStore(cfg.store.path) as store:
+                assert len(store.list()) == 3
+    finally:
+        backend.close()
+    assert validate(backend.on("tickets")) == 3
+    assert len(tickets_sent(backend)) == 3  # each ticket once, none twice
+
+
+async def test_tickets_another_process_writes_are_picked_up_while_running(tmp_path, broker):
+    cfg = with_mqtt(station_config(extra=f'[store]\npath = "{tmp_path / "evedge.db"}"\n'), broker)
+    backend = Backend(broker).connect()
+    agent = Agent(cfg)
+    agent.mqtt.ticket_poll_s = 0.2
+    await agent.start()
+    try:
+        await asyncio.to_thread(backend.wait, lambda ms: backend.on("status"), 10, "online")
+        # `evedge tickets create` fell back to the store (say the API was unreachable).
+        now = datetime.now(UTC)
+        ticket = Ticket(
+            id="T-0A51DE", station="TEST", connector=1, created=now, source="cli",
+            category="other", lang="en", text="aside", contact=None,
+            snapshot=Snapshot(taken=now, status=None, faults=[], readings=[], health=[],
+                              session=None),
+        )  # fmt: skip
+        with TicketStore(cfg.store.path) as store:
+            store.insert(ticket)
+        assert (await arrives(backend, ticket.id))["text"] == "aside"
+    finally:
+        await agent.stop()
+        backend.close()

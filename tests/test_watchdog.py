@@ -13,8 +13,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import structlog
@@ -25,51 +23,10 @@ from agent.events import Reading
 from agent.runtime import Agent
 from agent.sdnotify import Notifier
 from agent.watchdog import Liveness, Watchdog
+from hil.procs import start_agent, until, write_station
 from hil.station import SimStation
 
-EVEDGE = str(Path(sys.executable).parent / "evedge")
 PING_S = 0.1  # WATCHDOG_USEC / 2 in these tests
-
-
-def station_toml(tmp: Path) -> Path:
-    """A meter and an EVSE controller on loopback, no billing."""
-    text = f"""
-[station]
-id = "WDOG"
-[[bus]]
-name = "lan"
-kind = "tcp"
-timeout_s = 0.3
-retries = 0
-[[device]]
-name = "meter1"
-profile = "eastron-sdm630"
-bus = "lan"
-host = "127.0.0.1"
-port = {free_port()}
-unit = 1
-interval_s = 0.2
-[[device]]
-name = "evse1"
-profile = "phoenix-ev-charge-control"
-bus = "lan"
-host = "127.0.0.1"
-port = {free_port()}
-unit = 255
-interval_s = 0.2
-[[connector]]
-id = 1
-evse = "evse1"
-meter = "meter1"
-max_current_a = 32
-[store]
-path = "{tmp / "evedge.db"}"
-[log]
-level = "info"
-"""
-    path = tmp / "station.toml"
-    path.write_text(text)
-    return path
 
 
 class NotifyListener:
@@ -110,18 +67,14 @@ class NotifyListener:
 
 
 async def test_agent_process_sends_ready_and_pings_and_stops_pinging_when_frozen(tmp_path):
-    config = station_toml(tmp_path)
+    config = write_station(
+        tmp_path, station_id="WDOG", meter_interval_s=0.2, evse_interval_s=0.2
+    ).path
     sim = SimStation(load_config(config))
     await sim.start()
     listener = NotifyListener(tmp_path / "notify.sock")
     env = dict(os.environ, NOTIFY_SOCKET=str(listener.path), WATCHDOG_USEC=str(int(PING_S * 2e6)))
-    log = (tmp_path / "agent.log").open("wb")
-    proc = subprocess.Popen(
-        [EVEDGE, "run", "--config", str(config), "--console-logs"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = start_agent(config, tmp_path / "agent.log", env=env)
     try:
         ready = await listener.until("READY", timeout=30)
         assert ready["STATUS"] == "running: 2 devices on 2 links"  # one per TCP endpoint
@@ -129,24 +82,19 @@ async def test_agent_process_sends_ready_and_pings_and_stops_pinging_when_frozen
             await listener.until("WATCHDOG")
 
         # A frozen process sends nothing: systemd's watchdog then kills it.
-        os.kill(proc.pid, signal.SIGSTOP)
+        proc.signal(signal.SIGSTOP)
         await asyncio.sleep(PING_S)  # a datagram already in flight
         listener.drain()
         await asyncio.sleep(10 * PING_S)
         assert listener.drain() == []
-        os.kill(proc.pid, signal.SIGCONT)
+        proc.signal(signal.SIGCONT)
         await listener.until("WATCHDOG")
 
         # What systemd sends when the pings stop: the Python stacks land in the journal.
-        proc.send_signal(signal.SIGABRT)
+        proc.signal(signal.SIGABRT)
         assert await asyncio.to_thread(proc.wait, 30) == -signal.SIGABRT
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.kill9()
         listener.close()
         await sim.stop()
     text = (tmp_path / "agent.log").read_text()
@@ -157,12 +105,6 @@ async def test_agent_process_sends_ready_and_pings_and_stops_pinging_when_frozen
 
 def _events(logs: list[dict], name: str) -> list[dict]:
     return [e for e in logs if e["event"] == name]
-
-
-async def _until(pred, timeout: float = 10, what: str = "") -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
 
 
 async def test_stuck_poller_and_stuck_bus_consumer_stop_the_pings_and_are_named(tmp_path):
@@ -198,7 +140,7 @@ async def test_stuck_poller_and_stuck_bus_consumer_stop_the_pings_and_are_named(
 
             # 1. A poller stuck in one device poll.
             meter.read_cycle = hangs_until_released
-            await _until(lambda: _events(logs, "watchdog.stuck"))
+            await until(lambda: _events(logs, "watchdog.stuck"), 10, "watchdog.stuck")
             stuck = _events(logs, "watchdog.stuck")[0]
             link = f"tcp://127.0.0.1:{mport}"
             assert stuck["part"] == f"poller {link}"
@@ -212,7 +154,9 @@ async def test_stuck_poller_and_stuck_bus_consumer_stop_the_pings_and_are_named(
 
             # 2. A bus consumer that stops taking events.
             wedged = agent.bus.subscribe(Reading, name="wedged-consumer")
-            await _until(lambda: len(_events(logs, "watchdog.stuck")) == 2)
+            await until(
+                lambda: len(_events(logs, "watchdog.stuck")) == 2, 10, "a second watchdog.stuck"
+            )
             stuck = _events(logs, "watchdog.stuck")[1]
             assert stuck["part"] == "bus consumer wedged-consumer"
             assert "events waiting" in stuck["detail"]

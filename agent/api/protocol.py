@@ -18,6 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from agent.driver.config import SHIPPED_LANGUAGES
+from agent.tickets.model import ReportInput
+
 MAX_LINE = 1 << 20  # a request line (a tariff document fits easily)
 
 
@@ -67,6 +70,12 @@ class TariffArgs(_Args):
     document: dict[str, JsonValue]
 
 
+class ScreenArgs(ConnectorArgs):
+    lang: Literal[SHIPPED_LANGUAGES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="the driver's language; None: the station's"
+    )
+
+
 class LocalListArgs(_Args):
     entries: list[dict[str, JsonValue]]
     full: bool = False
@@ -78,7 +87,7 @@ class Operation:
     """One API operation: the Ops method it calls, its arguments, read or control."""
 
     method: str
-    args: type[_Args]
+    args: type[BaseModel]
     control: bool
 
 
@@ -88,6 +97,11 @@ OPERATIONS: dict[str, Operation] = {
     "readings": Operation("readings", ReadingsArgs, control=False),
     "report": Operation("report", ReportArgs, control=False),
     "diagnose": Operation("diagnose", DiagnoseArgs, control=False),
+    # Driver-facing: a display controller or kiosk process (not in the control group) shows
+    # the screen in the driver's language and files the driver's report. A report changes
+    # no charging state; it only adds a ticket.
+    "driver_screen": Operation("driver_screen", ScreenArgs, control=False),
+    "report_problem": Operation("report_problem", ReportInput, control=False),
     "start": Operation("start", StartArgs, control=True),
     "stop": Operation("stop", ConnectorArgs, control=True),
     "limit": Operation("limit", LimitArgs, control=True),

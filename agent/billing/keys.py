@@ -13,13 +13,14 @@ import binascii
 import hashlib
 import os
 import secrets
-import stat
 from pathlib import Path
 from typing import NoReturn
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.secretfile import SecretFileError, read_secret_bytes
 
 KEY_FILE = "ocmf-signing-key.pem"
 CURVE = "secp256r1"
@@ -133,15 +134,12 @@ def load_or_create_key(directory: str | Path) -> PrivateKey:
     PEM secp256r1 private key (corrupt): it is never overwritten.
     """
     path = Path(directory) / KEY_FILE
-    try:
-        return _load(path)
-    except FileNotFoundError:
-        pass
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _create(path)
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot create the signing key: {e.strerror or e}") from e
+    if not path.exists():
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create(path)
+        except OSError as e:
+            raise KeyFileError(f"{path}: cannot create the signing key: {e.strerror or e}") from e
     # Load what is on disk rather than what we generated: if another process won the race,
     # its key is the one in use.
     return _load(path)
@@ -179,27 +177,9 @@ def _create(path: Path) -> None:
 
 def _load(path: Path) -> PrivateKey:
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot open the signing key: {e.strerror or e}") from e
-    try:
-        # fstat on the open descriptor: the mode checked is the mode of the file read.
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path}: the signing key path is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise KeyFileError(
-                f"{path}: the signing key file has mode {mode:04o}, so other users can read it; "
-                f"it must be readable by its owner only: run `chmod 600 {path}`"
-            )
-        data = b""
-        while chunk := os.read(fd, 65536):
-            data += chunk
-    finally:
-        os.close(fd)
+        data = read_secret_bytes(path, "the signing key")
+    except SecretFileError as e:
+        raise KeyFileError(str(e)) from None
     return PrivateKey(_parse_pem(path, data))
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from agent.billing.keys import KEY_FILE, KeyFileError, load_or_create_key, public_key_hex
-from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, err_console
+from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, err_console, note
 from agent.cli.store_open import config_and_store
 from agent.sessions.records import verify_records
 
@@ -29,7 +30,7 @@ def verify(config: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False) -> None:
         try:
             agent_key = public_key_hex(load_or_create_key(cfg.billing.key_dir))
         except KeyFileError as e:
-            err_console.print(f"[yellow]warning[/]: {e}; checking with each record's key only")
+            note(f"{e}; checking with each record's key only", "warning")
     with store:
         report = verify_records(store, agent_key)
     if json:
@@ -52,7 +53,7 @@ def verify(config: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False) -> None:
         )
     else:
         for p in report.problems:
-            err_console.print(f"[red]problem[/]: {p}", highlight=False)
+            err_console.print(Text.assemble(("problem", "red"), f": {p}"), highlight=False)
         verdict = "[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"
         console.print(
             f"{report.records} records, {report.signatures} OCMF signatures checked, "

@@ -43,7 +43,7 @@ def bundle(
     store = None
     if cfg.store.path.exists():  # never create a store the agent has not made
         try:
-            store = Store(cfg.store.path)
+            store = Store(cfg.store.path, readonly=True)
         except StoreError as e:
             raise fail(str(e), Exit.CHECK_FAILED) from None
     try:

@@ -1,4 +1,14 @@
-"""Shared CLI plumbing: exit codes, JSON output, config loading with clear errors."""
+"""Shared CLI plumbing: exit codes, JSON output, errors and notes, config loading.
+
+Messages are printed as plain text, never as rich markup: a message naming a config
+section ("the config has no [api] section") must reach the technician intact. With
+`--json`, an error is also one JSON object on stdout:
+
+    {"ok": false, "error": {"code": "unreachable", "message": "..."}}
+
+`code` is the exit code's name (check_failed, usage, unreachable, denied), or the more
+specific code of the service's API (refused, not_found, ...) or `invalid_config`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from agent.config import ConfigError, StationConfig, load_config
 
@@ -37,10 +48,30 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(message: str, code: Exit) -> typer.Exit:
-    """Print an error for a person and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+def json_requested() -> bool:
+    """Was the command run with `--json`? (Read from the command line: errors can come
+    before or outside a command's own parameters, e.g. from a shared helper.)"""
+    return "--json" in sys.argv[1:]
+
+
+def error_json(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The JSON error object of every command."""
+    return {"ok": False, "error": {"code": code, "message": message, **extra}}
+
+
+def fail(message: str, code: Exit, error: str | None = None) -> typer.Exit:
+    """Print an error for a person (and with --json the JSON error object on stdout);
+    return the Exit to raise. `error` names the error for machines (default: the exit
+    code's name)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    if json_requested():
+        emit_json(error_json(error or code.name.lower(), message))
     return typer.Exit(int(code))
+
+
+def note(message: str, label: str = "note") -> None:
+    """A note for a person on stderr (`label`: note, warning), printed as plain text."""
+    err_console.print(Text.assemble((f"{label}:", "yellow"), " ", message), highlight=False)
 
 
 def load_or_exit(path: Path) -> StationConfig:
@@ -49,5 +80,16 @@ def load_or_exit(path: Path) -> StationConfig:
         return load_config(path)
     except ConfigError as e:
         for file_path, msg in e.problems:
-            err_console.print(f"[red]{e.file}[/]: {file_path}: {msg}", highlight=False)
+            err_console.print(
+                Text.assemble((str(e.file), "red"), f": {file_path}: {msg}"), highlight=False
+            )
+        if json_requested():
+            emit_json(config_error_json(e))
         raise typer.Exit(int(Exit.USAGE)) from None
+
+
+def config_error_json(e: ConfigError) -> dict[str, Any]:
+    """The JSON error object of an invalid config, every problem with its field path."""
+    problems = [{"path": p, "message": m} for p, m in e.problems]
+    message = f"{e.file}: " + "; ".join(f"{p}: {m}" for p, m in e.problems)
+    return error_json("invalid_config", message, file=str(e.file), problems=problems)

@@ -1,7 +1,10 @@
 """`evedge config show`: the effective station config (defaults filled in), secrets masked.
 
-Masked: values of keys naming a secret (password, secret, token, key, psk, pin, …; a
-`*_dir`/`*_file`/`*_path` key is a location and is shown, never its file's contents),
+Masked: values of keys naming a secret (a word password, secret, token, key, psk, pin, …
+in snake_case, kebab-case or camelCase: `password_file`, `AuthorizationKey`; a
+`*_dir`/`*_file`/`*_path` key is a location and is shown, never its file's contents; a
+public key is no secret; a table such as `[ocpp] keys` is walked, its entries masked by name;
+the value of an OCPP `{"key": "AuthorizationKey", "value": …}` entry),
 passwords inside URLs (`wss://cp:***@host`), and the id tokens of the local list (personal
 data and credentials: `DE*****42`).
 """
@@ -9,13 +12,15 @@ data and credentials: `DE*****42`).
 from __future__ import annotations
 
 import json as jsonlib
+import math
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from agent.cli.common import DEFAULT_CONFIG, console, emit_json, load_or_exit
+from agent.cli.common import DEFAULT_CONFIG, emit_json, load_or_exit
 from agent.sessions.model import mask
 
 MASK = "********"
@@ -23,19 +28,31 @@ SECRET_WORDS = frozenset(
     {"password", "passwd", "secret", "token", "key", "psk", "pin", "credentials", "passphrase"}
 )
 LOCATION_WORDS = frozenset({"dir", "file", "path"})
+# Words of a key: runs of capitals (an acronym, "HTTP" in "HTTPPassword"), capitalised or
+# lower-case words, numbers; separators (_ - .) fall away.
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]+:)[^/@\s]+@", re.IGNORECASE)
 
 
 def is_secret(key: str) -> bool:
-    """Does a config key name a secret value?"""
-    words = key.lower().replace("-", "_").split("_")
-    return bool(SECRET_WORDS & set(words)) and words[-1] not in LOCATION_WORDS
+    """Does a config key name a secret value? ("AuthorizationKey", "password": yes;
+    "password_file", "key_dir", "MeterPublicKey1", "keys": no)"""
+    words = [w.lower() for w in _WORD.findall(key) if not w.isdigit()]
+    if not words or words[-1] in LOCATION_WORDS or "public" in words:
+        return False
+    return bool(SECRET_WORDS & set(words))
 
 
 def mask_secrets(data: Any, key: str = "", parent: str = "") -> Any:
     """A copy of `data` (the config as JSON-ready values) with every secret masked."""
     if isinstance(data, dict):
-        return {k: mask_secrets(v, k, key) for k, v in data.items()}
+        out = {k: mask_secrets(v, k, key) for k, v in data.items()}
+        # OCPP configuration entries name the key in a field: {"key": "AuthorizationKey",
+        # "value": ...} (GetConfiguration.conf, ChangeConfiguration.req).
+        if isinstance(data.get("key"), str) and is_secret(data["key"]) and "value" in data:
+            out["value"] = MASK
+        return out
     if isinstance(data, list):
         return [mask_secrets(v, key, parent) for v in data]
     if data is None or isinstance(data, bool):
@@ -49,19 +66,52 @@ def mask_secrets(data: Any, key: str = "", parent: str = "") -> Any:
     return data
 
 
-def _toml_lines(data: dict[str, Any], prefix: str = "") -> list[str]:
-    """TOML-like text for reading (values as JSON; not meant to be loaded back)."""
+def toml_lines(data: dict[str, Any], path: tuple[str, ...] = ()) -> list[str]:
+    """`data` as TOML (it parses back with tomllib): a value that is not set (None; TOML
+    has no null) becomes a `# key: not set` comment, a file mode (`mode`, `*_mode`) an
+    octal integer (`0o660`)."""
     scalars = {k: v for k, v in data.items() if not _is_table(v)}
     tables = {k: v for k, v in data.items() if _is_table(v)}
-    out = [f"{k} = {jsonlib.dumps(v, ensure_ascii=False)}" for k, v in scalars.items()]
+    out = [
+        f"# {k}: not set" if v is None else f"{_toml_key(k)} = {_toml_value(v, k)}"
+        for k, v in scalars.items()
+    ]
     for k, v in tables.items():
-        name = f"{prefix}{k}"
+        name = ".".join(_toml_key(p) for p in (*path, k))
         if isinstance(v, list):
             for item in v:
-                out += ["", f"[[{name}]]", *_toml_lines(item, f"{name}.")]
+                out += ["", f"[[{name}]]", *toml_lines(item, (*path, k))]
         else:
-            out += ["", f"[{name}]", *_toml_lines(v, f"{name}.")]
+            out += ["", f"[{name}]", *toml_lines(v, (*path, k))]
     return out
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped.
+    return jsonlib.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007F")
+
+
+def _toml_value(v: Any, key: str = "") -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return f"0o{v:o}" if (key == "mode" or key.endswith("_mode")) and v >= 0 else str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return ("-inf" if v < 0 else "inf") if math.isinf(v) else repr(v)
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(i, key) for i in v if i is not None) + "]"
+    if isinstance(v, dict):
+        items = (f"{_toml_key(k)} = {_toml_value(i, k)}" for k, i in v.items() if i is not None)
+        return "{ " + ", ".join(items) + " }"
+    return _toml_string(str(v))
 
 
 def _is_table(v: Any) -> bool:
@@ -82,5 +132,6 @@ def config_show(
     if json:
         emit_json({"file": str(config), "config": data})
         return
-    console.print(f"# {config} (effective; secrets masked)", highlight=False, markup=False)
-    console.print("\n".join(_toml_lines(data)), highlight=False, markup=False)
+    # Plain stdout, not rich: rich wraps long lines, which would break the TOML.
+    sys.stdout.write(f"# {config} (effective; secrets masked)\n")
+    sys.stdout.write("\n".join(toml_lines(data)) + "\n")

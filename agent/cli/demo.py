@@ -4,21 +4,33 @@ The simulated station (hil/) serves the config's devices on loopback; the agent 
 exactly as it polls hardware. A script plays the driver: plug in, present card DEMO-0042,
 and later either let the car finish (battery full, it pauses, then is unplugged: parking
 time is billed) or present the card again to stop — per connector, for as long as the demo
-runs. The agent's session engine does the rest: authorizes the card from its local list,
-enables the EVSE through the driver layer (verified by read-back), meters, prices, and
-writes a signed, chained charge record for every session into the configured store.
+runs. The agent's session engine does the rest: authorizes the card, enables the EVSE
+through the driver layer (verified by read-back), meters, prices, and writes a signed,
+chained charge record for every session into the configured store.
+
+The cloud side runs too (agent/cli/demo_cloud.py): a test CSMS the agent speaks OCPP 1.6J
+with (transactions, meter values; midway through each transaction the CSMS caps the current
+with SetChargingProfile, then clears it) and, when mosquitto is installed, an MQTT broker.
+The live view shows both links, each connector's driver display, session and transaction,
+and what the CSMS sees. `--json`: one JSON object per event instead (see `Feed`).
+
+Stopping (the duration ran out, Ctrl-C or SIGTERM) ends running sessions as a technician
+would, lets the outboxes deliver, then stops the agent, the broker, the CSMS, the simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
+from pathlib import Path
+from typing import Any
 
-import structlog
 from rich.live import Live
 
 from agent.cli.common import console, emit_json
+from agent.cli.demo_cloud import Cloud, CsmsView, LimitScript, prepare
 from agent.cli.live import LiveState, render
 from agent.config import ConnectorConfig, StationConfig
 from agent.events import ChargeRecordWritten, DeviceHealth, DriverMessage, Reading, SessionEvent
@@ -29,10 +41,17 @@ from agent.tasks import cancel_and_wait
 from hil.display import ConsoleDisplay
 from hil.station import SimStation
 
-log = structlog.get_logger(__name__)
-
 DEMO_CARD = "DEMO-0042"
 FULL_PARKING_S = 6.0  # how long a full car stays plugged in before its driver returns
+SYNC_POLL_S = 1.0  # how often the OCPP/MQTT link state is looked at
+FLUSH_S = 5.0  # at the end: how long the outboxes may take to deliver
+EVENT_TYPES = {
+    Reading: "reading",
+    DeviceHealth: "health",
+    SessionEvent: "session",
+    ChargeRecordWritten: "record",
+    DriverMessage: "driver",
+}
 
 
 class DemoDriver:
@@ -107,40 +126,211 @@ def _record_note(state: LiveState, ev: ChargeRecordWritten) -> None:
     )
 
 
+class Feed:
+    """What the demo shows, from the bus, the agent's sync services and the CSMS, into the
+    live state; with `as_json` also printed, one JSON object per event, by "type":
+
+    - reading | health | session | record | driver: the bus events, all their fields;
+    - ocpp | mqtt, "event": "link": the service's state (as in `evedge status --json`) when
+      the link changes (connected, boot status);
+    - ocpp, "event": "transaction": the CSMS acknowledged a session's StartTransaction
+      (connector, session_id, transaction_id);
+    - csms: a CALL the CSMS received ("action", "payload"), or one it sent
+      ("direction": "to_charge_point", "action", "status");
+    - demo: what the script does ("message").
+    """
+
+    def __init__(self, agent: Agent, state: LiveState, view: CsmsView | None, as_json: bool):
+        self.agent, self.state, self.view, self.as_json = agent, state, view, as_json
+        self.sub = agent.bus.subscribe(*EVENT_TYPES)
+        self._links: dict[str, tuple[Any, ...]] = {}
+        self._unacked: dict[str, int] = {}  # session id -> connector, until it has its tx id
+        self._next_sync = 0.0
+        if as_json:
+            state.listeners.append(lambda text: emit_json({"type": "demo", "message": text}))
+
+    def close(self) -> None:
+        """Release the bus subscription."""
+        self.sub.close()
+
+    def tell(self, text: str, obj: dict[str, Any]) -> None:
+        """A note in the live view, or `obj` as a JSON line."""
+        if self.as_json:
+            emit_json(obj)
+        else:
+            self.state.note(text)
+
+    async def run(self, live: Live | None) -> None:
+        """Step and redraw until cancelled."""
+        while True:
+            await self.step()
+            if live is not None:
+                live.update(render(self.state))
+            await asyncio.sleep(0.1 if live is None else 0.25)
+
+    async def step(self, *, poll_now: bool = False) -> None:
+        """Take what happened since the last step."""
+        while (ev := self.sub.get_nowait()) is not None:
+            self._event(ev)
+        if self.view is not None:
+            for r in self.view.new_calls():
+                self._csms_call(r.action, r.payload)
+            for cid, tx in self.view.by_connector.items():
+                self.state.csms[cid] = tx.line()
+        if poll_now or time.monotonic() >= self._next_sync:
+            self._next_sync = time.monotonic() + SYNC_POLL_S
+            await self._poll_sync()
+
+    def _event(self, ev: Any) -> None:
+        self.state.feed(ev)
+        if isinstance(ev, SessionEvent):
+            if ev.kind == "started" and ev.session_id is not None:
+                self._unacked[ev.session_id] = ev.connector
+            elif ev.session_id is None:
+                self.state.transactions.pop(ev.connector, None)
+        if self.as_json:
+            emit_json({"type": EVENT_TYPES[type(ev)], **ev.model_dump(mode="json")})
+        elif isinstance(ev, ChargeRecordWritten):
+            _record_note(self.state, ev)
+
+    def _csms_call(self, action: str, payload: dict[str, Any]) -> None:
+        if self.as_json:
+            emit_json({"type": "csms", "action": action, "payload": payload})
+        elif action == "StopTransaction":
+            self.state.note(
+                f"CSMS: StopTransaction for tx {payload.get('transactionId')} "
+                f"({payload.get('reason', 'Local')}), meter {payload.get('meterStop', 0):,} Wh"
+            )
+
+    async def _poll_sync(self) -> None:
+        for name, label in (("ocpp", "OCPP"), ("mqtt", "MQTT")):
+            svc = getattr(self.agent, name, None)
+            if svc is None:
+                continue
+            st = await asyncio.to_thread(svc.state)
+            self.state.sync[name] = st
+            link = (st.get("connected"), st.get("boot_status"))
+            if name not in self._links and not link[0] and not st.get("last_error"):
+                continue  # still connecting: nothing to tell yet
+            if link != self._links.get(name):
+                self._links[name] = link
+                where = st.get("url") or st.get("broker")
+                text = f"{label}: {'connected to' if link[0] else 'not connected to'} {where}"
+                if link[1]:
+                    text += f", boot {link[1]}"
+                self.tell(text, {"type": name, "event": "link", **st})
+        await self._poll_transactions()
+
+    async def _poll_transactions(self) -> None:
+        ocpp = self.agent.ocpp
+        outbox = None if ocpp is None else ocpp.ctx.parts.get("outbox")
+        if outbox is None:
+            return
+        for sid, cid in list(self._unacked.items()):
+            tx = await asyncio.to_thread(outbox.transaction_id, sid)
+            if tx is None:
+                continue
+            del self._unacked[sid]
+            self.state.acknowledged.append(tx)
+            current = self.state.sessions.get(cid)
+            if current is not None and current.session_id == sid:
+                self.state.transactions[cid] = tx
+            self.tell(
+                f"connector {cid}: OCPP StartTransaction acknowledged, transaction id {tx}",
+                {
+                    "type": "ocpp",
+                    "event": "transaction",
+                    "connector": cid,
+                    "session_id": sid,
+                    "transaction_id": tx,
+                },
+            )
+
+
 async def run_demo(
     cfg: StationConfig, duration: float | None = None, as_json: bool = False
 ) -> None:
-    """Start the simulator and the agent, drive sessions, show them live (or as JSON lines)."""
+    """Start the cloud side, the simulator and the agent, drive sessions, show them live (or
+    as JSON lines) until `duration` s passed, Ctrl-C or SIGTERM; then stop in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def first_signal() -> None:  # a second Ctrl-C interrupts at once
+        stop.set()
+        for s in signals:
+            loop.remove_signal_handler(s)
+
+    for s in signals:
+        loop.add_signal_handler(s, first_signal)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            await _run(cfg, stack, duration, as_json, stop)
+    finally:
+        for s in signals:
+            loop.remove_signal_handler(s)
+
+
+def _say(as_json: bool):
+    if as_json:
+        return lambda text: emit_json({"type": "demo", "message": text})
+    return lambda text: console.print(text, highlight=False)
+
+
+async def _run(
+    cfg: StationConfig,
+    stack: contextlib.AsyncExitStack,
+    duration: float | None,
+    as_json: bool,
+    stop: asyncio.Event,
+) -> None:
+    cloud: Cloud = await prepare(cfg, Path(cfg.store.path).parent, _say(as_json))
+    stack.push_async_callback(cloud.close)
+    cfg = cloud.cfg
+    view = None
+    if cloud.csms is not None and cfg.ocpp is not None:
+        view = CsmsView(cloud.csms, cfg.ocpp.charge_point_id or cfg.station.id)
     sim = SimStation(cfg)
     await sim.start()
+    stack.push_async_callback(sim.stop)
     agent = Agent(cfg)
     state = LiveState(cfg)
-    sub = agent.bus.subscribe(
-        Reading, DeviceHealth, SessionEvent, ChargeRecordWritten, DriverMessage
-    )
+    if cloud.mqtt_skipped is not None:
+        state.sync_skipped["mqtt"] = cloud.mqtt_skipped
+    if cfg.ocpp is None:
+        state.sync_skipped["ocpp"] = "no [ocpp] section in the config"
+    feed = Feed(agent, state, view, as_json)
     if agent.driver is not None:  # the simulated display: `watch cat .demo/display.txt`
         agent.driver.add_display(ConsoleDisplay(path=cfg.store.path.parent / "display.txt"))
     await agent.start()
-    drivers = [DemoDriver(agent, sim, c, state) for c in cfg.connector]
-    tasks = [asyncio.create_task(d.run(), name=f"demo connector {d.c.id}") for d in drivers]
-    deadline = None if duration is None else time.monotonic() + duration
-    try:
-        if as_json:
-            await _pump_json(sub, state, deadline)
-        else:
-            with Live(render(state), console=console, refresh_per_second=4, screen=False) as live:
-                while deadline is None or time.monotonic() < deadline:
-                    while (ev := sub.get_nowait()) is not None:
-                        state.feed(ev)
-                        if isinstance(ev, ChargeRecordWritten):
-                            _record_note(state, ev)
-                    live.update(render(state))
-                    await asyncio.sleep(0.25)
-    finally:
-        await cancel_and_wait(tasks)
-        await _close_sessions(agent)
-        await agent.stop()
-        await sim.stop()
+    stack.push_async_callback(agent.stop)
+    actors = [
+        asyncio.create_task(DemoDriver(agent, sim, c, state).run(), name=f"demo connector {c.id}")
+        for c in cfg.connector
+    ]
+    if view is not None:
+        script = LimitScript(view, lambda text, obj: feed.tell(text, {"type": "csms", **obj}))
+        actors.append(asyncio.create_task(script.run(), name="demo csms script"))
+    with contextlib.ExitStack() as screen:
+        live = None
+        if not as_json:
+            live = screen.enter_context(
+                Live(render(state), console=console, refresh_per_second=4, screen=False)
+            )
+        pump = asyncio.create_task(feed.run(live), name="demo feed")
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+            state.note("stopping: ending the running sessions, delivering what is queued")
+            await cancel_and_wait(actors)
+            await _close_sessions(agent)
+            await agent.flush(FLUSH_S)
+        finally:
+            await cancel_and_wait([pump])
+            await feed.step(poll_now=True)
+            feed.close()
+            if live is not None:
+                live.update(render(state))
 
 
 async def _close_sessions(agent: Agent) -> None:
@@ -153,23 +343,3 @@ async def _close_sessions(agent: Agent) -> None:
         if conn.session is not None:
             with contextlib.suppress(CommandRefused, TimeoutError):
                 await asyncio.wait_for(engine.stop(cid, by="cli"), 15)
-
-
-async def _pump_json(sub, state: LiveState, deadline: float | None) -> None:
-    # Demo script events interleave with readings, for scripts reading the stream.
-    state.listeners.append(lambda text: emit_json({"type": "demo", "message": text}))
-    while deadline is None or time.monotonic() < deadline:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            ev = await asyncio.wait_for(sub.get(), timeout)
-        except TimeoutError:
-            break
-        state.feed(ev)
-        kind = {
-            Reading: "reading",
-            DeviceHealth: "health",
-            SessionEvent: "session",
-            ChargeRecordWritten: "record",
-            DriverMessage: "driver",
-        }[type(ev)]
-        emit_json({"type": kind, **ev.model_dump(mode="json")})

@@ -1,4 +1,8 @@
-"""`evedge diagnose`: run the active self-test and print findings with guidance."""
+"""`evedge diagnose`: run the active self-test and print findings with guidance.
+
+Through the running service when it answers (it owns the serial lines: one master per
+line, so it judges serial devices by their live health); else directly.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.service import read
 from agent.diagnosis.selftest import Finding, run_selftest
 from agent.logsetup import setup_logging
 
@@ -34,12 +39,17 @@ def diagnose(
     lang = lang or cfg.diagnosis.language
     if lang not in ("en", "de"):
         raise fail(f"--lang must be en or de, got {lang!r}", Exit.USAGE)
-    findings = asyncio.run(run_selftest(cfg, reads=reads, gap_s=gap))
+    served = read(cfg, "diagnose", reads=reads, gap_s=gap)
+    if served is not None:
+        findings = [Finding(**f) for f in served["findings"]]
+    else:
+        findings = asyncio.run(run_selftest(cfg, reads=reads, gap_s=gap))
     problems = [f for f in findings if not f.ok]
     if json:
         emit_json(
             {
                 "station": cfg.station.id,
+                "source": "direct" if served is None else "service",
                 "ok": not problems,
                 "findings": [f.as_json() for f in findings],
             }

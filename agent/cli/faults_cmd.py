@@ -45,7 +45,7 @@ def faults(
             f"no store at {path}: the service has not run with this config yet", Exit.UNREACHABLE
         )
     try:
-        with FaultLog(path) as log:
+        with FaultLog(path, readonly=True) as log:
             records = log.history(limit) if history else log.active()
     except StoreError as e:
         raise fail(str(e), Exit.UNREACHABLE) from None

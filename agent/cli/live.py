@@ -1,4 +1,5 @@
-"""Live terminal view of a station: per-connector charging state, phases, device health."""
+"""Live terminal view of a station: per-connector charging state, phases, cloud sync links,
+device health. Fed by bus events (`evedge demo`) or status polls (`evedge live`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from rich.console import Group
 from rich.panel import Panel
@@ -47,6 +49,16 @@ class LiveState:
     since: dict[int, datetime] = field(default_factory=dict)
     # connector id -> what its driver display shows (agent/driver)
     driver: dict[int, DriverMessage] = field(default_factory=dict)
+    # sync channel ("ocpp", "mqtt") -> its service's state() (as in `evedge status --json`)
+    sync: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # sync channel -> why it does not run (e.g. no broker installed)
+    sync_skipped: dict[str, str] = field(default_factory=dict)
+    # connector id -> the OCPP transaction id the CSMS acknowledged for its current session
+    transactions: dict[int, int] = field(default_factory=dict)
+    # every acknowledged OCPP transaction id, in order
+    acknowledged: list[int] = field(default_factory=list)
+    # connector id -> the central system's view of it (a line; the demo's own CSMS)
+    csms: dict[int, str] = field(default_factory=dict)
 
     def feed(self, event: object) -> None:
         """Take one bus event."""
@@ -111,6 +123,11 @@ def _connector_panel(state: LiveState, c) -> Panel:
     shown = state.driver.get(c.id)
     if shown is not None:
         top.add_row("display", Text(shown.headline[shown.lang], style="bold cyan"))
+    tx = state.transactions.get(c.id)
+    if tx is not None:
+        top.add_row("OCPP tx", f"{tx} (acknowledged by the CSMS)")
+    if c.id in state.csms:
+        top.add_row("CSMS sees", state.csms[c.id])
     top.add_row("CP state", cp_text)
     contactor = state.value(c.evse, "contactor_closed")
     if contactor is not None:  # not every controller reports it
@@ -156,6 +173,67 @@ def _connector_panel(state: LiveState, c) -> Panel:
     return Panel(Group(top, Text(""), phases, Text(""), totals), title=title, border_style="cyan")
 
 
+def _mark(up: bool | None) -> Text:
+    if up is None:
+        return Text("○ unknown", style="dim")
+    return Text("● connected", style="bold green") if up else Text("● offline", style="bold red")
+
+
+def _ocpp_lines(st: dict[str, Any], acknowledged: list[int]) -> list[Text | str]:
+    head = Text.assemble(_mark(st.get("connected")), f"  boot {st.get('boot_status') or '—'}")
+    head.append(f"  {st.get('url', '')}", style="dim")
+    lines: list[Text | str] = [head]
+    box = st.get("outbox")
+    if isinstance(box, dict) and "pending" in box:
+        waiting = ", ".join(f"{a} {n}" for a, n in sorted(box.get("by_action", {}).items()))
+        lines.append(
+            f"outbox {box['pending']} waiting{f' ({waiting})' if waiting else ''}"
+            f" · {box.get('sent_since_start', 0)} delivered"
+            f" · {box.get('transactions_without_id', 0)} transactions await an id"
+        )
+    if acknowledged:
+        shown = ", ".join(map(str, acknowledged[-6:]))
+        lines.append(f"transactions acknowledged: {len(acknowledged)} (ids {shown})")
+    if st.get("last_error") and not st.get("connected"):
+        lines.append(Text(f"last error: {st['last_error']}", style="red"))
+    return lines
+
+
+def _mqtt_lines(st: dict[str, Any]) -> list[Text | str]:
+    head = Text.assemble(_mark(st.get("connected")), f"  broker {st.get('broker', '—')}")
+    lines: list[Text | str] = [head]
+    lines.append(
+        f"published {st.get('published', 0)} · acknowledged {st.get('acked', 0)}"
+        f" · backlog {st.get('backlog', 0)}"
+        + (
+            f" (oldest {st['oldest_undelivered_age_s']} s)"
+            if st.get("oldest_undelivered_age_s")
+            else ""
+        )
+    )
+    if st.get("last_error") and not st.get("connected"):
+        lines.append(Text(f"last error: {st['last_error']}", style="red"))
+    return lines
+
+
+def _sync_panel(state: LiveState) -> Panel | None:
+    """OCPP and MQTT: link, boot, outbox backlog; a channel that does not run says why."""
+    grid = Table.grid(padding=(0, 2))
+    for name, label in (("ocpp", "OCPP"), ("mqtt", "MQTT")):
+        st = state.sync.get(name)
+        if st is not None:
+            lines = _ocpp_lines(st, state.acknowledged) if name == "ocpp" else _mqtt_lines(st)
+            for i, line in enumerate(lines):
+                grid.add_row(Text(label if i == 0 else "", style="bold"), line)
+        elif name in state.sync_skipped:
+            grid.add_row(
+                Text(label, style="bold"), Text(f"skipped: {state.sync_skipped[name]}", style="dim")
+            )
+    if not grid.rows:
+        return None
+    return Panel(grid, title="cloud sync", border_style="cyan")
+
+
 def _health_table(state: LiveState) -> Table:
     t = Table(title="device health", expand=True)
     for col in (
@@ -199,7 +277,11 @@ def render(state: LiveState) -> Group:
         (f"evedge · station {state.cfg.station.id}", "bold"),
         f"   {utcnow():%Y-%m-%d %H:%M:%S} UTC   up {up:.0f} s   Ctrl-C to stop",
     )
-    parts = [head, *(_connector_panel(state, c) for c in state.cfg.connector), _health_table(state)]
+    parts = [head, *(_connector_panel(state, c) for c in state.cfg.connector)]
+    sync = _sync_panel(state)
+    if sync is not None:
+        parts.append(sync)
+    parts.append(_health_table(state))
     if state.log:
         parts.append(Panel("\n".join(state.log), title="events", border_style="dim"))
     return Group(*parts)

@@ -1,18 +1,25 @@
-"""`evedge logs`: the service's log from the systemd journal (journalctl -u evedge)."""
+"""`evedge logs`: the service's log from the systemd journal (journalctl -u evedge).
+
+The journal is per systemd unit, not per station config: `--unit` picks it, `--config` is
+accepted like on every command and not used. An empty journal is said so on stderr (exit 0,
+no lines on stdout), with where the log goes instead.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from agent.cli.common import DEFAULT_CONFIG, Exit, fail
+from agent.cli.common import DEFAULT_CONFIG, Exit, fail, note
 
 UNIT = "evedge"
+NO_ENTRIES = "-- No entries --"  # what journalctl prints for an empty selection
 
 
 def logs(
@@ -23,7 +30,7 @@ def logs(
     ] = None,
     unit: Annotated[str, typer.Option("--unit", help="systemd unit")] = UNIT,
     config: Annotated[
-        Path, typer.Option("--config", "-c", help="station config (unused; for symmetry)")
+        Path, typer.Option("--config", "-c", help="not used: the journal is per unit (--unit)")
     ] = DEFAULT_CONFIG,
     json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
@@ -41,7 +48,22 @@ def logs(
         cmd += ["--since", since]
     if follow:
         cmd.append("--follow")
-    with contextlib.suppress(KeyboardInterrupt):
-        rc = subprocess.run(cmd, check=False).returncode
-        if rc != 0:
-            raise fail(f"journalctl exited with {rc} (see its message above)", Exit.UNREACHABLE)
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            rc = subprocess.run(cmd, check=False).returncode
+    else:
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+        rc = out.returncode
+        lines = [ln for ln in out.stdout.splitlines() if ln.strip() and ln != NO_ENTRIES]
+        if rc == 0 and not lines:
+            why = out.stderr.strip() or "the journal holds no lines of it"
+            note(
+                f"no journal entries for the unit {unit} ({why}). Is the service installed "
+                "under another unit name (--unit)? Outside systemd the agent logs to the "
+                "stderr of `evedge run`."
+            )
+            return
+        sys.stdout.write("".join(ln + "\n" for ln in lines))
+        sys.stderr.write(out.stderr)
+    if rc != 0:
+        raise fail(f"journalctl exited with {rc} (see its message above)", Exit.UNREACHABLE)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agent.billing import tariff_cmd
 from agent.cli import billing_cmd, keys_cmd, modbus_cmd, report_cmd, sessions_cmd, simctl_cmd
@@ -17,6 +18,7 @@ from agent.cli.common import (
     DEFAULT_CONFIG,
     DEMO_CONFIG,
     Exit,
+    config_error_json,
     console,
     emit_json,
     fail,
@@ -70,24 +72,25 @@ SIM_ERRORS = (ListenError, SerialPairError, SimError)
 
 @config_app.command("check")
 def config_check(
-    file: Annotated[Path, typer.Argument(help="station config to validate")],
+    file: Annotated[
+        Path | None, typer.Argument(help="station config to validate (or --config)")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="same as FILE")] = None,
     json: JsonOpt = False,
 ) -> None:
     """Validate a station config: every problem with its field path, exit 2 if any."""
+    if file is not None and config is not None and file != config:
+        raise fail(f"two configs given: {file} and --config {config}; give one", Exit.USAGE)
+    file = file or config or DEFAULT_CONFIG
     try:
         cfg = load_config(file)
     except ConfigError as e:
         if json:
-            emit_json(
-                {
-                    "ok": False,
-                    "file": str(file),
-                    "problems": [{"path": p, "message": m} for p, m in e.problems],
-                }
-            )
+            doc = config_error_json(e)
+            emit_json({**doc, "file": str(file), "problems": doc["error"]["problems"]})
         else:
             for p, m in e.problems:
-                console.print(f"[red]{e.file}[/]: {p}: {m}", highlight=False)
+                console.print(Text.assemble((str(e.file), "red"), f": {p}: {m}"), highlight=False)
         raise typer.Exit(int(Exit.USAGE)) from None
     if json:
         emit_json(

@@ -1,16 +1,26 @@
-"""`evedge modbus read|write|scan`: profile-aware Modbus tools for the technician (like mbpoll)."""
+"""`evedge modbus read|write|scan`: profile-aware Modbus tools for the technician (like mbpoll).
+
+A serial line has one master. While the service runs (its API answers, per --config) and
+polls the line a command names with --serial, the direct command is refused: `read` and
+`write` take `--device NAME` instead, which goes through the service.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
+from agent.api.client import ApiError, Unreachable, call
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
 from agent.cli.service import control
+from agent.events import utcnow
 from agent.logsetup import setup_logging
 from drivers import quantities
 from drivers.device import UNREACHABLE_CODES, CycleResult, Device, WriteVerifyError
@@ -28,6 +38,17 @@ ParityOpt = Annotated[str, typer.Option("--parity", help="N, E or O")]
 StopOpt = Annotated[int, typer.Option("--stopbits")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds per request")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+ConfigOpt = Annotated[
+    Path,
+    typer.Option(
+        "--config", "-c", help="station config: the service (--device), and whose line --serial is"
+    ),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="a device of the station config, through the running service"),
+]
+UnitOpt = Annotated[int | None, typer.Option("--unit", help="unit id (default: the profile's)")]
 
 
 def _settings(
@@ -50,31 +71,68 @@ def _settings(
     if stopbits not in (1, 2):
         raise fail(f"--stopbits must be 1 or 2, got {stopbits}", Exit.USAGE)
     assert serial is not None
-    return SerialSettings(serial, baud, parity.upper(), stopbits)
+    return SerialSettings(serial, baud, parity.upper(), stopbits)  # type: ignore[arg-type]
+
+
+def _refuse_if_service_owns(config: Path, settings: SerialSettings | TcpSettings) -> None:
+    """Exit 2 when the running service polls the serial line `settings` names: a second
+    master on an RS-485 line garbles both. No station config, or no service: go ahead."""
+    if not isinstance(settings, SerialSettings) or not config.exists():
+        return
+    cfg = load_or_exit(config)
+    port = os.path.realpath(settings.port)
+    buses = {b.name for b in cfg.bus if b.kind == "rtu" and os.path.realpath(b.port or "") == port}
+    if not buses or cfg.api is None:
+        return
+    try:
+        call(cfg.api.socket, "status", timeout_s=2.0)
+    except Unreachable:
+        return
+    except ApiError:
+        pass  # it answered (or its socket is there but not ours): the service runs
+    devices = [d.name for d in cfg.device if d.bus in buses]
+    raise fail(
+        f"the running service polls {settings.port} (bus {', '.join(sorted(buses))}: "
+        f"{', '.join(devices)}); a second master on the line would garble both. Go through "
+        f"the service: `evedge modbus read --device {devices[0] if devices else 'NAME'}` "
+        f"(or `modbus write --device`), or stop the service first",
+        Exit.USAGE,
+        "line_busy",
+    )
 
 
 @app.command("read")
 def read(
+    device_name: DeviceOpt = None,
     profile: Annotated[
-        str, typer.Option("--profile", help=f"one of: {', '.join(profile_names())}")
-    ],
-    unit: Annotated[
-        int | None, typer.Option("--unit", help="unit id (default: the profile's)")
+        str | None, typer.Option("--profile", help=f"one of: {', '.join(profile_names())}")
     ] = None,
+    unit: UnitOpt = None,
     tcp: TcpOpt = None,
     serial: SerialOpt = None,
     baud: BaudOpt = 9600,
     parity: ParityOpt = "N",
     stopbits: StopOpt = 1,
     timeout: TimeoutOpt = 1.0,
+    config: ConfigOpt = DEFAULT_CONFIG,
     json: JsonOpt = False,
 ) -> None:
-    """Read every quantity of a profile from one device and print it decoded."""
+    """Read every quantity of a device and print it decoded: with --device, the service's
+    newest readings (it owns the bus); else directly with --profile and --tcp/--serial."""
+    if device_name is not None:
+        if profile or tcp or serial:
+            raise fail("--device goes through the service: no --profile/--tcp/--serial", Exit.USAGE)
+        res = control(load_or_exit(config), "readings", device=device_name)
+        _print_service_readings(device_name, res["readings"], json)
+        return
+    if profile is None:
+        raise fail("give --device NAME, or --profile with --tcp/--serial", Exit.USAGE)
     try:
         prof = load_profile(profile)
     except ProfileError as e:
         raise fail(str(e), Exit.USAGE) from None
     settings = _settings(tcp, serial, baud, parity, stopbits)
+    _refuse_if_service_owns(config, settings)
     unit_id = prof.default_unit if unit is None else unit
 
     async def go() -> tuple[Device, CycleResult, CycleResult]:
@@ -116,6 +174,28 @@ def read(
         raise typer.Exit(int(Exit.CHECK_FAILED))
 
 
+def _print_service_readings(device: str, readings: list[dict[str, Any]], json: bool) -> None:
+    """The service's newest reading of each quantity of `device`; exit 1 if it has none."""
+    now = utcnow()
+    if json:
+        values = {
+            r["quantity"]: {k: r.get(k) for k in ("value", "unit", "quality", "ts")}
+            for r in readings
+        }
+        emit_json({"device": device, "source": "service", "values": values})
+    else:
+        table = Table(title=f"{device} — newest readings of the running service")
+        for col in ("quantity", "value", "unit", "quality", "age"):
+            table.add_column(col, justify="right" if col in ("value", "age") else "left")
+        for r in readings:
+            age = (now - datetime.fromisoformat(r["ts"])).total_seconds()
+            shown = "n/a" if r["value"] is None else str(r["value"])
+            table.add_row(r["quantity"], shown, r["unit"], r["quality"], f"{age:.1f} s")
+        console.print(table)
+    if not readings:
+        raise fail(f"the service has no readings of {device} yet", Exit.CHECK_FAILED)
+
+
 def _print_values(prof, device: Device, link: Link, values, failures, cycle: CycleResult) -> None:
     table = Table(title=f"{prof.manufacturer} {prof.model} — unit {device.unit} on {link.name}")
     table.add_column("quantity")
@@ -136,7 +216,7 @@ def _print_values(prof, device: Device, link: Link, values, failures, cycle: Cyc
     console.print(table)
     console.print(f"{link.requests} requests, {cycle.latency_s * 1000:.0f} ms")
     for f in failures:
-        console.print(f"[red]failed:[/] {f}", highlight=False)
+        console.print(Text.assemble(("failed:", "red"), f" {f}"), highlight=False)
 
 
 def parse_value(text: str) -> bool | int | float | str:
@@ -158,19 +238,12 @@ def parse_value(text: str) -> bool | int | float | str:
 def write(
     quantity: Annotated[str, typer.Argument(help="quantity to write, e.g. offered_current_a")],
     value: Annotated[str, typer.Argument(help="a number, true/false, or text")],
-    device: Annotated[
-        str | None,
-        typer.Option("--device", help="a device of the station config, written by the service"),
-    ] = None,
-    config: Annotated[
-        Path, typer.Option("--config", "-c", help="station config (with --device)")
-    ] = DEFAULT_CONFIG,
+    device: DeviceOpt = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
     profile: Annotated[
         str | None, typer.Option("--profile", help="device profile (direct write)")
     ] = None,
-    unit: Annotated[
-        int | None, typer.Option("--unit", help="unit id (default: the profile's)")
-    ] = None,
+    unit: UnitOpt = None,
     tcp: TcpOpt = None,
     serial: SerialOpt = None,
     baud: BaudOpt = 9600,
@@ -198,6 +271,7 @@ def write(
     except ProfileError as e:
         raise fail(str(e), Exit.USAGE) from None
     settings = _settings(tcp, serial, baud, parity, stopbits)
+    _refuse_if_service_owns(config, settings)
     unit_id = prof.default_unit if unit is None else unit
 
     async def go():
@@ -239,14 +313,18 @@ def scan(
     last: Annotated[int, typer.Option("--to", help="last unit id")] = 247,
     address: Annotated[int, typer.Option("--address", help="register to probe")] = 0,
     function: Annotated[str, typer.Option("--function", help="input or holding")] = "holding",
+    config: ConfigOpt = DEFAULT_CONFIG,
     json: JsonOpt = False,
 ) -> None:
-    """Find the unit ids that answer on a bus. An exception reply counts: the device is there."""
+    """Find the unit ids that answer on a bus. An exception reply counts: the device is there.
+
+    Refused on a serial line the running service polls (see `evedge status` for its devices)."""
     if not 0 <= first <= last <= 255:
         raise fail("unit ids must satisfy 0 <= --from <= --to <= 255", Exit.USAGE)
     if function not in ("input", "holding"):
         raise fail("--function must be input or holding", Exit.USAGE)
     settings = _settings(tcp, serial, baud, parity, stopbits)
+    _refuse_if_service_owns(config, settings)
     name = describe(settings)
     found: list[dict] = []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.api.client import ApiError, Denied, Unreachable, call
-from agent.cli.common import Exit, err_console, fail
+from agent.cli.common import Exit, fail, note
 from agent.config import StationConfig
 
 # Error codes of the API (agent/ops.py OpError, agent/api/protocol.py) -> exit codes.
@@ -38,7 +38,7 @@ def control(cfg: StationConfig, op: str, **args: Any) -> Any:
     except Unreachable as e:
         raise fail(f"{e.message}; `{op}` needs the running service", Exit.UNREACHABLE) from None
     except ApiError as e:
-        raise fail(f"{op}: {e.message}", EXIT_OF.get(e.code, Exit.CHECK_FAILED)) from None
+        raise fail(f"{op}: {e.message}", EXIT_OF.get(e.code, Exit.CHECK_FAILED), e.code) from None
 
 
 def read(cfg: StationConfig, op: str, **args: Any) -> Any | None:
@@ -46,16 +46,16 @@ def read(cfg: StationConfig, op: str, **args: Any) -> Any | None:
     try:
         return call(_socket(cfg), op, **args)
     except Unreachable as e:
-        err_console.print(f"[yellow]note:[/] {e.message}", highlight=False)
+        note(e.message)
         return None
     except Denied as e:
-        raise fail(f"{op}: {e.message}", Exit.DENIED) from None
+        raise fail(f"{op}: {e.message}", Exit.DENIED, e.code) from None
     except ApiError as e:
-        raise fail(f"{op}: {e.message}", EXIT_OF.get(e.code, Exit.CHECK_FAILED)) from None
+        raise fail(f"{op}: {e.message}", EXIT_OF.get(e.code, Exit.CHECK_FAILED), e.code) from None
 
 
 def store_note(cfg: StationConfig) -> str:
     """What a read command tells when it reads the store instead of the service."""
-    note = f"showing what the store at {cfg.store.path} holds (the last state the service wrote)"
-    err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-    return note
+    text = f"showing what the store at {cfg.store.path} holds (the last state the service wrote)"
+    note(text)
+    return text

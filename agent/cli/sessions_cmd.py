@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agent.billing.pricing import CostResult
 from agent.billing.tariff_cmd import _cost_table
@@ -200,12 +201,15 @@ def _show_record(rec, body: dict[str, Any], tz: ZoneInfo) -> None:
     else:
         console.print("[yellow]not priced[/] (free vend, or no tariff could price it)")
     for g in body.get("gaps", []):
-        console.print(f"[yellow]metering gap[/] {g['start']} → {g['end']}: {g['cause']}")
+        console.print(
+            Text.assemble(("metering gap", "yellow"), f" {g['start']} → {g['end']}: {g['cause']}"),
+            highlight=False,
+        )
     review = body.get("review", {})
     for reason in review.get("reasons", []):
-        console.print(f"[yellow]review[/]: {reason}", highlight=False)
+        console.print(Text.assemble(("review", "yellow"), f": {reason}"), highlight=False)
     for note in body.get("notes", []):
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)
     o = body["ocmf"]
     console.print(f"OCMF ({o['signer']}-signed), public key {o['public_key'][:24]}…")
     console.print(o["begin"], highlight=False, soft_wrap=True)

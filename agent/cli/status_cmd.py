@@ -8,6 +8,7 @@ running service).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -127,6 +128,7 @@ def feed(state: LiveState, report: StatusReport, readings: list[dict], seen: set
         state.feed(Reading.model_validate(r))
     for h in report.devices:
         state.feed(h)
+    state.sync = dict(report.sync)
     for c in report.connectors:
         if c.status is None:
             continue
@@ -153,20 +155,27 @@ def feed(state: LiveState, report: StatusReport, readings: list[dict], seen: set
 def live(
     config: ConfigOpt = DEFAULT_CONFIG,
     interval: Annotated[float, typer.Option(min=0.2, max=60, help="seconds between polls")] = 1.0,
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, help="stop after N polls (default: Ctrl-C)")
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="one status JSON per poll")] = False,
 ) -> None:
     """Live view of the running station (Ctrl-C to stop); exit 3 when the service is down."""
     cfg = load_or_exit(config)
     state = LiveState(cfg)
     seen: set[str] = set()
+    polls = itertools.count(1) if count is None else range(1, count + 1)
     with contextlib.suppress(KeyboardInterrupt):
         if json:
-            while True:
+            for n in polls:
                 emit_json(control(cfg, "status"))
-                time.sleep(interval)
+                if n != count:
+                    time.sleep(interval)
+            return
         with Live(render(state), console=console, refresh_per_second=4, screen=False) as view:
-            while True:
+            for n in polls:
                 report = StatusReport.model_validate(control(cfg, "status"))
                 feed(state, report, control(cfg, "readings")["readings"], seen)
                 view.update(render(state))
-                time.sleep(interval)
+                if n != count:
+                    time.sleep(interval)

@@ -1,4 +1,4 @@
-"""Opening the store read-side for technician commands (sessions, report, billing verify)."""
+"""Opening the store read-only for technician commands (sessions, report, billing verify)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from agent.store.db import StoreError
 def config_and_store(config: Path) -> tuple[StationConfig, SessionStore]:
     """The station config and its session store; exit with a clear message if either fails.
 
-    A store that does not exist yet is not created: the agent has not run with this config.
+    The store is opened read-only: a store that does not exist yet is not created (the agent
+    has not run with this config), one of an older schema is not migrated (refused, the
+    service migrates it at its start).
     """
     cfg = load_or_exit(config)
     path = cfg.store.path
@@ -24,6 +26,6 @@ def config_and_store(config: Path) -> tuple[StationConfig, SessionStore]:
             Exit.CHECK_FAILED,
         )
     try:
-        return cfg, SessionStore(path)
+        return cfg, SessionStore(path, readonly=True)
     except StoreError as e:
         raise fail(str(e), Exit.CHECK_FAILED) from None

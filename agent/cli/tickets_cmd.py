@@ -1,8 +1,10 @@
 """`evedge tickets [list | show ID | create]`: drivers' problem reports, from the store.
 
-Reads and writes the store named by the station config directly (WAL: works while the
-service runs, and while it is down). `create` is for the technician and for testing; a
-ticket created here is queued for the cloud like one from the display.
+`list` and `show` read the store named by the station config directly (WAL: works while
+the service runs, and while it is down). `create` (technician, testing) goes through the
+running service's API (`report_problem`), which announces the ticket at once (MQTT sends
+it); with the service down it writes the store, and the MQTT sync sends it when it starts
+(or within a minute, if the service runs without a reachable API).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.service import read
 from agent.config import StationConfig
 from agent.logsetup import setup_logging
 from agent.store.db import StoreError
@@ -169,15 +172,22 @@ def create(
             for err in e.errors()
         )
         raise fail(problems, Exit.USAGE) from None
+    # Through the service: it announces the ticket (MQTT sends it at once).
+    sent = read(cfg, "report_problem", **req.model_dump())
     with _open(cfg, config) as store:
         try:
-            ticket = create_ticket(store, cfg, req)
+            if sent is not None:
+                via, note = "service", "queued for the cloud"
+                ticket = store.get(sent["ticket_id"]).ticket
+            else:
+                via, note = "store", "written to the store; the MQTT sync sends it when it runs"
+                ticket = create_ticket(store, cfg, req)
         except TicketError as e:
             raise fail(str(e), Exit.USAGE) from None
     if json:
-        emit_json(jsonlib.loads(ticket.model_dump_json()))
+        emit_json({**jsonlib.loads(ticket.model_dump_json()), "via": via, "note": note})
         return
     console.print(
         f"ticket [bold]{ticket.id}[/] created for connector {ticket.connector} "
-        f"({len(ticket.snapshot.faults)} active faults in the snapshot); queued for the cloud"
+        f"({len(ticket.snapshot.faults)} active faults in the snapshot); {note}"
     )

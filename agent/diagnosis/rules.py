@@ -13,6 +13,7 @@ its own directory ([diagnosis] rules_dir). Each file holds `[[rule]]` tables:
     faulted = false                   # connector Faulted (true) or a warning
     confidence = 0.9
     explains = []                     # rule ids whose faults this one's cause explains
+    derate_a = 16                     # optional: offer at most 16 A while raised (warnings)
     codes.ocpp16 = "UnderVoltage"     # OCPP 1.6 ChargePointErrorCode
     codes.mrec = "CX006"              # ChargeX MREC code, where one applies
     codes.component = "ElectricalFeed"  # OCPP 2.0.1 component and variable
@@ -201,6 +202,13 @@ class Rule(_Strict):
     confidence: float = Field(ge=0, le=1)
     side: Literal["charger", "vehicle", "unknown", "track"] = "charger"
     explains: list[str] = Field(default_factory=list)
+    derate_a: float | None = Field(
+        default=None,
+        ge=6,
+        le=1000,
+        description="while raised, the connector offers at most this current (A): a warning "
+        "that derates instead of stopping (6 A is the least IEC 61851-1 allows)",
+    )
     codes: Codes
     codes_by_kind: dict[Literal["meter", "evse"], Codes] = Field(default_factory=dict)
     root_cause: Texts
@@ -240,6 +248,8 @@ class Rule(_Strict):
             raise ValueError("applies_to: only for device rules")
         if self.codes_by_kind and self.scope != "device":
             raise ValueError("codes_by_kind: only for device rules")
+        if self.derate_a is not None and (self.scope != "connector" or self.faulted):
+            raise ValueError("derate_a: only for connector rules with faulted = false")
         for codes in (self.codes, *self.codes_by_kind.values()):
             if self.faulted and codes.ocpp16 in C.WARNING_ONLY:
                 raise ValueError(f"codes: {codes.ocpp16} is a warning only; set faulted = false")

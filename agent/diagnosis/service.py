@@ -65,6 +65,10 @@ class DiagnosisService:
         self.raised = 0
         self.cleared = 0
 
+    def derate_limits(self) -> dict[str, float]:
+        """Rule id -> the current (A) its raised fault derates a connector to (derate_a)."""
+        return {rid: r.derate_a for rid, r in self.engine.rules.items() if r.derate_a}
+
     async def run(self) -> None:
         """Diagnose until cancelled."""
         probe = None

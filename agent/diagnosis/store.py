@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.events import FaultCleared, FaultRaised
-from agent.store.db import open_db, transaction
+from agent.store.db import open_db, open_readonly, transaction
 from agent.store.readings import ts_to_us
+
+FAULTS_SCHEMA = 3  # the store schema version that brought the faults table
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,10 @@ class FaultRecord:
 class FaultLog:
     """The `faults` table of a store database."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """`readonly`: for the CLI; never creates or migrates the file (see open_readonly)."""
         self.path = Path(path)
-        self._conn = open_db(self.path)
+        self._conn = open_readonly(self.path, FAULTS_SCHEMA) if readonly else open_db(self.path)
         self._lock = threading.Lock()
 
     def record(self, event: FaultRaised | FaultCleared) -> None:

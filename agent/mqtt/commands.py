@@ -148,6 +148,10 @@ class CommandHandler:
                 return await ops.report(a.period, a.by, a.start, a.end)
             case "diagnostics_bundle":
                 return await ops.diagnostics_bundle()
+            case "report_problem":
+                return await ops.report_problem(
+                    a.connector, a.text, a.category, a.source, a.lang, a.contact
+                )
         raise Refused("unknown_command", f"no command {name!r}")  # COMMANDS and this agree
 
     def _reply(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.secretfile import SecretFileError, read_secret
 
 
 class MqttConfigError(ValueError):
@@ -60,20 +61,9 @@ def read_password(path: Path) -> str:
     The message names the file and the fix, never the content.
     """
     try:
-        st = path.stat()
-    except OSError as e:
-        raise MqttConfigError(f"mqtt.password_file: cannot read {path}: {e.strerror}") from None
-    loose = stat.S_IMODE(st.st_mode) & 0o077
-    if loose:
-        raise MqttConfigError(
-            f"mqtt.password_file: {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
-            f"it must not be readable by group or others: chmod 600 {path}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise MqttConfigError(f"mqtt.password_file: cannot read {path}: {e.strerror}") from None
-    lines = text.splitlines()
-    if not lines or not lines[0]:
-        raise MqttConfigError(f"mqtt.password_file: {path} is empty")
-    return lines[0]
+        first = read_secret(path, "mqtt.password_file").splitlines()[0]
+    except SecretFileError as e:
+        raise MqttConfigError(str(e)) from None
+    if not first:
+        raise MqttConfigError(f"mqtt.password_file {path}: the first line is empty")
+    return first

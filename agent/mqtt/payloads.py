@@ -21,6 +21,7 @@ from agent.events import (
     FaultRaised,
     Quality,
     SessionEvent,
+    TicketCreated,
 )
 from agent.ops import (
     CommandResult,
@@ -34,7 +35,7 @@ from agent.ops import (
     StatusReport,
     TariffResult,
 )
-from agent.tickets.model import Ticket
+from agent.tickets.model import ReportInput, Source, Ticket
 
 SCHEMA_VERSION = 1
 
@@ -184,6 +185,13 @@ class LocalListArgs(_Model):
     entries: list[LocalListEntry] = Field(max_length=10_000)
 
 
+class ReportProblemArgs(ReportInput):
+    """A driver's problem report from a display controller speaking MQTT (or the QR page's
+    backend: source "qr"); text or a category other than "other" is required."""
+
+    source: Source = "display"
+
+
 class StartArgs(_Model):
     connector: int = Field(ge=1, le=99)
     id_token: str = Field(min_length=1, max_length=36)
@@ -248,6 +256,7 @@ COMMANDS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "set_current_limit": (LimitArgs, LimitResult),
     "usage_report": (ReportArgs, ReportResult),
     "diagnostics_bundle": (NoArgs, DiagnosticsBundle),
+    "report_problem": (ReportProblemArgs, TicketCreated),
 }
 
 # Stream name -> its message model.

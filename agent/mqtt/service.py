@@ -45,6 +45,9 @@ from agent.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 
 MAX_CONCURRENT_COMMANDS = 4
+# Tickets another process committed to the store (`evedge tickets create` while the API was
+# unreachable) come with no bus event: the service looks for them this often.
+TICKET_POLL_S = 30.0
 
 
 def agent_version() -> str:
@@ -101,6 +104,7 @@ class MqttService:
         self._offline_clean = b""
         self._tasks: set[asyncio.Task] = set()
         self._started = False
+        self.ticket_poll_s = TICKET_POLL_S
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,7 +125,12 @@ class MqttService:
         )
         await self._enqueue_records()
         await self._enqueue_tickets()
-        loops = [self._telemetry_loop(), self._event_loop(), self._command_loop()]
+        loops = [
+            self._telemetry_loop(),
+            self._event_loop(),
+            self._command_loop(),
+            self._ticket_loop(),
+        ]
         tasks = [asyncio.create_task(c, name=f"mqtt {c.__name__}") for c in loops]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -286,8 +295,16 @@ class MqttService:
         return [event, Outgoing(Stream.FAULTS_ACTIVE, {"faults": snapshot})]
 
     async def _enqueue_tickets(self) -> None:
+        """Copy tickets neither delivered nor queued into the outbox (the query skips those
+        already there, so the event loop and the poll never queue one twice)."""
         while await asyncio.to_thread(self.outbox.add_tickets):
             self.publisher.wake()
+
+    async def _ticket_loop(self) -> None:
+        """Pick up tickets written by another process (no TicketCreated on our bus)."""
+        while True:
+            await asyncio.sleep(self.ticket_poll_s)
+            await self._enqueue_tickets()
 
     # ------------------------------------------------------------------ commands
 

@@ -44,6 +44,7 @@ from agent.ocpp.context import OcppContext
 from agent.ocpp.handlers.core import CoreMixin
 from agent.ocpp.handlers.diagnostics import DiagnosticsMixin
 from agent.ocpp.handlers.local_list import LocalListMixin
+from agent.ocpp.handlers.reservation import ReservationMixin
 from agent.ocpp.handlers.smart_charging import SmartChargingMixin
 from agent.ocpp.handlers.transactions import TransactionsMixin
 from agent.ocpp.handlers.trigger import TriggerMixin
@@ -104,6 +105,7 @@ class EvedgeChargePoint(
     TransactionsMixin,
     SmartChargingMixin,
     LocalListMixin,
+    ReservationMixin,
     TriggerMixin,
     DiagnosticsMixin,
     ChargePoint,

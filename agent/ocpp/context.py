@@ -26,8 +26,8 @@ Shared parts (`ctx.parts`), set by agent/ocpp/service.py before the first connec
 
 - "charge_point_id": str — the id in the URL and BootNotification.
 - "config_keys": agent.ocpp.config_keys.ConfigKeys — typed getters, subscribe, add_readonly.
-- "service": agent.ocpp.service.OcppService — `state()`, `reset(kind)`.
-- "outbox" (transactions, H2): read by `OcppService.state()` via `backlog()` if present.
+- "service": agent.ocpp.service.OcppService — `state()`, `schedule_reset(kind)`.
+- "outbox" (transactions): read by `OcppService.state()` via `backlog()` if present.
 
 `ctx.store` is a `agent.store.db.Store` opened for OCPP; `store.tx()` / `store.reading()`
 give the connection for a feature's own tables.

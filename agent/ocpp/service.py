@@ -24,10 +24,8 @@ import asyncio
 import base64
 import contextlib
 import inspect
-import os
 import random
 import ssl
-import stat
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,13 @@ from agent.ocpp.client import EvedgeChargePoint
 from agent.ocpp.config import OcppConfig
 from agent.ocpp.config_keys import ConfigKeys
 from agent.ocpp.context import OcppCallError, OcppContext, OcppOffline
-from agent.ocpp.handlers.core import ActiveFaults, connector_ids, status_notification
+from agent.ocpp.handlers.core import (
+    ActiveFaults,
+    connector_ids,
+    report_of,
+    status_notification,
+)
+from agent.secretfile import SecretFileError, read_secret
 from agent.sessions.model import StopReason
 from agent.sessions.times import to_us
 from agent.store.db import Store
@@ -329,22 +333,64 @@ class OcppService:
                 log.warning("ocpp.heartbeat_failed", error=str(e))
 
     async def _watch_status(self) -> None:
-        """StatusNotification whenever a connector's status or reported fault changes."""
-        sent: dict[int, tuple[str, str]] = self.ctx.parts["status_sent"]
-        async for ev in self._status_sub:
-            changed = [ev.connector] if isinstance(ev, SessionEvent) else self.faults.apply(ev)
-            if not self.online.is_set() or self.cp is None:
-                continue  # every connector's status is sent after the next boot
-            for cid in changed:
-                if cid not in connector_ids(self.ctx):
-                    continue
-                req = status_notification(self.ctx, cid)
-                if sent.get(cid) == (req.status, req.error_code):
-                    continue
-                try:
-                    await self.cp.send_status(cid)
-                except (OcppOffline, OcppCallError, TimeoutError) as e:
-                    log.warning("ocpp.status_failed", connector=cid, error=str(e))
+        """StatusNotification whenever what a connector reports (status, errorCode, info,
+        vendorId, vendorErrorCode) changes. With MinimumStatusDuration N > 0 a new report is
+        sent once it held for N s: a status that flips back within N s is not sent at all."""
+        loop = asyncio.get_running_loop()
+        # connector -> (the report waiting to be sent, when it has held long enough)
+        waiting: dict[int, tuple[tuple[str | None, ...], float]] = {}
+        waiters: dict[int, asyncio.Task[None]] = {}
+        try:
+            async for ev in self._status_sub:
+                if isinstance(ev, SessionEvent):  # connector 0's status follows all of them
+                    changed = [ev.connector, 0]
+                else:
+                    changed = self.faults.apply(ev)
+                if not self.online.is_set() or self.cp is None:
+                    continue  # every connector's status is sent after the next boot
+                hold = self.keys.get_int("MinimumStatusDuration")
+                for cid in changed:
+                    if cid not in connector_ids(self.ctx):
+                        continue
+                    if hold <= 0:
+                        await self._send_status_if_changed(cid)
+                        continue
+                    report = report_of(status_notification(self.ctx, cid))
+                    if cid in waiting and waiting[cid][0] == report:
+                        continue  # an event that changes nothing reported: keep the clock
+                    waiting[cid] = (report, loop.time() + hold)
+                    waiter = waiters.get(cid)
+                    if waiter is None or waiter.done():
+                        waiters[cid] = asyncio.create_task(
+                            self._send_when_steady(cid, waiting), name=f"ocpp status {cid}"
+                        )
+        finally:
+            await cancel_and_wait(list(waiters.values()))
+
+    async def _send_when_steady(
+        self, cid: int, waiting: dict[int, tuple[tuple[str | None, ...], float]]
+    ) -> None:
+        """Send connector `cid`'s report once it held (a change in `waiting` restarts it)."""
+        loop = asyncio.get_running_loop()
+        while cid in waiting:
+            wait = waiting[cid][1] - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            del waiting[cid]
+            await self._send_status_if_changed(cid)
+
+    async def _send_status_if_changed(self, cid: int) -> None:
+        cp = self.cp
+        if cp is None or not self.online.is_set():
+            return  # on_online sends every connector after the next boot
+        sent: dict[int, tuple[str | None, ...]] = self.ctx.parts["status_sent"]
+        if sent.get(cid) == report_of(status_notification(self.ctx, cid)):
+            return
+        try:
+            await cp.send_status(cid)
+        except (OcppOffline, OcppCallError, TimeoutError) as e:
+            log.warning("ocpp.status_failed", connector=cid, error=str(e))
 
     # ------------------------------------------------------------------ reset
 
@@ -423,17 +469,9 @@ def _read_password(path: Path | None) -> str:
     """The Basic-auth password; refused when the file is readable by group or others."""
     assert path is not None  # the config requires it for profiles 1 and 2
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise OcppSetupError(f"[ocpp] password_file {path}: {e.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise OcppSetupError(
-            f"[ocpp] password_file {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or "
-            f"others can read it. Run: chmod 600 {path}"
-        )
-    password = path.read_text(encoding="utf-8").strip()
-    if not password:
-        raise OcppSetupError(f"[ocpp] password_file {path} is empty")
+        password = read_secret(path, "[ocpp] password_file").strip()
+    except SecretFileError as e:
+        raise OcppSetupError(str(e)) from None
     if not 16 <= len(password) <= 40:
         # The whitepaper's AuthorizationKey is 16..40 characters; some CSMSs issue others.
         log.warning("ocpp.password_length", length=len(password), expected="16..40")

@@ -30,7 +30,8 @@ from agent.ocpp import metervalues as mv
 from agent.ocpp.outbox import begin_transaction_in, enqueue_in
 from agent.sessions.ledger import Closing
 from agent.sessions.model import StopReason
-from agent.sessions.store import RecordRow, SampleRow, SessionRow
+from agent.sessions.session import Reservation
+from agent.sessions.store import RecordRow, SampleRow, SessionRow, get_state
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,17 @@ def id_tag(token: str) -> str:
     return token[:ID_TAG_MAX]
 
 
+def _reservation_used(c: sqlite3.Connection, row: SessionRow) -> int | None:
+    """The id of the connector's reservation this session uses: the engine drops the
+    reservation right after the session opened, so it is still stored while the start is
+    queued (a reservation of another token is not this session's)."""
+    held = get_state(c, f"connector.{row.connector}.reservation")
+    if held is None:
+        return None
+    r = Reservation.from_json(held)
+    return r.id if r.token.id == row.id_token else None
+
+
 class TxJournal:
     """The ledger hook; `keys` is the charge point's ConfigKeys, `public_key_hex(connector)`
     the key that verifies the connector's OCMF records (None: nothing is signed)."""
@@ -83,12 +95,13 @@ class TxJournal:
     # ------------------------------------------------------------------ hook
 
     def opened(self, c: sqlite3.Connection, row: SessionRow, sample: SampleRow) -> None:
-        """Queue StartTransaction and its Transaction.Begin MeterValues."""
-        self._start(c, row, sample)
+        """Queue StartTransaction (with the reservation it used) and its Transaction.Begin
+        MeterValues."""
+        self._start(c, row, sample, _reservation_used(c, row))
 
     def closed(self, c: sqlite3.Connection, x: Closing, record: RecordRow) -> None:
-        """Queue StopTransaction (and the start first, if the session began before OCPP
-        was configured)."""
+        """Queue StopTransaction (and the start first, if the session was never adopted:
+        see `adopt_active`)."""
         row = c.execute(
             "SELECT id, connector, started_ts, id_token, start_wh, ocmf_begin FROM sessions "
             "WHERE id = ?",
@@ -110,9 +123,32 @@ class TxJournal:
             (x.ended_us, x.session_id),
         )
 
+    def adopt_active(self, c: sqlite3.Connection) -> list[str]:
+        """Queue StartTransaction for every active session that is no OCPP transaction yet
+        (it began before OCPP was configured, e.g. enabled at a restart mid-session): the
+        central system hears of it now, not when it stops. Closed sessions are history and
+        are never replayed. Returns the adopted session ids."""
+        ids = [
+            r[0]
+            for r in c.execute(
+                "SELECT s.id FROM sessions s LEFT JOIN ocpp_transactions t "
+                "ON t.session_id = s.id WHERE s.state = 'active' AND t.session_id IS NULL "
+                "ORDER BY s.started_ts"
+            ).fetchall()
+        ]
+        for sid in ids:
+            self._start_late(c, sid)
+        return ids
+
     # ------------------------------------------------------------------ start
 
-    def _start(self, c: sqlite3.Connection, row: SessionRow, begin: SampleRow) -> None:
+    def _start(
+        self,
+        c: sqlite3.Connection,
+        row: SessionRow,
+        begin: SampleRow,
+        reservation_id: int | None = None,
+    ) -> None:
         if not begin_transaction_in(c, row.id, row.connector, row.started_ts):
             return
         payload = {
@@ -121,6 +157,8 @@ class TxJournal:
             "meterStart": row.start_wh,
             "timestamp": mv.iso(row.started_ts),
         }
+        if reservation_id is not None:
+            payload["reservationId"] = reservation_id
         enqueue_in(c, row.id, row.connector, "StartTransaction", payload, row.started_ts)
         try:
             values = self._begin_values(row.connector, begin, row.ocmf_begin, with_key=True)

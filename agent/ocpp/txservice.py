@@ -7,7 +7,8 @@ runtime hands it to the session engine). `attach_sessions(engine)` (called by th
 `attach_sessions`) plugs the rest into the engine:
 
 - `TxJournal` becomes a ledger hook: a session's StartTransaction / StopTransaction are
-  queued in the session's own SQLite transaction (agent/ocpp/txjournal.py);
+  queued in the session's own SQLite transaction (agent/ocpp/txjournal.py); sessions
+  already active (OCPP enabled mid-session) get their StartTransaction queued at once;
 - `CsmsAuthorizer` becomes the engine's online authorizer (Authorize.req when connected,
   `OnlineUnavailable` when not), and the engine's authorization policy follows the keys
   LocalPreAuthorize, LocalAuthorizeOffline, AuthorizationCacheEnabled,
@@ -21,7 +22,8 @@ is sent when connected and not kept otherwise.
 
 After each StartTransaction.conf: the id goes to smart charging; an idTagInfo other than
 Accepted stops the session (StopTransactionOnInvalidId, reason DeAuthorized) or caps its
-energy at MaxEnergyOnInvalidId Wh.
+energy at MaxEnergyOnInvalidId Wh. The idTagInfo of Start- and StopTransaction.conf also
+updates the authorization cache (OCPP 1.6 §3.5.2).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from agent.ocpp.context import OcppCallError, OcppContext, OcppOffline
 from agent.ocpp.outbox import Outbox, OutboxRow
 from agent.ocpp.txjournal import TxJournal, id_tag
 from agent.sessions.auth import AuthPolicy, OnlineUnavailable
-from agent.sessions.model import AuthStatus, IdToken, StopReason
+from agent.sessions.model import AuthStatus, IdToken, StopReason, mask
 from agent.sessions.times import US, to_us
 from agent.tasks import cancel_and_wait
 
@@ -71,10 +73,14 @@ class CsmsAuthorizer:
     def __init__(self, ctx: OcppContext):
         self.ctx = ctx
 
+    def reachable(self) -> bool:
+        """Connected and booted: an Authorize.req can be sent now."""
+        return self.ctx.link.online.is_set()
+
     async def authorize(self, token: IdToken) -> tuple[AuthStatus, str | None, int | None]:
         """(status, parent id tag, expiry µs); OnlineUnavailable when not connected or no
         answer (a CALLERROR too: the CSMS could not decide)."""
-        if not self.ctx.link.online.is_set():
+        if not self.reachable():
             raise OnlineUnavailable("not connected to the central system")
         try:
             conf = await self.ctx.link.call(call.Authorize(id_tag=id_tag(token.id)))
@@ -133,9 +139,18 @@ class TxService:
         """Plug into the session engine: ledger hook, online authorizer, policy."""
         if any(isinstance(h, TxJournal) for h in engine.ledger.hooks):
             return
-        engine.ledger.hooks.append(TxJournal(self.keys, self._public_key, self.values_of))
+        journal = TxJournal(self.keys, self._public_key, self.values_of)
+        engine.ledger.hooks.append(journal)
         engine.authorizer.online = self.authorizer
         engine.authorizer.policy = self.auth_policy
+        try:
+            with engine.store.tx() as c:
+                adopted = journal.adopt_active(c)
+        except Exception:  # the close still queues the start (TxJournal.closed)
+            log.exception("ocpp.adopt_failed", hint="running sessions start at their stop")
+            return
+        if adopted:
+            log.info("ocpp.sessions_adopted", sessions=[s[:8] for s in adopted])
 
     # ------------------------------------------------------------------ plumbing
 
@@ -191,6 +206,8 @@ class TxService:
     # ------------------------------------------------------------------ StartTransaction.conf
 
     async def _delivered(self, row: OutboxRow, result: Any) -> None:
+        if row.action in ("StartTransaction", "StopTransaction"):
+            await self._cache_id_tag(row, getattr(result, "id_tag_info", None))
         if row.action != "StartTransaction":
             return
         tx_id = int(result.transaction_id)
@@ -209,6 +226,26 @@ class TxService:
         if status == AuthStatus.ACCEPTED or conn is None:
             return
         await self._invalid_id(conn, row.session_id, str(status))
+
+    async def _cache_id_tag(self, row: OutboxRow, info: dict[str, Any] | None) -> None:
+        """Start/StopTransaction.conf's idTagInfo updates the authorization cache like an
+        Authorize.conf (OCPP 1.6 §3.5.2; AuthorizationCacheEnabled). ConcurrentTx says
+        nothing lasting about the token: the cache keeps what it had."""
+        engine = self.ctx.sessions
+        tag = row.payload.get("idTag")
+        status = (info or {}).get("status")
+        if engine is None or not tag or status not in set(AuthStatus):
+            return
+        cached = await asyncio.to_thread(
+            engine.authorizer.remember,
+            tag,
+            AuthStatus(status),
+            info.get("parent_id_tag"),
+            to_us(utcnow()),
+            _expiry_us(info.get("expiry_date")),
+        )
+        if cached:
+            log.info("ocpp.auth_cache_updated", action=row.action, id_tag=mask(tag), status=status)
 
     async def _invalid_id(self, conn: Connector, session_id: str, status: str) -> None:
         """StartTransaction.conf refused the token of a running session."""

@@ -58,6 +58,10 @@ class OnlineAuthorizer(Protocol):
         cannot ask now."""
         ...
 
+    def reachable(self) -> bool:
+        """Whether the central system can be asked right now (connected)."""
+        ...
+
 
 @dataclass(frozen=True)
 class AuthPolicy:
@@ -148,10 +152,22 @@ class Authorizer:
                 f"SELECT status, expiry_ts, group_id FROM {table} WHERE id_token = ?", (token,)
             ).fetchone()
 
-    def _cache(self, token: str, status: AuthStatus, group: str | None, now_us: int) -> None:
+    def remember(
+        self,
+        token: str,
+        status: AuthStatus,
+        group: str | None,
+        now_us: int,
+        expiry_us: int | None = None,
+    ) -> bool:
+        """Keep the central system's answer on a token in the authorization cache (from
+        Authorize.conf, and Start/StopTransaction.conf's idTagInfo: OCPP 1.6 §3.5.2) until
+        its expiryDate or the cache TTL, whichever is first. False when the cache is off."""
         if not self.policy().cache_enabled:
-            return
+            return False
         expiry = now_us + self.cfg.cache_ttl_s * 1_000_000
+        if expiry_us is not None:
+            expiry = min(expiry, expiry_us)
         with self.store.tx() as c:
             c.execute(
                 "INSERT INTO auth_cache (id_token, status, expiry_ts, group_id, updated_ts) "
@@ -160,6 +176,7 @@ class Authorizer:
                 "updated_ts = excluded.updated_ts",
                 (token, status.value, expiry, group, now_us),
             )
+        return True
 
     # ------------------------------------------------------------------ deciding
 
@@ -187,17 +204,22 @@ class Authorizer:
             valid_cache = cached is not None and (cached[1] is None or cached[1] > now_us)
             if cached is not None and valid_cache and cached[0] == AuthStatus.ACCEPTED:
                 local = AuthResult(AuthStatus.ACCEPTED, AuthMethod.CACHE, cached[2])
-        if local is not None and (p.local_pre_authorize or self.online is None):
+        # LocalPreAuthorize covers the online case only (OCPP 1.6 §3.5): offline, the local
+        # answer is used only if LocalAuthorizeOffline allows it (decided below).
+        online_now = self.online is not None and self.online.reachable()
+        if local is not None and (self.online is None or (p.local_pre_authorize and online_now)):
             return self._log(token, local)
-        if self.online is not None:
+        if self.online is not None and online_now:
             try:
-                status, group, _expiry = await asyncio.wait_for(
+                status, group, expiry = await asyncio.wait_for(
                     self.online.authorize(token), self.cfg.online_timeout_s
                 )
             except (OnlineUnavailable, TimeoutError, ConnectionError) as e:
                 log.warning("auth.online_unavailable", id_tag=token.masked, error=str(e))
             else:
-                await asyncio.to_thread(self._cache, token.id, AuthStatus(status), group, now_us)
+                await asyncio.to_thread(
+                    self.remember, token.id, AuthStatus(status), group, now_us, expiry
+                )
                 return self._log(token, AuthResult(AuthStatus(status), AuthMethod.ONLINE, group))
         if local is not None:
             if p.local_authorize_offline:

@@ -7,7 +7,9 @@ from the working directory, like `[store] path`.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
@@ -78,7 +80,11 @@ class PaymentConfig(_Section):
 class BillingConfig(_Section):
     """How sessions are priced, signed and kept."""
 
-    tariff: Path | None = Field(default=None, description="OCPI 2.2.1 tariff file (JSON or TOML)")
+    tariff: Path | None = Field(
+        default=None,
+        description="OCPI 2.2.1 tariff file (JSON or TOML); never written: a tariff set "
+        "remotely is kept beside the store and wins until this file changes",
+    )
     timezone: str = "UTC"
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     retention_days: int = Field(default=730, ge=1, description="after the cloud confirmed")
@@ -219,12 +225,79 @@ class AuthConfig(_Section):
     online_timeout_s: float = Field(default=10, gt=0, le=120)
 
 
+# A tariff set remotely (API/MQTT set_tariff) lives in the state directory beside the store:
+# the config's own file (/etc/evedge, read-only under ProtectSystem=strict) is never written.
+REMOTE_TARIFF_FILE = "remote-tariff.json"
+# billing_state key: SHA-256 of the config's tariff file when the remote tariff was set.
+REMOTE_TARIFF_BASE_KEY = "remote_tariff_base"
+
+
+def remote_tariff_path(store_path: Path) -> Path:
+    """Where the remotely set tariff is kept: `remote-tariff.json` beside the store
+    (/var/lib/evedge/remote-tariff.json with the default store)."""
+    return store_path.parent / REMOTE_TARIFF_FILE
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (OSError if it cannot be read)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TariffChoice:
+    """The tariff in force at start, where it comes from and why."""
+
+    tariff: Tariff | None
+    source: Literal["config", "remote", "none"]
+    path: Path | None
+    reason: str
+
+    @classmethod
+    def remote(cls, tariff: Tariff, path: Path, config: Path) -> TariffChoice:
+        """The remotely set tariff, kept at `path`, in force instead of `config`'s."""
+        return cls(tariff, "remote", path, f"set remotely; replaces {config} until that changes")
+
+    def as_json(self) -> dict[str, str | None]:
+        """For status answers: id, source, file, reason."""
+        return {
+            "id": None if self.tariff is None else self.tariff.id,
+            "source": self.source,
+            "file": None if self.path is None else str(self.path),
+            "reason": self.reason,
+        }
+
+
+def choose_tariff(billing: BillingConfig, store_path: Path, base: str | None) -> TariffChoice:
+    """The tariff in force: the remotely set one (see remote_tariff_path) while it is valid
+    and the config's tariff file is still the one it replaced (`base`: that file's SHA-256
+    when it was set; None: unknown, the remote one wins); else the config's file."""
+    config = billing.tariff
+    if config is None:
+        return TariffChoice(None, "none", None, "no [billing] tariff: free vend")
+    remote = remote_tariff_path(store_path)
+    if not remote.exists():
+        return TariffChoice(
+            load_billing_tariff(config), "config", config, "no tariff was set remotely"
+        )
+    why = None
+    try:
+        tariff = load_billing_tariff(remote)
+        if billing.currency is not None and tariff.currency != billing.currency:
+            why = f"it is in {tariff.currency}, the station bills {billing.currency}"
+        elif base is not None and base != file_sha256(config):
+            why = f"{config} changed since it was set (a local edit wins)"
+    except (OSError, ValueError) as e:
+        why = f"it cannot be used: {e}"
+    if why is not None:
+        return TariffChoice(
+            load_billing_tariff(config), "config", config, f"remote tariff {remote} ignored: {why}"
+        )
+    return TariffChoice.remote(tariff, remote, config)
+
+
 def write_tariff_file(path: Path, tariff: Tariff) -> None:
-    """Replace the tariff file atomically: a temporary file beside it, fsynced, renamed over
-    it, directory fsynced. A crash leaves the old file or the new one, never half of one.
-    JSON only: a .toml tariff file is refused (it would not load as TOML afterwards)."""
-    if path.suffix.lower() == ".toml":
-        raise ValueError(f"{path}: a TOML tariff file is not rewritten; use a .json file")
+    """Write the tariff as JSON atomically: a temporary file beside it, fsynced, renamed over
+    it, directory fsynced. A crash leaves the old file or the new one, never half of one."""
     text = tariff.model_dump_json(indent=2, exclude_none=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,7 +30,15 @@ from agent.config import StationConfig
 from agent.events import DeviceHealth, HealthState, Reading, utcnow
 from agent.sessions.auth import Authorizer, OnlineAuthorizer
 from agent.sessions.clock import clock_status
-from agent.sessions.config import check_billable, load_billing_tariff, write_tariff_file
+from agent.sessions.config import (
+    REMOTE_TARIFF_BASE_KEY,
+    TariffChoice,
+    check_billable,
+    choose_tariff,
+    file_sha256,
+    remote_tariff_path,
+    write_tariff_file,
+)
 from agent.sessions.connector import CommandRefused, Connector
 from agent.sessions.evse import EvseControl
 from agent.sessions.failsafe import run_heartbeat
@@ -37,7 +46,7 @@ from agent.sessions.ledger import Ledger
 from agent.sessions.model import AuthMethod, IdToken, StopReason
 from agent.sessions.payment import PaymentTerminal
 from agent.sessions.signing import AgentSigner, MeterSigner, ModbusSigningMeter, SigningMeter
-from agent.sessions.store import SessionStore
+from agent.sessions.store import SessionStore, set_state
 from agent.sessions.times import from_us, to_us
 from agent.tasks import cancel_and_wait
 from drivers.device import Device
@@ -130,9 +139,12 @@ class SessionEngine:
         self._meter_signers = {c: MeterSigner(m) for c, m in (signing_meters or {}).items()}
         self.ledger = Ledger(self.store, cfg.station.id, AgentSigner(self.key, gateway))
         self.authorizer = Authorizer(self.store, cfg.auth, online)
-        self.tariff = (
-            None if self.billing.tariff is None else load_billing_tariff(self.billing.tariff)
+        # The remotely set tariff (state directory) or the config's file: see choose_tariff.
+        self.tariff_choice: TariffChoice = choose_tariff(
+            self.billing, self.store.path, self.store.state(REMOTE_TARIFF_BASE_KEY)
         )
+        self.tariff = self.tariff_choice.tariff
+        log.info("sessions.tariff_in_force", **self.tariff_choice.as_json())
         self.terminal = terminal
         self.time_status = clock_status()
         self.measurands = set(self.billing.sampling.measurands) | {"energy_import_wh"}
@@ -158,6 +170,11 @@ class SessionEngine:
         for conn in self.connectors.values():
             for name in {conn.evse.name, conn.meter_device}:
                 self._by_device.setdefault(name, []).append(conn)
+        # Rule id -> current (A) a raised warning of that rule derates its connectors to
+        # (the diagnosis rules' derate_a, handed over by the runtime); per connector, the
+        # derating faults now active: fault id -> A.
+        self.derate_limits: dict[str, float] = {}
+        self._derating: dict[int, dict[str, float]] = {}
         # Subscribe now, not in run(): the first readings after start must not be missed.
         self._sub = bus.subscribe(Reading, DeviceHealth, *fault_event_types(), maxsize=50_000)
 
@@ -230,11 +247,34 @@ class SessionEngine:
         else:
             fid, conns, faulted, text = _fault_fields(ev)
             raised = type(ev).__name__ == "FaultRaised"
+            self._derate(ev, fid, conns, raised)
             for cid in conns:
                 conn = self.connectors.get(cid)
                 if conn is not None and (faulted or not raised):
                     conn.note_fault(fid, raised, text)  # at once: see emergency_cause()
                     self._spawn(conn, lambda c=conn: c.fault(fid, raised, text))
+
+    def _derate(self, ev: Any, fid: str, conns: list[int], raised: bool) -> None:
+        """A raised fault whose rule (or an explained symptom's) has derate_a caps its
+        connectors' current as limit source "derate" (the lowest such fault wins); its
+        FaultCleared lifts that cap."""
+        amps = None
+        if raised:
+            rules = [ev.rule, *(s.rule for s in getattr(ev, "explains", ()))]
+            amps = min((self.derate_limits[r] for r in rules if r in self.derate_limits),
+                       default=None)  # fmt: skip
+            if amps is None:
+                return
+        for cid in conns:
+            conn = self.connectors.get(cid)
+            active = self._derating.setdefault(cid, {})
+            if conn is None or (not raised and active.pop(fid, None) is None):
+                continue
+            if amps is not None:
+                active[fid] = amps
+            limit = min(active.values(), default=None)
+            log.info("sessions.derate", connector=cid, fault_id=fid, raised=raised, limit_a=limit)
+            self._spawn(conn, lambda c=conn, a=limit: c.set_limit("derate", a))
 
     def _spawn(self, conn: Connector, fn: Callable[[], Awaitable[Any]]) -> None:
         fut = asyncio.ensure_future(conn.call(fn))
@@ -336,14 +376,16 @@ class SessionEngine:
 
     async def set_tariff(self, tariff: Tariff | str) -> str:
         """Replace the station's tariff (an OCPI 2.2.1 Tariff, or its JSON text): validated
-        like the tariff file at load (CommandRefused naming the field), written atomically
-        over [billing] tariff, in force at once. A running session gets a new charging
-        period from now on, priced by the new tariff (OCMF reading TX=T). Returns its id."""
-        path = self.billing.tariff
-        if path is None:
-            raise CommandRefused("no [billing] tariff file: this station runs free vend")
+        like the tariff file at load (CommandRefused naming the field), kept atomically in
+        the state directory beside the store (remote_tariff_path; the config's [billing]
+        tariff file is never written), in force at once and after a restart. A running
+        session gets a new charging period from now on, priced by the new tariff (OCMF
+        reading TX=T). Returns its id."""
+        config = self.billing.tariff
+        if config is None:
+            raise CommandRefused("no [billing] tariff: this station runs free vend")
         try:
-            new = tariff if isinstance(tariff, Tariff) else parse_tariff(tariff, path.name, "json")
+            new = tariff if isinstance(tariff, Tariff) else parse_tariff(tariff, "tariff", "json")
             check_billable(new, "new tariff")
         except TariffError as e:
             raise CommandRefused("; ".join(f"{p}: {m}" for p, m in e.problems)) from None
@@ -354,15 +396,25 @@ class SessionEngine:
             raise CommandRefused(
                 f"tariff {new.id} is in {new.currency}, the station bills {currency}"
             )
+        path = remote_tariff_path(self.store.path)
         try:
-            await asyncio.to_thread(write_tariff_file, path, new)
-        except (OSError, ValueError) as e:
-            raise CommandRefused(f"tariff not saved: {e}") from None
+            await asyncio.to_thread(self._keep_remote_tariff, path, config, new)
+        except OSError as e:
+            raise CommandRefused(f"tariff not saved to {path}: {e}") from None
         self.tariff = new
+        self.tariff_choice = TariffChoice.remote(new, path, config)
         log.info("sessions.tariff_changed", tariff=new.id, file=str(path))
         for c in self.connectors.values():
             await c.call(lambda c=c: c.tariff_changed(new))
         return new.id
+
+    def _keep_remote_tariff(self, path: Path, config: Path, tariff: Tariff) -> None:
+        # The config file's hash first: a crash before the file is written leaves the old
+        # remote tariff (or none) judged against the same, unchanged config file.
+        base = file_sha256(config)
+        with self.store.tx() as c:
+            set_state(c, REMOTE_TARIFF_BASE_KEY, base)
+        write_tariff_file(path, tariff)
 
     def effective_limit(self, connector: int) -> float:
         """The current the connector may offer now, in A (see set_limit)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from agent.store.db import open_db, transaction
+from agent.store.db import open_db, open_readonly, transaction
 
 
 @dataclass
@@ -101,9 +101,10 @@ def _rows(cur: sqlite3.Cursor, cls: type) -> list:
 class SessionStore:
     """Synchronous, thread-safe access to the session tables."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """`readonly`: for the CLI; never creates or migrates the file (see open_readonly)."""
         self.path = Path(path)
-        self._conn = open_db(self.path)
+        self._conn = open_readonly(self.path) if readonly else open_db(self.path)
         self._lock = threading.RLock()
 
     @contextmanager

@@ -35,6 +35,48 @@ class SchemaTooNewError(StoreError):
     """The database was written by a newer evedge whose schema this code does not know."""
 
 
+class SchemaTooOldError(StoreError):
+    """A read-only reader needs a newer schema than the store has (the service migrates)."""
+
+
+class StoreMissingError(StoreError):
+    """There is no store file at the path (the service has not run with this config)."""
+
+
+def open_readonly(path: str | Path, need: int = LATEST_VERSION) -> sqlite3.Connection:
+    """Open the store at `path` read-only, for the CLI while the service may be down.
+
+    Never creates, migrates or otherwise writes the file (an SQLite `mode=ro` URI). Raises
+    `StoreMissingError` when there is no file, `SchemaTooNewError` / `StoreCorruptError`
+    like `open_db`, and `SchemaTooOldError` when the schema is older than `need` (a reader
+    that copes with older schemas passes a lower `need` and checks `schema_version`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreMissingError(f"{path}: no store there (the service has not run with it yet)")
+    try:
+        conn = sqlite3.connect(
+            path.resolve().as_uri() + "?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open the store database: {e}") from e
+    try:
+        _sqlite_call(path, lambda: _check(conn, path))
+        version = schema_version(conn)
+        if version < need:
+            raise SchemaTooOldError(
+                f"{path}: the store is at schema {version}, this evedge expects "
+                f"{LATEST_VERSION}; start the service to migrate it"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def open_db(path: str | Path) -> sqlite3.Connection:
     """Open (creating if absent) the store database at `path` and migrate it to the latest schema.
 
@@ -157,9 +199,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 class Store:
     """Synchronous access to the store; thread-safe, meant to be called via asyncio.to_thread."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """`readonly`: for readers such as `evedge bundle`; the file is never created or
+        migrated and may have an older schema (`schema_version`), writes fail."""
         self.path = Path(path)
-        self._conn = open_db(self.path)
+        self._conn = open_readonly(self.path, need=1) if readonly else open_db(self.path)
         self._lock = threading.Lock()
 
     def append_readings(self, readings: Sequence[Reading]) -> int:

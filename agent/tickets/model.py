@@ -44,8 +44,8 @@ class ReportRequest(_Strict):
 
     @field_validator("lang")
     @classmethod
-    def _lang(cls, v: str) -> str:
-        if v not in SHIPPED_LANGUAGES:
+    def _lang(cls, v: str | None) -> str | None:
+        if v is not None and v not in SHIPPED_LANGUAGES:
             raise ValueError(f"must be one of {', '.join(SHIPPED_LANGUAGES)}, got {v!r}")
         return v
 
@@ -54,6 +54,14 @@ class ReportRequest(_Strict):
         if not self.text and self.category == "other":
             raise ValueError("describe the problem (text) or pick a category other than 'other'")
         return self
+
+
+class ReportInput(ReportRequest):
+    """A report as the local API and MQTT take it (a display controller, a kiosk, the QR
+    page's backend): `lang` None means the station's driver language."""
+
+    source: Source = "api"
+    lang: str | None = None
 
 
 class SessionSnapshot(_Strict):

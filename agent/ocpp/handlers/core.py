@@ -1,9 +1,11 @@
 """OCPP 1.6 Core profile: boot, heartbeat, status, availability, configuration, reset, unlock.
 
-Owner: H1. Transaction messages (Authorize, Start/Stop, MeterValues, remote start/stop) are in
+Transaction messages (Authorize, Start/Stop, MeterValues, remote start/stop) are in
 transactions.py. StatusNotification errorCode / info / vendorId / vendorErrorCode come from
 the diagnosis' active faults (`FaultRaised.codes`), MREC codes with vendorId
 `https://chargex.inl.gov`; an error with a status other than Faulted is a warning.
+UnlockConnector writes the EVSE profile's `connector_unlock` command where it has one (no
+shipped vendor profile does yet: NotSupported there).
 """
 
 from __future__ import annotations
@@ -108,17 +110,26 @@ def status_notification(ctx: OcppContext, connector: int) -> call.StatusNotifica
     )
 
 
+def report_of(req: call.StatusNotification) -> tuple[str | None, ...]:
+    """What a StatusNotification reports (all but its timestamp): a change of any part of
+    it (status, errorCode, info, vendorId, vendorErrorCode) is worth a new one."""
+    return (req.status, req.error_code, req.info, req.vendor_id, req.vendor_error_code)
+
+
 def _status(ctx: OcppContext, connector: int, fault: FaultRaised | None) -> str:
     if fault is not None and fault.faulted:
         return ChargePointStatus.faulted.value
     eng = ctx.sessions
     if connector == 0:
+        # The charge point is Unavailable once every connector is (a connector made
+        # Inoperative while charging stays Charging until its session ends: Scheduled).
+        unavailable = ChargePointStatus.unavailable.value
         if (
             eng is not None
             and eng.connectors
-            and all(not c.available for c in eng.connectors.values())
+            and all(eng.status(c)["status"] == unavailable for c in eng.connectors)
         ):
-            return ChargePointStatus.unavailable.value
+            return unavailable
         return ChargePointStatus.available.value
     if eng is not None and connector in eng.connectors:
         return eng.status(connector)["status"]
@@ -146,7 +157,7 @@ class CoreMixin(OcppMixin):
     async def send_status(self, connector_id: int, *, triggered: bool = False) -> Any:
         """StatusNotification.req for one connector (0: the charge point)."""
         req = status_notification(self.ctx, connector_id)
-        self.ctx.parts["status_sent"][connector_id] = (req.status, req.error_code)
+        self.ctx.parts["status_sent"][connector_id] = report_of(req)
         return await self.ctx.link.call(req, triggered=triggered)
 
     async def on_online(self) -> None:

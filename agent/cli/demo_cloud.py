@@ -1,0 +1,423 @@
+"""The cloud side of `evedge demo`: ports, a test CSMS, a mosquitto broker, the CSMS's view.
+
+`prepare(cfg, run_dir, say)` returns the config the demo runs with and what it started:
+
+- Ports. The demo config's loopback ports (simulator 15020-15022, CSMS 15023, broker
+  15024) stay as they are when free, so `evedge simctl` and `python -m hil.csms` examples
+  work as documented; when any is taken, every one of them moves to a free port and `say`
+  tells which (the effective config is also written to `<run_dir>/config.json`).
+- OCPP. When `[ocpp] url` is a plain `ws://` URL on loopback, the demo serves hil/csms.py's
+  TestCsms there in-process; any other URL is used as configured (a real CSMS).
+- MQTT. When `[mqtt] host` is loopback and mosquitto is installed (/usr/sbin/mosquitto or
+  on PATH), a broker runs on that port for the demo's lifetime; without mosquitto the
+  `[mqtt]` section is dropped and `say` tells why. `$EVEDGE_MOSQUITTO` overrides where
+  mosquitto is looked for (the tests use it to run the demo as if it were absent).
+
+`CsmsView` follows what the central system received (per connector: transaction id, id tag,
+meter start/stop, meter values, the limit it set) for the live view and the JSON stream;
+`LimitScript` plays the CSMS operator: midway through each transaction it caps the current
+with SetChargingProfile and later clears it, so the offered current visibly drops and recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import grp
+import ipaddress
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from ocpp.exceptions import OCPPError
+from ocpp.v16 import call
+
+from agent.config import StationConfig
+from agent.events import utcnow
+from agent.tasks import cancel_and_wait
+from hil.csms import Received, TestCsms
+
+log = structlog.get_logger(__name__)
+
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto",)
+MOSQUITTO_ENV = "EVEDGE_MOSQUITTO"
+BROKER_START_S = 5.0
+LIMIT_AFTER_S = 12.0  # into a transaction, the CSMS caps the current …
+LIMIT_FOR_S = 12.0  # … for this long, then clears the cap
+LIMIT_A = 16.0
+LIMIT_PROFILE_ID = 901
+
+Say = Callable[[str], None]
+
+
+def _loopback(host: str | None) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def port_free(port: int) -> bool:
+    """Can we listen on 127.0.0.1:`port` right now? (With SO_REUSEADDR, as the servers
+    bind: a port whose last connections linger in TIME_WAIT is free to them.)"""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mosquitto_path() -> str | None:
+    """The mosquitto binary, or None when it is not installed. $EVEDGE_MOSQUITTO names
+    another one (a path that does not exist: run as if mosquitto were absent)."""
+    chosen = os.environ.get(MOSQUITTO_ENV)
+    if chosen is not None:
+        return chosen if os.access(chosen, os.X_OK) else None
+    for p in MOSQUITTO_PATHS:
+        if os.access(p, os.X_OK):
+            return p
+    return shutil.which("mosquitto")
+
+
+@dataclass
+class Ports:
+    """The loopback ports the demo serves, by role."""
+
+    roles: dict[str, int]
+
+    @classmethod
+    def of(cls, cfg: StationConfig) -> Ports:
+        roles = {"simulator control": cfg.sim.control_port}
+        for d in cfg.device:
+            if d.host is not None and _loopback(d.host):
+                roles[f"device {d.name}"] = d.port
+        if cfg.ocpp is not None and _csms_port(cfg) is not None:
+            roles["CSMS"] = _csms_port(cfg)
+        if cfg.mqtt is not None and _loopback(cfg.mqtt.host):
+            roles["MQTT broker"] = cfg.mqtt.port
+        return cls(roles)
+
+    def taken(self) -> list[str]:
+        return [f"{role} {port}" for role, port in self.roles.items() if not port_free(port)]
+
+    def moved(self) -> Ports:
+        """Every role on a fresh free port."""
+        return Ports({role: _free_port() for role in self.roles})
+
+    def apply(self, cfg: StationConfig) -> StationConfig:
+        """The config with these ports."""
+        r = self.roles
+        update: dict[str, Any] = {
+            "sim": cfg.sim.model_copy(update={"control_port": r["simulator control"]}),
+            "device": [
+                d.model_copy(update={"port": r[f"device {d.name}"]})
+                if f"device {d.name}" in r
+                else d
+                for d in cfg.device
+            ],
+        }
+        if "CSMS" in r and cfg.ocpp is not None:
+            update["ocpp"] = cfg.ocpp.model_copy(update={"url": f"ws://127.0.0.1:{r['CSMS']}"})
+        if "MQTT broker" in r and cfg.mqtt is not None:
+            update["mqtt"] = cfg.mqtt.model_copy(update={"port": r["MQTT broker"]})
+        return cfg.model_copy(update=update)
+
+
+def _csms_port(cfg: StationConfig) -> int | None:
+    """The port of a plain-ws loopback CSMS URL (the demo serves it), else None."""
+    assert cfg.ocpp is not None
+    u = urlsplit(cfg.ocpp.url)
+    if u.scheme != "ws" or not _loopback(u.hostname) or cfg.ocpp.security_profile != 0:
+        return None
+    return u.port or 80
+
+
+class Broker:
+    """mosquitto on 127.0.0.1:`port`, anonymous, no persistence, logging into `run_dir`."""
+
+    def __init__(self, binary: str, port: int, run_dir: Path):
+        self.binary, self.port, self.dir = binary, port, run_dir
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start and wait until it listens; RuntimeError with mosquitto's own words if not."""
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text(
+            f"user {getpass.getuser()}\n"  # as root, mosquitto would switch to its own user
+            "persistence false\n"
+            f"log_dest file {(self.dir / 'mosquitto.log').resolve()}\n"
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+        )
+        errors = self.dir / "mosquitto.stderr"
+        with errors.open("wb") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.binary, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=err
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BROKER_START_S
+        while loop.time() < deadline:
+            if self.proc.returncode is not None:
+                text = errors.read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(f"mosquitto exited: {text[-1] if text else 'no message'}")
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", self.port)
+                w.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        await self.stop()
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within 5 s")
+
+    async def stop(self) -> None:
+        """SIGTERM and wait (kill after 5 s)."""
+        p, self.proc = self.proc, None
+        if p is None or p.returncode is not None:
+            return
+        p.terminate()
+        try:
+            await asyncio.wait_for(p.wait(), 5)
+        except TimeoutError:
+            p.kill()
+            await p.wait()
+
+
+@dataclass
+class Cloud:
+    """What `prepare` started; `close()` stops it."""
+
+    cfg: StationConfig
+    csms: TestCsms | None = None
+    broker: Broker | None = None
+    mqtt_skipped: str | None = None
+
+    async def close(self) -> None:
+        """Stop the broker and the CSMS (after the agent stopped)."""
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.csms is not None:
+            await self.csms.stop()
+
+
+async def prepare(cfg: StationConfig, run_dir: Path, say: Say) -> Cloud:
+    """Pick ports, start the CSMS and the broker; see the module docstring."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ports = Ports.of(cfg)
+    taken = ports.taken()
+    if taken:
+        ports = ports.moved()
+        say(
+            f"ports in use ({', '.join(taken)}), perhaps by another demo: using free ports "
+            f"instead: {', '.join(f'{k} {v}' for k, v in ports.roles.items())}; the "
+            f"effective config is {run_dir / 'config.json'}"
+        )
+    cfg = ports.apply(cfg)
+    if cfg.api is not None:
+        # The demo's socket is the user's own (mode 0600): their group, so the service
+        # does not warn about a missing `evedge` group on a laptop.
+        cfg = cfg.model_copy(
+            update={"api": cfg.api.model_copy(update={"group": grp.getgrgid(os.getgid())[0]})}
+        )
+    cloud = Cloud(cfg)
+    if cfg.mqtt is not None and _loopback(cfg.mqtt.host):
+        binary = mosquitto_path()
+        if binary is None:
+            cloud.mqtt_skipped = (
+                "mosquitto is not installed (not at /usr/sbin/mosquitto nor on PATH); "
+                "`sudo apt-get install mosquitto` adds the MQTT link to the demo"
+                if MOSQUITTO_ENV not in os.environ
+                else f"no mosquitto at ${MOSQUITTO_ENV} ({os.environ[MOSQUITTO_ENV]})"
+            )
+        else:
+            broker = Broker(binary, cfg.mqtt.port, run_dir)
+            try:
+                await broker.start()
+                cloud.broker = broker
+            except (OSError, RuntimeError) as e:
+                cloud.mqtt_skipped = f"the mosquitto broker did not start: {e}"
+        if cloud.mqtt_skipped is not None:
+            say(f"MQTT skipped: {cloud.mqtt_skipped}")
+            cloud.cfg = cfg = cfg.model_copy(update={"mqtt": None})
+    if cfg.ocpp is not None and _csms_port(cfg) is not None:
+        cloud.csms = TestCsms(port=_csms_port(cfg))
+        await cloud.csms.start()
+    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+    return cloud
+
+
+# ---------------------------------------------------------------------- the CSMS's view
+
+
+@dataclass
+class CsmsTx:
+    """One transaction as the central system knows it."""
+
+    transaction_id: int
+    id_tag: str
+    meter_start_wh: int
+    meter_values: int = 0
+    meter_stop_wh: int | None = None
+    reason: str | None = None
+    limit_a: float | None = None
+
+    def line(self) -> str:
+        """`tx 3 · DEMO-0042 · 12 meter values · limit 16 A` for the live view."""
+        parts = [f"tx {self.transaction_id}", self.id_tag, f"{self.meter_values} meter values"]
+        if self.meter_stop_wh is not None:
+            kwh = (self.meter_stop_wh - self.meter_start_wh) / 1000
+            parts[0] += " closed"
+            parts.append(f"{kwh:.2f} kWh ({self.reason or 'Local'})")
+        elif self.limit_a is not None:
+            parts.append(f"limit {self.limit_a:g} A")
+        return " · ".join(parts)
+
+
+@dataclass
+class CsmsView:
+    """What the CSMS received from one charge point, per connector (see the docstring)."""
+
+    csms: TestCsms
+    cp_id: str
+    by_connector: dict[int, CsmsTx] = field(default_factory=dict)
+    _seen: int = 0
+    _pending_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The id the CSMS gives a StartTransaction is its counter before answering.
+        self.csms.responders["StartTransaction"] = self._starting
+
+    def _starting(self, _cp: str, _payload: dict) -> None:
+        self._pending_ids.append(self.csms.next_transaction_id)
+        return None  # the built-in answer
+
+    def new_calls(self) -> list[Received]:
+        """CALLs received since the last look, applied to the view."""
+        calls = self.csms.received.get(self.cp_id, [])[self._seen :]
+        self._seen += len(calls)
+        for r in calls:
+            self._apply(r)
+        return calls
+
+    def _apply(self, r: Received) -> None:
+        p = r.payload
+        if r.action == "StartTransaction" and self._pending_ids:
+            self.by_connector[int(p.get("connectorId", 0))] = CsmsTx(
+                self._pending_ids.pop(0), str(p.get("idTag", "")), int(p.get("meterStart", 0))
+            )
+        elif r.action in ("MeterValues", "StopTransaction"):
+            tx = self._tx(p.get("transactionId"))
+            if tx is None:
+                return
+            if r.action == "MeterValues":
+                tx.meter_values += 1
+            else:
+                tx.meter_stop_wh, tx.reason = int(p.get("meterStop", 0)), p.get("reason")
+
+    def _tx(self, transaction_id: Any) -> CsmsTx | None:
+        return next(
+            (t for t in self.by_connector.values() if t.transaction_id == transaction_id), None
+        )
+
+    def open_tx(self, connector: int) -> CsmsTx | None:
+        """The connector's transaction while it is open."""
+        tx = self.by_connector.get(connector)
+        return tx if tx is not None and tx.meter_stop_wh is None else None
+
+
+class LimitScript:
+    """The CSMS operator: caps each transaction at LIMIT_A for a while, then clears the cap.
+
+    `report(text, details)` tells the demo what happened (a live-view note, a JSON line).
+    """
+
+    def __init__(self, view: CsmsView, report: Callable[[str, dict[str, Any]], None]):
+        self.view = view
+        self.report = report
+
+    async def run(self) -> None:
+        """Until cancelled: per connector, every new transaction gets the cap once."""
+        done: set[int] = set()
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                await asyncio.sleep(0.5)
+                for cid, tx in list(self.view.by_connector.items()):
+                    if tx.transaction_id in done or tx.meter_stop_wh is not None:
+                        continue
+                    done.add(tx.transaction_id)
+                    task = asyncio.create_task(self._cap(cid, tx), name=f"csms cap {cid}")
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+        finally:
+            await cancel_and_wait(list(running))
+
+    async def _cap(self, connector: int, tx: CsmsTx) -> None:
+        await asyncio.sleep(LIMIT_AFTER_S)
+        if self.view.open_tx(connector) is not tx:
+            return
+        profile = {
+            "chargingProfileId": LIMIT_PROFILE_ID,
+            "transactionId": tx.transaction_id,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "TxProfile",
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": {
+                "startSchedule": utcnow().isoformat(),
+                "chargingRateUnit": "A",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": LIMIT_A}],
+            },
+        }
+        status = await self._call(
+            call.SetChargingProfile(connector_id=connector, cs_charging_profiles=profile)
+        )
+        if status == "Accepted":
+            tx.limit_a = LIMIT_A
+        self.report(
+            f"CSMS: SetChargingProfile {LIMIT_A:g} A on connector {connector} "
+            f"(tx {tx.transaction_id}): {status}",
+            {
+                "direction": "to_charge_point",
+                "action": "SetChargingProfile",
+                "connector": connector,
+                "limit_a": LIMIT_A,
+                "status": status,
+            },
+        )
+        await asyncio.sleep(LIMIT_FOR_S)
+        if self.view.open_tx(connector) is not tx:
+            return
+        status = await self._call(call.ClearChargingProfile(id=LIMIT_PROFILE_ID))
+        tx.limit_a = None
+        self.report(
+            f"CSMS: ClearChargingProfile on connector {connector} (tx {tx.transaction_id}): "
+            f"{status}",
+            {
+                "direction": "to_charge_point",
+                "action": "ClearChargingProfile",
+                "connector": connector,
+                "status": status,
+            },
+        )
+
+    async def _call(self, payload: Any) -> str:
+        try:
+            result = await self.view.csms.call(self.view.cp_id, payload)
+        except (OCPPError, ConnectionError, TimeoutError) as e:
+            return f"failed ({type(e).__name__}: {e})"
+        return str(result.status)
