@@ -9,9 +9,10 @@ Field names are compared without case, `_` and `-` (`idTag` == `id_tag` == `ID-T
   data and, for RFID, credentials; masked like the sessions mask them (`DE*****42`, see
   agent/sessions/model.py `mask`), which keeps two tokens apart in a log. Masking an
   already masked token changes nothing.
-- A field `key` naming a secret OCPP configuration key (`AuthorizationKey`, any key with a
-  word password/secret/key/…, except public keys): the `value` beside it is replaced by
-  `***`, so `ocpp.config_change key=AuthorizationKey value=***`; the key name stays readable.
+- A field `key` naming a secret OCPP configuration key (agent/secretnames.py:
+  `AuthorizationKey`, any key with a word password/secret/key/token/…, except public keys):
+  the `value` beside it is replaced by `***`, so `ocpp.config_change key=AuthorizationKey
+  value=***`; the key name stays readable.
 
 Other fields pass unchanged (`key`, `auth_method`, `reason`, …). Nested dicts and lists are
 redacted the same way (an OCPP payload's `configurationKey` entries, say).
@@ -20,12 +21,12 @@ redacted the same way (an OCPP payload's `configurationKey` entries, say).
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
 import structlog
 
+from agent.secretnames import is_secret_name
 from agent.sessions.model import IdToken, mask
 from agent.support.logring import RING
 
@@ -50,21 +51,10 @@ SECRET_FIELDS = frozenset(
 TOKEN_FIELDS = frozenset(
     {"token", "idtag", "idtoken", "parentidtag", "parentidtoken", "groupidtoken"}
 )
-# Words of a configuration key name that make its value a secret.
-SECRET_KEY_WORDS = frozenset({"password", "passwd", "passphrase", "secret", "key", "psk"})
-# Words of a name: runs of capitals ("HTTP" in "HTTPPassword"), capitalised or lower-case words.
-_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
 
 
 def _field(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "")
-
-
-def is_secret_key_name(name: str) -> bool:
-    """Does an OCPP configuration key name a secret? ("AuthorizationKey", "BasicAuthPassword":
-    yes; "HeartbeatInterval", "MeterPublicKey1", "GetConfigurationMaxKeys": no)"""
-    words = {w.lower() for w in _WORD.findall(name)}
-    return "public" not in words and bool(SECRET_KEY_WORDS & words)
 
 
 def _redact_value(name: str, value: Any) -> Any:
@@ -89,7 +79,7 @@ def _redact_nested(value: Any) -> Any:
 def _redact_fields(fields: dict) -> dict:
     out = {k: _redact_value(k, v) if isinstance(k, str) else v for k, v in fields.items()}
     key = out.get("key")
-    if isinstance(key, str) and "value" in out and is_secret_key_name(key):
+    if isinstance(key, str) and "value" in out and is_secret_name(key):
         out["value"] = REDACTED
     return out
 

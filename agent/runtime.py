@@ -67,6 +67,7 @@ class Agent:
             self.diagnosis.facts.tx_exhausted = lambda: outbox.exhausted_now
         if self.diagnosis is not None and self.sessions is not None:  # rules with derate_a
             self.sessions.derate_limits = self.diagnosis.derate_limits()
+            self.sessions.restored_faults = self.diagnosis.restored_faults  # after a restart
         # Driver displays and problem reports (issue 7) run when the config has [driver].
         self.driver = DriverService(cfg, self.bus, self.sessions) if cfg.driver else None
         self.ops = Ops(self)

@@ -35,10 +35,9 @@ from pathlib import Path
 import structlog
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the mosquitto fixture of the MQTT tests
+sys.path.insert(0, str(ROOT / "tests"))  # station_config of the tests
 
-from conftest import free_port, station_config  # noqa: E402
-from mqtt_helpers import Broker  # noqa: E402
+from conftest import station_config  # noqa: E402
 
 from agent.events import (  # noqa: E402
     DeviceHealth,
@@ -51,6 +50,8 @@ from agent.mqtt.config import MqttConfig  # noqa: E402
 from agent.mqtt.outbox import Outbox, Outgoing, Retention  # noqa: E402
 from agent.mqtt.topics import Stream, Topics  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
+from hil.broker import Mosquitto  # noqa: E402
+from hil.procs import free_port  # noqa: E402
 from hil.station import SimStation  # noqa: E402
 
 OUTAGE = timedelta(days=7)
@@ -177,7 +178,7 @@ async def main(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="mqtt-backlog-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    broker = Broker(tmp / "broker")
+    broker = Mosquitto(tmp / "broker", persistence=True)
     mport, eport = free_port(), free_port()
     mqtt = MqttConfig(host="127.0.0.1", port=broker.port, tls=False, telemetry_interval_s=6,
                       reconnect_min_s=0.1, reconnect_max_s=0.5,

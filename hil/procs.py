@@ -180,8 +180,9 @@ class Proc:
         return self.p.wait()
 
     def stop(self, timeout: float = 15) -> int:
-        """SIGTERM and wait for a clean stop; SIGKILL after `timeout` s. The exit code
-        (0 for a clean stop); the code it had if it had exited already."""
+        """SIGTERM and wait for a clean stop; after `timeout` s SIGABRT (stacks to the log)
+        and SIGKILL. The exit code (0 for a clean stop); the code it had if it had exited
+        already."""
         if self.p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.p.pid, signal.SIGCONT)  # a SIGSTOPped process must see SIGTERM
@@ -189,6 +190,11 @@ class Proc:
             try:
                 return self.p.wait(timeout)
             except subprocess.TimeoutExpired:
+                # SIGABRT first: the agent's faulthandler writes every thread's stack to the
+                # log, which says where the stop hung.
+                self.p.send_signal(signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.p.wait(2)
                 return self.kill9()
         return self.p.wait()
 

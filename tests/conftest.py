@@ -56,6 +56,15 @@ def station_config(
 
 
 @pytest.fixture
+def broker(tmp_path):
+    """A running mosquitto with persistent sessions (tests/mqtt_helpers.py `Broker`)."""
+    from mqtt_helpers import Broker  # paho and cryptography: only for the tests that use it
+
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture
 def serial_pair():
     """A running socat null-modem pair: (agent_end, sim_end); the pair object is attached."""
     pair = SerialPair()

@@ -1,7 +1,7 @@
 """A real mosquitto broker for the MQTT tests, certificates for TLS/mTLS, and a backend.
 
-`Broker` runs /usr/sbin/mosquitto on a free loopback port with a generated config (persistent
-sessions on disk, so a restart keeps what subscribers have not received yet). `make_pki`
+`Broker` runs mosquitto (hil/broker.py) on a free loopback port with persistent sessions on
+disk, so a restart keeps what subscribers have not received yet. `make_pki`
 writes a CA, a server certificate for 127.0.0.1 and a client certificate with
 `cryptography`. `Backend` is the cloud side: a paho client with a persistent session that
 records every message under the station's topics and sends commands.
@@ -10,13 +10,9 @@ records every message under the station's topics and sends commands.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import ipaddress
 import json
 import os
-import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -26,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from conftest import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,8 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-MOSQUITTO = "/usr/sbin/mosquitto"
-
+from hil.broker import Mosquitto, ServerTls
 
 # ---------------------------------------------------------------------- certificates
 
@@ -132,8 +126,9 @@ def make_pki(d: Path) -> Pki:
 # ---------------------------------------------------------------------- the broker
 
 
-class Broker:
-    """mosquitto on 127.0.0.1:<free port>; `tls`: "none" | "tls" | "mtls"."""
+class Broker(Mosquitto):
+    """mosquitto (hil/broker.py) on 127.0.0.1:<free port> with persistent sessions on disk;
+    `tls`: "none" | "tls" | "mtls" with the certificates of `pki`; `users`: name -> password."""
 
     def __init__(
         self,
@@ -143,87 +138,13 @@ class Broker:
         pki: Pki | None = None,
         users: dict[str, str] | None = None,
     ):
-        self.dir = d
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        server_tls = None
+        if tls != "none":
+            assert pki is not None
+            server_tls = ServerTls(pki.ca, pki.server_cert, pki.server_key, tls == "mtls")
+        super().__init__(d, persistence=True, tls=server_tls, users=users)
         self.tls = tls
         self.pki = pki
-        self.users = users
-        self.proc: subprocess.Popen | None = None
-        self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(self._config())
-
-    def _config(self) -> str:
-        lines = [
-            f"user {getpass.getuser()}",
-            "persistence true",
-            f"persistence_location {self.dir}/",
-            "autosave_interval 0",  # the database is written at shutdown
-            f"log_dest file {self.dir / 'mosquitto.log'}",
-            "log_type all",
-            "max_inflight_messages 0",
-            "max_queued_messages 0",  # a backlog of 100k must not be dropped for a subscriber
-            "persistent_client_expiration 1d",
-            f"listener {self.port} 127.0.0.1",
-        ]
-        if self.users:
-            pw = self.dir / "passwd"
-            pw.write_text("")
-            for user, password in self.users.items():
-                subprocess.run(
-                    ["mosquitto_passwd", "-b", str(pw), user, password],
-                    check=True,
-                    capture_output=True,
-                )
-            lines += ["allow_anonymous false", f"password_file {pw}"]
-        else:
-            lines.append("allow_anonymous true")
-        if self.tls != "none":
-            assert self.pki is not None
-            lines += [
-                f"cafile {self.pki.ca}",
-                f"certfile {self.pki.server_cert}",
-                f"keyfile {self.pki.server_key}",
-            ]
-            if self.tls == "mtls":
-                lines.append("require_certificate true")
-        return "\n".join(lines) + "\n"
-
-    def start(self) -> None:
-        """Start and wait until the port accepts connections."""
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.dir / "stderr.log").open("ab"),
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = (self.dir / "stderr.log").read_text()
-                raise RuntimeError(f"mosquitto exited: {err}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
-
-    def stop(self) -> None:
-        """SIGTERM (mosquitto saves its persistence database) and wait."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def restart(self, down_s: float = 0.0) -> None:
-        """Stop, stay down `down_s`, start again on the same port."""
-        self.stop()
-        time.sleep(down_s)
-        self.start()
 
 
 # ---------------------------------------------------------------------- the cloud side

@@ -33,8 +33,10 @@ def billed_config(
     auth: str = f'local_list = [{{ id = "{CARD}" }}, {{ id = "BLOCKED-1", status = "Blocked" }}]',
     evse_profile: str = "phoenix-ev-charge-control",
     meter: bool = True,
+    diagnosis: str = "",
 ) -> StationConfig:
-    """A one-connector station (SDM630 + EVSE on loopback) with [billing] in `tmp_path`."""
+    """A one-connector station (SDM630 + EVSE on loopback) with [billing] in `tmp_path`;
+    `diagnosis`: extra TOML tables such as `[diagnosis.rule.<id>]` tuning."""
     mport, eport = free_port(), free_port()
     devices = [
         dict(name="evse1", profile=evse_profile, unit=255, port=eport, interval_s=0.05),
@@ -57,7 +59,7 @@ def billed_config(
         f"[billing]\n{tariff_line}"
         f'key_dir = "{tmp_path / "keys"}"\ntimezone = "Europe/Berlin"\n{billing}\n'
         f"[sessions]\nend_reading_timeout_s = 2\nrecovery_timeout_s = 3\n{sessions}\n"
-        f"[auth]\n{auth}\n"
+        f"[auth]\n{auth}\n{diagnosis}"
     )
     return station_config(*devices, connectors=(conn,), timeout_s=0.3, extra=extra)
 

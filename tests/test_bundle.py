@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from conftest import station_config
+from fault_helpers import rule_fault
 from typer.testing import CliRunner
 
 from agent.cli.main import app
 from agent.diagnosis.rules import load_rules
 from agent.diagnosis.store import FaultLog
-from agent.events import FaultCleared, FaultCodes, FaultRaised
+from agent.events import FaultCleared, FaultRaised
 from agent.logsetup import setup_logging
 from agent.store.db import Store
 from agent.support.bundle import build_bundle
@@ -28,33 +29,9 @@ CARD = "CARD-SECRET-123456"
 
 
 def fault(n: int, ts: datetime) -> FaultRaised:
+    """Fault number `n` of the first rule (its own id and scope)."""
     rule_id = next(iter(load_rules()))
-    rule = load_rules()[rule_id]
-    labels = {"connector": "1"}
-    return FaultRaised(
-        ts=ts,
-        fault_id=f"f{n}",
-        rule=rule_id,
-        scope=f"connector:{n}",
-        title=rule.texts("title", labels),
-        root_cause=rule.texts("root_cause", labels),
-        severity=rule.severity,
-        connectors=[1],
-        devices=[],
-        evidence=[],
-        confidence=rule.confidence,
-        codes=FaultCodes(
-            error_code=rule.codes.ocpp16,
-            vendor_id="evedge",
-            vendor_error_code="x",
-            info="",
-            component=rule.codes.component,
-            variable=rule.codes.variable,
-        ),
-        faulted=rule.faulted,
-        driver_message=rule.texts("driver_message", labels),
-        technician_steps=rule.steps(labels),
-    )
+    return rule_fault(rule_id, [1], ts=ts, fault_id=f"f{n}", scope=f"connector:{n}")
 
 
 def secret_config(tmp_path):

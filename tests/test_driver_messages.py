@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from fault_helpers import rule_fault
 from sessions_helpers import CARD, billed_config, body, running
 
 from agent.diagnosis.rules import load_rules
@@ -16,7 +17,7 @@ from agent.driver import numbers
 from agent.driver.catalog import default_catalog
 from agent.driver.config import DriverConfig
 from agent.driver.select import ConnectorView, compose, to_message
-from agent.events import DriverMessage, FaultCodes, FaultRaised, SessionEvent
+from agent.events import DriverMessage, SessionEvent
 from agent.sessions.model import card_token
 from hil.display import ConsoleDisplay
 
@@ -177,35 +178,6 @@ async def test_pilot_fault_is_explained_with_driver_actions_first_and_the_hotlin
 # ---------------------------------------------------------------- composition on its own
 
 
-def fault(rule_id: str, connectors: list[int], ts: datetime | None = None) -> FaultRaised:
-    rule = load_rules()[rule_id]
-    labels = {"connector": str(connectors[0])}
-    return FaultRaised(
-        ts=ts or datetime.now(UTC),
-        fault_id=f"{rule_id}-{connectors[0]}",
-        rule=rule_id,
-        scope=f"connector:{connectors[0]}",
-        title=rule.texts("title", labels),
-        root_cause=rule.texts("root_cause", labels),
-        severity=rule.severity,
-        connectors=connectors,
-        devices=[],
-        evidence=[],
-        confidence=rule.confidence,
-        codes=FaultCodes(
-            error_code=rule.codes.ocpp16,
-            vendor_id="evedge",
-            vendor_error_code="x",
-            info="",
-            component=rule.codes.component,
-            variable=rule.codes.variable,
-        ),
-        faulted=rule.faulted,
-        driver_message=rule.texts("driver_message", labels),
-        technician_steps=rule.steps(labels),
-    )
-
-
 def render(view: ConnectorView, others: list[int]) -> DriverMessage:
     cat = default_catalog()
     return to_message(compose(view, cat, DRIVER, others=others, prices=[]), view, cat, DRIVER)
@@ -213,7 +185,7 @@ def render(view: ConnectorView, others: list[int]) -> DriverMessage:
 
 def test_other_connector_is_offered_only_while_it_works():
     view = ConnectorView(1, status="Faulted")
-    view.on_fault_raised(fault("supply_outage", [1]))
+    view.on_fault_raised(rule_fault("supply_outage", [1]))
     msg = render(view, others=[2])
     assert "Use connector 2 instead." in msg.lines["en"]
     assert "Bitte Ladepunkt 2 benutzen." in msg.lines["de"]
@@ -225,8 +197,8 @@ def test_other_connector_is_offered_only_while_it_works():
 def test_driver_fixable_faults_come_first_whatever_their_order():
     view = ConnectorView(1, status="Faulted")
     early = datetime(2026, 1, 1, tzinfo=UTC)
-    view.on_fault_raised(fault("evse_meter_comm", [1], ts=early))  # not driver-fixable
-    view.on_fault_raised(fault("connector_lock_failure", [1]))  # driver-fixable, later
+    view.on_fault_raised(rule_fault("evse_meter_comm", [1], ts=early))  # not driver-fixable
+    view.on_fault_raised(rule_fault("connector_lock_failure", [1]))  # driver-fixable, later
     msg = render(view, others=[])
     assert msg.faults == ["connector_lock_failure", "evse_meter_comm"]
     rules = load_rules()
@@ -241,10 +213,10 @@ def test_driver_fixable_faults_come_first_whatever_their_order():
 
 def test_a_warning_keeps_the_state_message_and_hidden_faults_stay_hidden():
     view = ConnectorView(1, status="Available")
-    view.on_fault_raised(fault("clock_not_synchronized", [1]))
+    view.on_fault_raised(rule_fault("clock_not_synchronized", [1]))
     msg = render(view, others=[])
     assert msg.level == "info" and msg.faults == [] and msg.state == "Available"
-    view.on_fault_raised(fault("undervoltage", [1]))
+    view.on_fault_raised(rule_fault("undervoltage", [1]))
     msg = render(view, others=[])
     assert msg.state == "Available" and msg.level == "warning"
     assert msg.headline["en"] == "Plug in your vehicle"

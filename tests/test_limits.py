@@ -20,10 +20,7 @@ def offered(rig) -> float:
 
 
 async def charging(rig) -> None:
-    rig.sim.plug_in(1)
-    await rig.status("Preparing")
-    assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-    await rig.status("Charging")
+    await rig.card_charging()
 
 
 async def test_effective_limit_is_the_minimum_of_every_source(tmp_path):

@@ -10,7 +10,8 @@ import json
 import pytest
 import structlog
 
-from agent.logsetup import is_secret_key_name, setup_logging
+from agent.logsetup import setup_logging
+from agent.secretnames import is_secret_name
 from agent.sessions.model import IdToken, mask
 from agent.support.logring import RING
 
@@ -116,4 +117,4 @@ def test_exceptions_still_render_with_their_traceback(captured):
     ],
 )
 def test_secret_ocpp_key_names(name, secret):
-    assert is_secret_key_name(name) is secret
+    assert is_secret_name(name) is secret

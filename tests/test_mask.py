@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from conftest import station_config
 
-from agent.cli.config_show import MASK, is_secret, mask_secrets
+from agent.cli.config_show import MASK, mask_secrets
+from agent.secretnames import is_secret_name
 
 
 @pytest.mark.parametrize(
@@ -26,7 +27,7 @@ from agent.cli.config_show import MASK, is_secret, mask_secrets
     ],
 )
 def test_secret_names_are_recognised(key):
-    assert is_secret(key)
+    assert is_secret_name(key)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,7 @@ def test_secret_names_are_recognised(key):
     ],
 )
 def test_locations_public_keys_and_lookalikes_are_shown(key):
-    assert not is_secret(key)
+    assert not is_secret_name(key)
 
 
 def test_nested_camelcase_keys_and_urls_are_masked_in_bundle_data():

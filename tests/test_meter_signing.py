@@ -168,10 +168,7 @@ async def test_firmware_der_quirk_is_passed_on_and_verifies_after_normalizing(tm
 
 
 async def _meter_signed_session(rig) -> dict:
-    rig.sim.plug_in(1)
-    await rig.status("Preparing")
-    assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-    await rig.status("Charging")
+    await rig.card_charging()
     await asyncio.sleep(1.5)
     assert await rig.engine.authorize(1, card_token(CARD)) == "stopped"
     rec = await rig.record()

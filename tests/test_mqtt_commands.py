@@ -17,7 +17,7 @@ import tarfile
 
 import jsonschema
 import pytest
-from mqtt_helpers import Backend, Broker
+from mqtt_helpers import Backend
 from sessions_helpers import CARD, TARIFFS, billed_config, running
 from test_mqtt_sync import STATION, with_mqtt
 
@@ -62,14 +62,6 @@ class Cloud:
 
 def expires(seconds: float) -> str:
     return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 async def test_every_command_valid_and_invalid(tmp_path, broker):

@@ -6,9 +6,7 @@ late still gets; every message validates against the committed JSON Schemas."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-import pytest
 from mqtt_helpers import Backend, Broker, Received
 from test_mqtt_sync import validate, with_mqtt
 
@@ -18,14 +16,6 @@ from hil.station import SimStation
 
 FAST = "[diagnosis.rule.device_not_answering]\nraise_after_s = 0.5\nclear_after_s = 0.5\n"
 RULE = "device_not_answering"
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def events(backend: Backend) -> list[dict]:

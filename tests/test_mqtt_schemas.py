@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import jsonschema
 import pytest
 
 from agent.mqtt.payloads import COMMANDS, MESSAGES
 from agent.mqtt.schema import COMMITTED, render, schemas
-
-EVEDGE = str(Path(sys.executable).parent / "evedge")
+from hil.procs import EVEDGE
 
 
 def test_committed_schemas_equal_the_generated_ones():

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import jsonschema
-import pytest
 from conftest import station_config
 from mqtt_helpers import Backend, Broker
 from sessions_helpers import CARD, billed_config, running
@@ -69,14 +67,6 @@ def no_gaps_after_dedup(docs: list[dict]) -> list[int]:
             assert seen[d["msg_id"]] == d["seq"], "a duplicate must repeat its seq"
         seen.setdefault(d["msg_id"], d["seq"])
     return list(seen.values())
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 async def charge_one(rig, seconds: float = 1.0) -> None:

@@ -20,7 +20,6 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from agent.bus import EventBus
 from agent.ocpp.service import OcppService
-from agent.sessions.model import card_token
 from agent.tasks import cancel_and_wait
 from hil.csms import TestCsms
 
@@ -112,10 +111,7 @@ async def test_bad_frames_get_the_right_callerror_and_the_session_goes_on(tmp_pa
         auth = f'local_list = [{{ id = "{CARD}" }}]\n[ocpp]\nurl = "ws://127.0.0.1:{port}"'
         async with running(billed_config(tmp_path, auth=auth)) as rig:
             await asyncio.wait_for(raw.ready.wait(), 10)
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-            await rig.status("Charging")
+            await rig.card_charging()
             session = rig.conn.session.id
             for frame, code, uid in BAD_FRAMES:
                 reply = await raw.ask(frame)

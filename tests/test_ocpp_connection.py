@@ -55,10 +55,7 @@ async def test_change_availability_of_the_whole_charge_point(tmp_path, csms):
             await notified(csms, cid, "Available", count=2)
 
         # While a session runs: Scheduled, the session goes on, then the station goes down.
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-        await rig.status("Charging")
+        await rig.card_charging()
         assert await availability(csms, 0, "Inoperative") == "Scheduled"
         assert rig.conn.session is not None and rig.conn.status.value == "Charging"
         rig.sim.unplug(1)
@@ -81,10 +78,7 @@ async def test_hard_reset_during_a_session(tmp_path, csms):
     await sim.start()
     try:
         async with ocpp_rig(cfg, csms, sim=sim) as rig:
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-            await rig.status("Charging")
+            await rig.card_charging()
             await csms.wait_for("StartTransaction", CP)
             assert (await csms.call(CP, call.Reset(type="Hard"))).status == "Accepted"
             rec = await rig.record()

@@ -130,10 +130,7 @@ async def test_soft_reset_stops_the_session_and_boots_again(tmp_path):
     async with csms_running() as csms:
         async with running(with_ocpp(tmp_path, csms.url)) as rig:
             await csms.wait_for("StatusNotification", "TEST", {"connectorId": 1})
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-            await rig.status("Charging")
+            await rig.card_charging()
             res = await csms.call("TEST", call.Reset(type="Soft"))
             assert res.status == "Accepted"
             rec = await rig.record()
@@ -149,10 +146,7 @@ async def test_unlock_connector_stops_the_session(tmp_path):
             await csms.wait_for("StatusNotification", "TEST", {"connectorId": 1})
             res = await csms.call("TEST", call.UnlockConnector(connector_id=9))
             assert res.status == "NotSupported"
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-            await rig.status("Charging")
+            await rig.card_charging()
             res = await csms.call("TEST", call.UnlockConnector(connector_id=1))
             # The Phoenix profile has no unlock command: the session is stopped, the lock
             # itself is not ours to release.
@@ -167,10 +161,7 @@ async def test_unlock_connector_unlocked_and_unlock_failed_on_the_reference_evse
         cfg = with_ocpp(tmp_path, csms.url, evse_profile=REFERENCE_EVSE)
         async with running(cfg) as rig:
             await csms.wait_for("StatusNotification", "TEST", {"connectorId": 1})
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-            await rig.status("Charging")
+            await rig.card_charging()
             res = await csms.call("TEST", call.UnlockConnector(connector_id=1))
             assert res.status == "Unlocked"
             rec = await rig.record()

@@ -6,9 +6,11 @@ MaxEnergyOnInvalidId. The keys are changed the way a CSMS changes them (ChangeCo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from ocpp.v16 import call
-from ocpp_helpers import CP, ocpp_config, ocpp_rig, until_online
+from ocpp_helpers import CP, csms_running, ocpp_config, ocpp_rig, until_online
 from sessions_helpers import CARD, Rig, body
 
 from agent.sessions.engine import CommandRefused
@@ -20,12 +22,8 @@ UNLISTED = "CACHE-0007"  # not in the local list: only the CSMS (or the cache) k
 
 @pytest.fixture
 async def csms():
-    c = TestCsms()
-    await c.start()
-    try:
+    async with csms_running() as c:
         yield c
-    finally:
-        await c.stop()
 
 
 async def set_key(csms: TestCsms, key: str, value: str) -> None:
@@ -148,13 +146,17 @@ async def test_offline_unknown_id_then_invalidated_is_capped_at_max_energy(tmp_p
         await until_online(rig)
         await set_key(csms, "AllowOfflineTxForUnknownId", "true")
         await go_offline(rig, csms)
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        assert await rig.engine.authorize(1, card_token(tag)) == "started"
-        await rig.status("Charging")
+        await rig.card_charging(tag)
+        assert rig.conn.session.row.auth_method == "OfflineUnknown"  # not "Cache": unvouched
         assert rig.conn.session.limits.max_energy_wh is None  # no cap while nobody objects
+        # Offline the transaction delivers more than MaxEnergyOnInvalidId, then the car
+        # pauses: from here on no energy flows.
+        await rig.until(lambda: rig.conn.session.tracker.billed_wh > 10, 30, "over 10 Wh")
+        rig.sim.ev_suspend(1, True)
+        await rig.status("SuspendedEV")
         # Back online: StartTransaction.conf says Invalid. StopTransactionOnInvalidId is
-        # false, so the session goes on, capped at MaxEnergyOnInvalidId more Wh.
+        # false, so the transaction's total energy is capped at MaxEnergyOnInvalidId: it is
+        # past that already and stops (a cap counted from the conf would never be reached).
         await csms.start()
         rec = await rig.record(timeout=30)
         stop = await csms.wait_for("StopTransaction", CP)
@@ -162,4 +164,7 @@ async def test_offline_unknown_id_then_invalidated_is_capped_at_max_energy(tmp_p
     assert start.payload["idTag"] == tag
     assert body(rec)["stop"]["reason"] == "EnergyLimitReached"
     assert stop.payload["reason"] != "DeAuthorized"
-    assert rec.energy_wh >= 10
+    assert rec.energy_wh > 10
+    assert body(rec)["auth"]["method"] == "OfflineUnknown"
+    begin = json.loads(body(rec)["ocmf"]["begin"].split("|")[1])  # OCMF|payload|signature
+    assert (begin["IL"], begin["IF"]) == ("HEARSAY", ["RFID_PLAIN", "OCPP_NONE"])

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from ocpp.v16 import call
-from ocpp_helpers import CP, ocpp_config, ocpp_rig, tx_messages
+from ocpp_helpers import CP, csms_running, ocpp_config, ocpp_rig, tx_messages
 from sessions_helpers import CARD, running
 
 from agent.events import utcnow
@@ -23,12 +23,8 @@ from hil.station import SimStation
 
 @pytest.fixture
 async def csms():
-    c = TestCsms()
-    await c.start()
-    try:
+    async with csms_running() as c:
         yield c
-    finally:
-        await c.stop()
 
 
 def in_minutes(n: float) -> str:
@@ -163,16 +159,10 @@ async def test_a_session_running_when_ocpp_is_enabled_starts_its_transaction_now
     try:
         async with running(plain, sim=sim) as rig:
             # An old, closed session: history the central system must never be sent.
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-            await rig.status("Charging")
+            await rig.card_charging()
             rig.sim.unplug(1)
             await rig.record()
-            rig.sim.plug_in(1)
-            await rig.status("Preparing")
-            assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-            await rig.status("Charging")
+            await rig.card_charging()
             row = rig.conn.session.row
         # Restarted with OCPP while the car still charges: the session is resumed.
         async with ocpp_rig(cfg, csms, sim=sim) as rig:

@@ -49,10 +49,7 @@ async def test_profiles_drive_the_offered_current_and_clear_restores(tmp_path):
             await rig.until(lambda: evse.offered_current_a == amps, what=f"{amps} A offered")
 
         await csms.wait_for("StatusNotification", "TEST", {"connectorId": 1})
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-        await rig.status("Charging")
+        await rig.card_charging()
         await offered(MAX_A)
         start = await csms.wait_for("StartTransaction", "TEST")
         await rig.until(lambda: 1 in rig.agent.ocpp.ctx.parts["smart_charging"].txs)
@@ -100,10 +97,7 @@ async def test_the_limit_follows_the_schedule_periods_in_real_time(tmp_path):
     async with csms_running() as csms, running(with_ocpp(tmp_path, csms.url)) as rig:
         evse = rig.sim.connectors[1].evse
         await csms.wait_for("StatusNotification", "TEST", {"connectorId": 1})
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-        await rig.status("Charging")
+        await rig.card_charging()
         prof = profile(1, "TxDefaultProfile", 0, periods=[(0, 10.0), (2, 16.0)])
         assert await set_profile(csms, 1, prof) == "Accepted"
         await rig.until(lambda: evse.offered_current_a == 10.0, what="first period")

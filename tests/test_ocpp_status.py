@@ -10,11 +10,9 @@ import pytest
 from conftest import station_config
 from ocpp.v16 import call
 from ocpp_helpers import CP, csms_running, ocpp_config, ocpp_rig, ocpp_service
-from sessions_helpers import CARD
 
 from agent.diagnosis.codes import MREC_VENDOR_ID
 from agent.events import FaultCleared, FaultCodes, FaultRaised
-from agent.sessions.model import card_token
 from hil.csms import TestCsms
 
 
@@ -144,10 +142,7 @@ async def test_minimum_status_duration_skips_a_status_that_does_not_hold(tmp_pat
         rig.sim.unplug(1)
         await rig.status("Available")
         # A session that holds: Preparing is skipped again, Charging is sent once it held.
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-        await rig.status("Charging")
+        await rig.card_charging()
         await csms.wait_for("StatusNotification", CP, {"connectorId": 1, "status": "Charging"})
         assert [p["status"] for p in statuses(csms, 1)[before:]] == ["Charging"]
         # Back to 0: every change is sent at once.

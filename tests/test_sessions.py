@@ -34,10 +34,7 @@ async def test_card_session_bills_exactly_the_register_delta(tmp_path):
     # The simulator's clock is ours: the register moves only when the test steps it.
     cfg = billed_config(tmp_path)
     async with running(cfg, tick_s=None) as rig:
-        rig.sim.plug_in(1)
-        await rig.status("Preparing")
-        assert await rig.engine.authorize(1, card_token(CARD)) == "started"
-        await rig.status("Charging")
+        await rig.card_charging()
         start = rig.conn.session.row.start_wh
         assert start == rig.register()  # nothing flowed before the EVSE was enabled
         for _ in range(60):

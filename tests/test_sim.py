@@ -20,17 +20,12 @@ from drivers.profile import Profile, load_profile, profile_names
 from hil.control import run_sim, send_command
 from hil.models import EV_DRAW_RATIO
 from hil.probe import read_value, write_value
+from hil.procs import free_port
 from hil.serial_pair import SerialPair
 from hil.server import wire_time_s
 from hil.station import SimError, SimStation
 
 EVSE_PROFILES = [n for n in profile_names() if load_profile(n).kind == "evse"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def station_toml(meter_port: int, evse_port: int, evse_profile: str = "phoenix-ev-charge-control"):

@@ -3,43 +3,36 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from hil.procs import EVEDGE, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-EVEDGE = [sys.executable, "-m", "agent.cli.main"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def sim_config(tmp_path: Path) -> Path:
     text = (ROOT / "config" / "demo.toml").read_text()
-    text = text.replace("port = 15021", f"port = {_free_port()}")
-    text = text.replace("port = 15022", f"port = {_free_port()}")
-    text = text.replace("control_port = 15020", f"control_port = {_free_port()}")
+    text = text.replace("port = 15021", f"port = {free_port()}")
+    text = text.replace("port = 15022", f"port = {free_port()}")
+    text = text.replace("control_port = 15020", f"control_port = {free_port()}")
     path = tmp_path / "sim.toml"
     path.write_text(text)
     return path
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*EVEDGE, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return subprocess.run([EVEDGE, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 @pytest.fixture
 def sim(sim_config: Path):
     proc = subprocess.Popen(
-        [*EVEDGE, "sim", "--config", str(sim_config)],
+        [EVEDGE, "sim", "--config", str(sim_config)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -51,14 +51,6 @@ def sockdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
 def write_config(tmp_path: Path, driver: bool = True, api: Path | None = None) -> Path:
     extra = (
         f'\n[billing]\ntariff = "{TARIFFS / "simple-energy.json"}"\n'

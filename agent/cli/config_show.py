@@ -1,10 +1,10 @@
 """`evedge config show`: the effective station config (defaults filled in), secrets masked.
 
-Masked: values of keys naming a secret (a word password, secret, token, key, psk, pin, …
-in snake_case, kebab-case or camelCase: `password_file`, `AuthorizationKey`; a
-`*_dir`/`*_file`/`*_path` key is a location and is shown, never its file's contents; a
-public key is no secret; a table such as `[ocpp] keys` is walked, its entries masked by name;
-the value of an OCPP `{"key": "AuthorizationKey", "value": …}` entry),
+Masked: values of keys naming a secret (agent/secretnames.py: a word password, secret, token,
+key, psk, pin, … in snake_case, kebab-case or camelCase: `AuthorizationKey`; a
+`*_dir`/`*_file`/`*_path` key such as `password_file` is a location and is shown, never its
+file's contents; a public key is no secret; a table such as `[ocpp] keys` is walked, its
+entries masked by name; the value of an OCPP `{"key": "AuthorizationKey", "value": …}` entry),
 passwords inside URLs (`wss://cp:***@host`), and the id tokens of the local list (personal
 data and credentials: `DE*****42`).
 """
@@ -21,27 +21,12 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli.common import DEFAULT_CONFIG, emit_json, load_or_exit
+from agent.secretnames import is_secret_name
 from agent.sessions.model import mask
 
 MASK = "********"
-SECRET_WORDS = frozenset(
-    {"password", "passwd", "secret", "token", "key", "psk", "pin", "credentials", "passphrase"}
-)
-LOCATION_WORDS = frozenset({"dir", "file", "path"})
-# Words of a key: runs of capitals (an acronym, "HTTP" in "HTTPPassword"), capitalised or
-# lower-case words, numbers; separators (_ - .) fall away.
-_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]+:)[^/@\s]+@", re.IGNORECASE)
-
-
-def is_secret(key: str) -> bool:
-    """Does a config key name a secret value? ("AuthorizationKey", "password": yes;
-    "password_file", "key_dir", "MeterPublicKey1", "keys": no)"""
-    words = [w.lower() for w in _WORD.findall(key) if not w.isdigit()]
-    if not words or words[-1] in LOCATION_WORDS or "public" in words:
-        return False
-    return bool(SECRET_WORDS & set(words))
 
 
 def mask_secrets(data: Any, key: str = "", parent: str = "") -> Any:
@@ -50,14 +35,14 @@ def mask_secrets(data: Any, key: str = "", parent: str = "") -> Any:
         out = {k: mask_secrets(v, k, key) for k, v in data.items()}
         # OCPP configuration entries name the key in a field: {"key": "AuthorizationKey",
         # "value": ...} (GetConfiguration.conf, ChangeConfiguration.req).
-        if isinstance(data.get("key"), str) and is_secret(data["key"]) and "value" in data:
+        if isinstance(data.get("key"), str) and is_secret_name(data["key"]) and "value" in data:
             out["value"] = MASK
         return out
     if isinstance(data, list):
         return [mask_secrets(v, key, parent) for v in data]
     if data is None or isinstance(data, bool):
         return data
-    if is_secret(key):
+    if is_secret_name(key):
         return MASK
     if parent == "local_list" and key == "id":
         return mask(str(data))

@@ -9,9 +9,10 @@
 - OCPP. When `[ocpp] url` is a plain `ws://` URL on loopback, the demo serves hil/csms.py's
   TestCsms there in-process; any other URL is used as configured (a real CSMS).
 - MQTT. When `[mqtt] host` is loopback and mosquitto is installed (/usr/sbin/mosquitto or
-  on PATH), a broker runs on that port for the demo's lifetime; without mosquitto the
-  `[mqtt]` section is dropped and `say` tells why. `$EVEDGE_MOSQUITTO` overrides where
-  mosquitto is looked for (the tests use it to run the demo as if it were absent).
+  on PATH), a broker (hil/broker.py, anonymous, no persistence, files in `run_dir`) runs on
+  that port for the demo's lifetime; without mosquitto the `[mqtt]` section is dropped and
+  `say` tells why. `$EVEDGE_MOSQUITTO` overrides where mosquitto is looked for (the tests use
+  it to run the demo as if it were absent).
 
 `CsmsView` follows what the central system received (per connector: transaction id, id tag,
 meter start/stop, meter values, the limit it set) for the live view and the JSON stream;
@@ -22,11 +23,9 @@ with SetChargingProfile and later clears it, so the offered current visibly drop
 from __future__ import annotations
 
 import asyncio
-import getpass
 import grp
 import ipaddress
 import os
-import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,13 +40,12 @@ from ocpp.v16 import call
 from agent.config import StationConfig
 from agent.events import utcnow
 from agent.tasks import cancel_and_wait
+from hil.broker import MOSQUITTO_ENV, Mosquitto, mosquitto_path
 from hil.csms import Received, TestCsms
+from hil.procs import free_port
 
 log = structlog.get_logger(__name__)
 
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto",)
-MOSQUITTO_ENV = "EVEDGE_MOSQUITTO"
-BROKER_START_S = 5.0
 LIMIT_AFTER_S = 12.0  # into a transaction, the CSMS caps the current …
 LIMIT_FOR_S = 12.0  # … for this long, then clears the cap
 LIMIT_A = 16.0
@@ -77,24 +75,6 @@ def port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mosquitto_path() -> str | None:
-    """The mosquitto binary, or None when it is not installed. $EVEDGE_MOSQUITTO names
-    another one (a path that does not exist: run as if mosquitto were absent)."""
-    chosen = os.environ.get(MOSQUITTO_ENV)
-    if chosen is not None:
-        return chosen if os.access(chosen, os.X_OK) else None
-    for p in MOSQUITTO_PATHS:
-        if os.access(p, os.X_OK):
-            return p
-    return shutil.which("mosquitto")
-
-
 @dataclass
 class Ports:
     """The loopback ports the demo serves, by role."""
@@ -118,7 +98,7 @@ class Ports:
 
     def moved(self) -> Ports:
         """Every role on a fresh free port."""
-        return Ports({role: _free_port() for role in self.roles})
+        return Ports({role: free_port() for role in self.roles})
 
     def apply(self, cfg: StationConfig) -> StationConfig:
         """The config with these ports."""
@@ -148,69 +128,19 @@ def _csms_port(cfg: StationConfig) -> int | None:
     return u.port or 80
 
 
-class Broker:
-    """mosquitto on 127.0.0.1:`port`, anonymous, no persistence, logging into `run_dir`."""
-
-    def __init__(self, binary: str, port: int, run_dir: Path):
-        self.binary, self.port, self.dir = binary, port, run_dir
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Start and wait until it listens; RuntimeError with mosquitto's own words if not."""
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text(
-            f"user {getpass.getuser()}\n"  # as root, mosquitto would switch to its own user
-            "persistence false\n"
-            f"log_dest file {(self.dir / 'mosquitto.log').resolve()}\n"
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-        )
-        errors = self.dir / "mosquitto.stderr"
-        with errors.open("wb") as err:
-            self.proc = await asyncio.create_subprocess_exec(
-                self.binary, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=err
-            )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BROKER_START_S
-        while loop.time() < deadline:
-            if self.proc.returncode is not None:
-                text = errors.read_text(errors="replace").strip().splitlines()
-                raise RuntimeError(f"mosquitto exited: {text[-1] if text else 'no message'}")
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", self.port)
-                w.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)
-        await self.stop()
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within 5 s")
-
-    async def stop(self) -> None:
-        """SIGTERM and wait (kill after 5 s)."""
-        p, self.proc = self.proc, None
-        if p is None or p.returncode is not None:
-            return
-        p.terminate()
-        try:
-            await asyncio.wait_for(p.wait(), 5)
-        except TimeoutError:
-            p.kill()
-            await p.wait()
-
-
 @dataclass
 class Cloud:
     """What `prepare` started; `close()` stops it."""
 
     cfg: StationConfig
     csms: TestCsms | None = None
-    broker: Broker | None = None
+    broker: Mosquitto | None = None
     mqtt_skipped: str | None = None
 
     async def close(self) -> None:
         """Stop the broker and the CSMS (after the agent stopped)."""
         if self.broker is not None:
-            await self.broker.stop()
+            await self.broker.stop_async()
         if self.csms is not None:
             await self.csms.stop()
 
@@ -245,9 +175,9 @@ async def prepare(cfg: StationConfig, run_dir: Path, say: Say) -> Cloud:
                 else f"no mosquitto at ${MOSQUITTO_ENV} ({os.environ[MOSQUITTO_ENV]})"
             )
         else:
-            broker = Broker(binary, cfg.mqtt.port, run_dir)
             try:
-                await broker.start()
+                broker = Mosquitto(run_dir, cfg.mqtt.port, binary=binary)
+                await broker.start_async()
                 cloud.broker = broker
             except (OSError, RuntimeError) as e:
                 cloud.mqtt_skipped = f"the mosquitto broker did not start: {e}"

@@ -24,7 +24,7 @@ from agent.events import utcnow
 from agent.logsetup import setup_logging
 from drivers import quantities
 from drivers.device import UNREACHABLE_CODES, CycleResult, Device, WriteVerifyError
-from drivers.profile import ProfileError, load_profile, profile_names
+from drivers.profile import Profile, ProfileError, load_profile, profile_names
 from drivers.transport import Link, ModbusFailure, SerialSettings, TcpSettings, describe
 
 app = typer.Typer(
@@ -74,6 +74,40 @@ def _settings(
     return SerialSettings(serial, baud, parity.upper(), stopbits)  # type: ignore[arg-type]
 
 
+def _only_device(profile: str | None, tcp: str | None, serial: str | None) -> None:
+    """Exit 2 when --device (through the service) comes with options of a direct access."""
+    if profile or tcp or serial:
+        raise fail("--device goes through the service: no --profile/--tcp/--serial", Exit.USAGE)
+
+
+def _direct(
+    config: Path,
+    profile: str | None,
+    unit: int | None,
+    tcp: str | None,
+    serial: str | None,
+    baud: int,
+    parity: str,
+    stopbits: int,
+    *,
+    writes: str | None = None,
+) -> tuple[Profile, SerialSettings | TcpSettings, int]:
+    """The profile, link settings and unit id of a direct access (no service): exit 2 when
+    one is missing or wrong, when the profile cannot write the quantity `writes`, or when the
+    running service owns the line."""
+    if profile is None:
+        raise fail("give --device NAME, or --profile with --tcp/--serial", Exit.USAGE)
+    try:
+        prof = load_profile(profile)
+        if writes is not None:
+            prof.writable(writes)
+    except ProfileError as e:
+        raise fail(str(e), Exit.USAGE) from None
+    settings = _settings(tcp, serial, baud, parity, stopbits)
+    _refuse_if_service_owns(config, settings)
+    return prof, settings, prof.default_unit if unit is None else unit
+
+
 def _refuse_if_service_owns(config: Path, settings: SerialSettings | TcpSettings) -> None:
     """Exit 2 when the running service polls the serial line `settings` names: a second
     master on an RS-485 line garbles both. No station config, or no service: go ahead."""
@@ -120,20 +154,11 @@ def read(
     """Read every quantity of a device and print it decoded: with --device, the service's
     newest readings (it owns the bus); else directly with --profile and --tcp/--serial."""
     if device_name is not None:
-        if profile or tcp or serial:
-            raise fail("--device goes through the service: no --profile/--tcp/--serial", Exit.USAGE)
+        _only_device(profile, tcp, serial)
         res = control(load_or_exit(config), "readings", device=device_name)
         _print_service_readings(device_name, res["readings"], json)
         return
-    if profile is None:
-        raise fail("give --device NAME, or --profile with --tcp/--serial", Exit.USAGE)
-    try:
-        prof = load_profile(profile)
-    except ProfileError as e:
-        raise fail(str(e), Exit.USAGE) from None
-    settings = _settings(tcp, serial, baud, parity, stopbits)
-    _refuse_if_service_owns(config, settings)
-    unit_id = prof.default_unit if unit is None else unit
+    prof, settings, unit_id = _direct(config, profile, unit, tcp, serial, baud, parity, stopbits)
 
     async def go() -> tuple[Device, CycleResult, CycleResult]:
         device = Device("cli", prof, Link(settings, timeout_s=timeout), unit_id)
@@ -257,22 +282,14 @@ def write(
     setup_logging("warning")  # logs to stderr: stdout is the answer (or the JSON)
     parsed = parse_value(value)
     if device is not None:
-        if profile or tcp or serial:
-            raise fail("--device goes through the service: no --profile/--tcp/--serial", Exit.USAGE)
+        _only_device(profile, tcp, serial)
         res = control(load_or_exit(config), "write", device=device, quantity=quantity, value=parsed)
         where = f"{device} (through the service)"
         _written(json, where, quantity, res["written"], res["read_back"])
         return
-    if profile is None:
-        raise fail("give --device NAME, or --profile with --tcp/--serial", Exit.USAGE)
-    try:
-        prof = load_profile(profile)
-        prof.writable(quantity)
-    except ProfileError as e:
-        raise fail(str(e), Exit.USAGE) from None
-    settings = _settings(tcp, serial, baud, parity, stopbits)
-    _refuse_if_service_owns(config, settings)
-    unit_id = prof.default_unit if unit is None else unit
+    prof, settings, unit_id = _direct(
+        config, profile, unit, tcp, serial, baud, parity, stopbits, writes=quantity
+    )
 
     async def go():
         dev = Device("cli", prof, Link(settings, timeout_s=timeout), unit_id)

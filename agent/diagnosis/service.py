@@ -4,7 +4,9 @@ Readings and device health come in from the bus. The engine runs on every batch 
 events, at the moment a pending fault's raise/clear time runs out, and on a 1 s tick when
 the bus is quiet (time alone can raise or clear a fault).
 Its FaultRaised / FaultCleared go out on the bus and into the store. At start the faults
-still active in the store are handed back to the engine: re-evaluated, not forgotten.
+still active in the store are handed back to the engine: re-evaluated, not forgotten, and
+not published again; `restored_faults()` hands them to consumers that act on a raise (the
+session engine's derating and Faulted connectors).
 """
 
 from __future__ import annotations
@@ -64,18 +66,27 @@ class DiagnosisService:
         self._sub = bus.subscribe(Reading, DeviceHealth, maxsize=20_000)
         self.raised = 0
         self.cleared = 0
+        self._restored = asyncio.Event()  # set once run() restored the store's faults
+        self._restored_faults: list[FaultRaised] = []
 
     def derate_limits(self) -> dict[str, float]:
         """Rule id -> the current (A) its raised fault derates a connector to (derate_a)."""
         return {rid: r.derate_a for rid, r in self.engine.rules.items() if r.derate_a}
 
+    async def restored_faults(self) -> list[FaultRaised]:
+        """The faults raised before a restart and still active at start (waits until run()
+        restored them). They are not published again: a later FaultCleared ends them."""
+        await self._restored.wait()
+        return list(self._restored_faults)
+
     async def run(self) -> None:
         """Diagnose until cancelled."""
         probe = None
-        if self.log is None:
-            self.log = await asyncio.to_thread(FaultLog, self.store_path)
         try:
+            if self.log is None:
+                self.log = await asyncio.to_thread(FaultLog, self.store_path)
             await self._restore()
+            self._restored.set()
             if self.dcfg.cloud_endpoints and self.facts.cloud is self.cloud:
                 probe = asyncio.create_task(self._probe_cloud(), name="diagnosis cloud probe")
             while True:
@@ -93,17 +104,21 @@ class DiagnosisService:
                 self.engine.ingest_many(batch)
                 await self._emit(self.engine.evaluate())
         finally:
+            self._restored.set()  # whoever waits for the restore must not wait forever
             if probe is not None:
                 probe.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await probe
             self._sub.close()
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
 
     async def _restore(self) -> None:
         assert self.log is not None
         records = await asyncio.to_thread(self.log.active)
         retired = self.engine.restore([r.raised for r in records])
+        gone = {c.fault_id for c in retired}
+        self._restored_faults = [r.raised for r in records if r.raised.fault_id not in gone]
         if records:
             log.info("diagnosis.restored", active=len(records) - len(retired), retired=len(retired))
         await self._emit(list(retired))

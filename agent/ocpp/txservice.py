@@ -21,9 +21,9 @@ clock-aligned value of a connector without a transaction is not a transaction me
 is sent when connected and not kept otherwise.
 
 After each StartTransaction.conf: the id goes to smart charging; an idTagInfo other than
-Accepted stops the session (StopTransactionOnInvalidId, reason DeAuthorized) or caps its
-energy at MaxEnergyOnInvalidId Wh. The idTagInfo of Start- and StopTransaction.conf also
-updates the authorization cache (OCPP 1.6 §3.5.2).
+Accepted stops the session (StopTransactionOnInvalidId, reason DeAuthorized) or caps the
+transaction's total energy at MaxEnergyOnInvalidId Wh. The idTagInfo of Start- and
+StopTransaction.conf also updates the authorization cache (OCPP 1.6 §3.5.2).
 """
 
 from __future__ import annotations
@@ -265,11 +265,16 @@ class TxService:
         log.warning("ocpp.invalid_id_cap", session=session_id[:8], status=status, max_wh=max_wh)
 
         async def cap() -> None:
+            # The transaction's total, not energy since the conf: OCPP 1.6's key table
+            # defines it as "Maximum energy in Wh delivered when an identifier is
+            # invalidated by the Central System after start of a transaction" (as quoted by
+            # rust-ocpp's docs); nothing there counts from the invalidation. A transaction
+            # already past it (e.g. charged offline) stops at the next limit check.
             s = conn.session
-            if s is not None and s.id == session_id:
-                cap_wh = s.tracker.billed_wh + max_wh
-                if s.limits.max_energy_wh is None or cap_wh < s.limits.max_energy_wh:
-                    s.limits = s.limits.model_copy(update={"max_energy_wh": cap_wh})
+            if s is None or s.id != session_id:
+                return
+            if s.limits.max_energy_wh is None or max_wh < s.limits.max_energy_wh:
+                s.limits = s.limits.model_copy(update={"max_energy_wh": max_wh})
 
         await conn.call(cap)
 

@@ -3,8 +3,9 @@
 Order for a card (OCPP 1.6 §3.5 style): the local list decides first (Accepted starts,
 Blocked/Expired/Invalid refuse); then a valid Accepted cache entry; then the online
 authorizer (whose answer is cached); when nobody online can be asked, an unknown token is
-refused unless `allow_offline_unknown`. Remote and CLI starts are authorized by whoever
-sent them. Free vend accepts every plug-in under the configured token.
+refused unless `allow_offline_unknown` (then accepted, as method OfflineUnknown). Remote
+and CLI starts are authorized by whoever sent them. Free vend accepts every plug-in under
+the configured token.
 """
 
 from __future__ import annotations
@@ -231,7 +232,9 @@ class Authorizer:
         if p.allow_offline_unknown:
             return self._log(
                 token,
-                AuthResult(AuthStatus.ACCEPTED, AuthMethod.CACHE, detail="offline, unknown token"),
+                AuthResult(
+                    AuthStatus.ACCEPTED, AuthMethod.OFFLINE_UNKNOWN, detail="offline, unknown token"
+                ),
             )
         return self._log(
             token,

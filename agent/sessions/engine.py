@@ -8,6 +8,9 @@
 Faults: the engine subscribes to `FaultRaised`/`FaultCleared` when agent.events defines them
 (the diagnosis engine publishes them) and stops a session on a fault that makes its
 connector Faulted. Without diagnosis, the EVSE's own control pilot state E/F stops it.
+Faults raised before a restart and still active are not published again: the runtime hands
+over `restored_faults` (the diagnosis service's), applied at start like a FaultRaised
+(derating, Faulted) before any bus event.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ log = structlog.get_logger(__name__)
 __all__ = ["CommandRefused", "SessionEngine", "fault_event_types"]
 
 _EVSE_QUANTITIES = frozenset({"cp_state", "charger_state", "cable_state"})
+RESTORE_WAIT_S = 30.0  # how long run() waits for the diagnosis' restored faults
 
 
 def _version() -> str:
@@ -175,6 +179,9 @@ class SessionEngine:
         # derating faults now active: fault id -> A.
         self.derate_limits: dict[str, float] = {}
         self._derating: dict[int, dict[str, float]] = {}
+        # The faults still active from before a restart (FaultRaised events), when the
+        # runtime hands the diagnosis service's over (see _restore_faults).
+        self.restored_faults: Callable[[], Awaitable[list[Any]]] | None = None
         # Subscribe now, not in run(): the first readings after start must not be missed.
         self._sub = bus.subscribe(Reading, DeviceHealth, *fault_event_types(), maxsize=50_000)
 
@@ -208,6 +215,7 @@ class SessionEngine:
     async def run(self) -> None:
         """Seed the local list, recover each connector, then dispatch bus events."""
         await asyncio.to_thread(self.authorizer.seed, to_us(utcnow()))
+        await self._restore_faults()  # before the connectors recover and offer any current
         log.info(
             "sessions.start",
             connectors=sorted(self.connectors),
@@ -235,6 +243,26 @@ class SessionEngine:
             await cancel_and_wait(tasks)
             self._sub.close()
 
+    async def _restore_faults(self) -> None:
+        """Apply the faults active before a restart as if just raised, before the connector
+        tasks start and before any queued bus event (a FaultCleared already queued for one
+        of them then lifts it in order)."""
+        if self.restored_faults is None:
+            return
+        try:
+            faults = await asyncio.wait_for(self.restored_faults(), RESTORE_WAIT_S)
+        except TimeoutError:
+            log.warning(
+                "sessions.faults_not_restored", waited_s=RESTORE_WAIT_S,
+                hint="diagnosis did not restore its faults: derating and Faulted connectors "
+                "from before the restart apply again only when raised anew",
+            )  # fmt: skip
+            return
+        if faults:
+            log.info("sessions.faults_restored", faults=[f.fault_id for f in faults])
+        for ev in faults:
+            self._on_fault(ev, restored=True)
+
     def _dispatch(self, ev: events.Event) -> None:
         if isinstance(ev, Reading):
             for conn in self._by_device.get(ev.device, ()):
@@ -245,26 +273,39 @@ class SessionEngine:
                     if conn.meter_device == ev.device:
                         conn.on_meter_offline(ev.ts)
         else:
-            fid, conns, faulted, text = _fault_fields(ev)
-            raised = type(ev).__name__ == "FaultRaised"
-            self._derate(ev, fid, conns, raised)
-            for cid in conns:
-                conn = self.connectors.get(cid)
-                if conn is not None and (faulted or not raised):
-                    conn.note_fault(fid, raised, text)  # at once: see emergency_cause()
-                    self._spawn(conn, lambda c=conn: c.fault(fid, raised, text))
+            self._on_fault(ev)
 
-    def _derate(self, ev: Any, fid: str, conns: list[int], raised: bool) -> None:
+    def _on_fault(self, ev: Any, restored: bool = False) -> None:
+        """A FaultRaised/FaultCleared: derate, or fault the connectors it makes Faulted.
+        `restored`: raised before a restart, applied before the connector tasks start."""
+        fid, conns, faulted, text = _fault_fields(ev)
+        raised = type(ev).__name__ == "FaultRaised"
+        for conn, amps in self._derate(ev, fid, conns, raised):
+            if restored and amps is not None:  # no task runs yet: recovery offers this
+                conn.limits["derate"] = amps
+            else:
+                self._spawn(conn, lambda c=conn, a=amps: c.set_limit("derate", a))
+        for cid in conns:
+            conn = self.connectors.get(cid)
+            if conn is not None and (faulted or not raised):
+                conn.note_fault(fid, raised, text)  # at once: see emergency_cause()
+                self._spawn(conn, lambda c=conn: c.fault(fid, raised, text))
+
+    def _derate(
+        self, ev: Any, fid: str, conns: list[int], raised: bool
+    ) -> list[tuple[Connector, float | None]]:
         """A raised fault whose rule (or an explained symptom's) has derate_a caps its
         connectors' current as limit source "derate" (the lowest such fault wins); its
-        FaultCleared lifts that cap."""
+        FaultCleared lifts that cap. Returns each connector whose cap changes, with the new
+        cap (None: no derating left)."""
         amps = None
         if raised:
             rules = [ev.rule, *(s.rule for s in getattr(ev, "explains", ()))]
             amps = min((self.derate_limits[r] for r in rules if r in self.derate_limits),
                        default=None)  # fmt: skip
             if amps is None:
-                return
+                return []
+        changed: list[tuple[Connector, float | None]] = []
         for cid in conns:
             conn = self.connectors.get(cid)
             active = self._derating.setdefault(cid, {})
@@ -274,7 +315,8 @@ class SessionEngine:
                 active[fid] = amps
             limit = min(active.values(), default=None)
             log.info("sessions.derate", connector=cid, fault_id=fid, raised=raised, limit_a=limit)
-            self._spawn(conn, lambda c=conn, a=limit: c.set_limit("derate", a))
+            changed.append((conn, limit))
+        return changed
 
     def _spawn(self, conn: Connector, fn: Callable[[], Awaitable[Any]]) -> None:
         fut = asyncio.ensure_future(conn.call(fn))

@@ -43,6 +43,9 @@ class AuthMethod(StrEnum):
 
     LOCAL_LIST = "LocalList"
     CACHE = "Cache"
+    # Offline, a token neither the list nor the cache knows, accepted only because
+    # AllowOfflineTxForUnknownId is on: nobody vouched for it (the CSMS judges it later).
+    OFFLINE_UNKNOWN = "OfflineUnknown"
     ONLINE = "Online"
     REMOTE = "Remote"  # started by the CSMS (RemoteStart): authorized there
     CLI = "CLI"

@@ -27,6 +27,7 @@ PAGINATION_KEY = "ocmf_pagination"
 _IDENT = {
     AuthMethod.LOCAL_LIST: ("HEARSAY", ("RFID_PLAIN", "OCPP_WHITELIST")),
     AuthMethod.CACHE: ("HEARSAY", ("RFID_PLAIN", "OCPP_CACHE")),
+    AuthMethod.OFFLINE_UNKNOWN: ("HEARSAY", ("RFID_PLAIN", "OCPP_NONE")),  # no OCPP check
     AuthMethod.ONLINE: ("TRUSTED", ("RFID_PLAIN", "OCPP_AUTH")),
     AuthMethod.REMOTE: ("TRUSTED", ("OCPP_RS",)),
     AuthMethod.CLI: ("HEARSAY", ()),

@@ -12,11 +12,11 @@ Ports are free loopback ports (TCP) and the agent end of a serial pair (RTU).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 
 from agent.config import StationConfig, parse_config
 from hil import REFERENCE_EVSE
+from hil.procs import free_port
 
 STATIONS = ("tcp", "reference", "abb", "rtu")
 EVSE_PROFILE = {
@@ -25,13 +25,6 @@ EVSE_PROFILE = {
     "abb": ("phoenix-ev-charge-control", 255),
     "rtu": ("phoenix-ev-charge-control", 255),
 }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on (right now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def station_config(name: str, **kwargs: object) -> StationConfig:
