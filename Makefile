@@ -49,8 +49,13 @@ test: deps install lint
 demo: install
 	$(BIN)/evedge demo
 
+# Every benchmark prints its figures and ratios (none asserts a timing); a few minutes in all.
 bench: install
 	$(BIN)/python bench/poll_efficiency.py
+	$(BIN)/python bench/fault_latency.py
+	$(BIN)/python bench/ocpp_backlog.py
+	$(BIN)/python bench/mqtt_backlog.py
+	$(BIN)/python bench/systemd_security.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis
