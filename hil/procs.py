@@ -198,6 +198,11 @@ class Proc:
                 return self.kill9()
         return self.p.wait()
 
+    async def stop_async(self, timeout: float = 15) -> int:
+        """`stop()` in a thread, for tests whose event loop runs a peer (the CSMS) that must
+        go on answering while the agent flushes its outbox on SIGTERM."""
+        return await asyncio.to_thread(self.stop, timeout)
+
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the log, for assertion messages."""
         if self.log is None or not self.log.exists():

@@ -61,6 +61,7 @@ TARGET_SESSIONS = 70
 MIN_KILLS = 30
 BUDGET_S = 240  # the session loop gives up (and fails) after this long (~150 s is usual)
 DRAIN_S = 60  # the final delivery to the CSMS and the broker
+TIMEOUT_STOP_S = 30  # TimeoutStopSec= in systemd/evedge.service
 # Cloud outages, by plug-in count: the CSMS is down for a stretch of sessions (the agent is
 # killed meanwhile, with a growing backlog), the broker is restarted later.
 CSMS_DOWN, CSMS_UP = 15, 30
@@ -207,7 +208,7 @@ async def test_kill_9_with_cloud_outages_loses_and_duplicates_nothing(tmp_path):
         await until(idle, 30, "the last session to close", proc=agent)
         phases = {"session_loop": loop_s, "last_close": time.monotonic() - t0 - loop_s}
         t1 = time.monotonic()
-        assert agent.stop() == 0, agent.log_tail()
+        assert await agent.stop_async(TIMEOUT_STOP_S) == 0, agent.log_tail()
         phases["clean_stop"] = time.monotonic() - t1
         agent, starts = start_agent(st.path, log), starts + 1
         t1 = time.monotonic()
@@ -227,12 +228,12 @@ async def test_kill_9_with_cloud_outages_loses_and_duplicates_nothing(tmp_path):
         assert {"ocpp", "mqtt"} <= set(status["sync"]), status["sync"]
         phases["status"] = time.monotonic() - t1
         t1 = time.monotonic()
-        assert agent.stop() == 0, agent.log_tail()
+        assert await agent.stop_async(TIMEOUT_STOP_S) == 0, agent.log_tail()
         phases["final_stop"] = time.monotonic() - t1
         agent = None
     finally:
         if agent is not None:
-            agent.stop()
+            await agent.stop_async(TIMEOUT_STOP_S)
         sim.stop()
         backend.close()
         broker.stop()

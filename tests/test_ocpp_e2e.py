@@ -47,9 +47,9 @@ async def test_full_session_from_evedge_run(tmp_path):
         stop = await csms.wait_for("StopTransaction", cp_id=CP, timeout=15)
         await send_command(control, {"cmd": "unplug", "connector": 1})
         await csms.wait_for("StatusNotification", cp_id=CP, where={"status": "Available"}, count=2)
-        assert agent.stop() == 0
+        assert await agent.stop_async() == 0
     finally:
-        agent.stop()
+        await agent.stop_async()
         sim.stop()
         await csms.stop()
     assert boot.payload["chargePointModel"]

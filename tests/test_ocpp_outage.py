@@ -142,9 +142,9 @@ async def test_kill_9_with_a_queued_backlog_delivers_everything_once(tmp_path):
         await send_command(control, {"cmd": "unplug", "connector": 1})
         await csms.wait_for("StopTransaction", cp_id=CP, count=4, timeout=30)
         await until(lambda: queued(db) == 0, 20, "the backlog delivered", proc=agent)
-        agent.stop()
+        await agent.stop_async()
     finally:
-        agent.stop()
+        await agent.stop_async()
         sim.stop()
         await csms.stop()
     msgs = tx_messages(csms)
