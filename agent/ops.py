@@ -396,12 +396,11 @@ class Ops:
     def _sync(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for name in SYNC_SERVICES:
-            svc = getattr(self.agent, name, None)
-            state = getattr(svc, "state", None)
-            if svc is None or not callable(state):
+            svc = getattr(self.agent, name)
+            if svc is None:
                 continue
             try:
-                out[name] = dict(state())
+                out[name] = dict(svc.state())
             except Exception as e:  # a sync service's bug must not break `status`
                 log.warning("ops.sync_state_failed", service=name, error=str(e))
                 out[name] = {"error": str(e)}
@@ -483,8 +482,6 @@ class Ops:
         """Set (or with None clear) the local current limit of a connector."""
         self._check_connector(connector)
         engine = self._engine()
-        if not hasattr(engine, "set_limit"):
-            raise OpError("unsupported", "this build's session engine has no current limits")
         if amps is not None and amps < 0:
             raise OpError("bad_request", f"a current limit cannot be negative, got {amps} A")
         try:

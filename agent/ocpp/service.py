@@ -418,13 +418,10 @@ class OcppService:
 
     def state(self) -> dict[str, Any]:
         """For `evedge status`: connection, security, boot, heartbeat, outbox backlog."""
-        outbox = self.ctx.parts.get("outbox")
-        backlog = None
-        if outbox is not None and callable(getattr(outbox, "backlog", None)):
-            try:
-                backlog = outbox.backlog()
-            except Exception as e:  # a status display must not fail on it
-                backlog = {"error": str(e)}
+        try:
+            backlog = self.ctx.parts["outbox"].backlog()
+        except Exception as e:  # a status display must not fail on it
+            backlog = {"error": str(e)}
         hb = self.last_heartbeat
         return {
             "connected": self.connected,
@@ -443,10 +440,7 @@ class OcppService:
 
     async def flush(self, timeout: float) -> None:
         """The agent's stop: let the outbox (transactions) send what it can in `timeout`."""
-        outbox = self.ctx.parts.get("outbox")
-        fn = getattr(outbox, "flush", None)
-        if fn is not None and asyncio.iscoroutinefunction(fn):
-            await fn(timeout)
+        await self.ctx.parts["outbox"].flush(timeout)
 
     def close(self) -> None:
         """Release the bus subscription and the store connection if the service opened it."""
