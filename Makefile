@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 SYSTEM_DEPS := socat mosquitto
 
-.PHONY: test demo deps install install-service lint format bench clean
+.PHONY: test demo deps install install-service lint format bench fuzz clean
 
 # Debian packages the tests need (real peers on loopback): installed when missing, as root.
 deps:
@@ -45,6 +45,10 @@ format: install
 
 test: deps install lint
 	$(BIN)/pytest -q
+
+# Every fuzz suite with >= 10,000 inputs per parser (fixed seed); `make test` runs a slice.
+fuzz: deps install
+	EVEDGE_FUZZ_N=10000 $(BIN)/pytest -q -m fuzz -p no:cacheprovider --timeout 3600
 
 demo: install
 	$(BIN)/evedge demo
