@@ -14,6 +14,7 @@ from agent.bus import EventBus
 from agent.config import StationConfig
 from agent.diagnosis.service import DiagnosisService
 from agent.driver.service import DriverService
+from agent.kpi.history import FaultHistory
 from agent.mqtt.service import MqttService
 from agent.ocpp.service import OcppService
 from agent.ops import Ops
@@ -65,6 +66,10 @@ class Agent:
         outbox = self.ocpp.ctx.parts.get("outbox") if self.ocpp else None
         if self.diagnosis is not None and outbox is not None:  # rule ocpp_tx_undelivered
             self.diagnosis.facts.tx_exhausted = lambda: outbox.exhausted_now
+        # Billing follows diagnosis: the faults during a session, for its record's review.
+        self.fault_history = FaultHistory(self.store.reading, self.bus)
+        if self.sessions is not None:
+            self.sessions.faults_during = self.fault_history
         if self.diagnosis is not None and self.sessions is not None:  # rules with derate_a
             self.sessions.derate_limits = self.diagnosis.derate_limits()
             self.sessions.restored_faults = self.diagnosis.restored_faults  # after a restart
@@ -147,6 +152,7 @@ class Agent:
         if self.mqtt is not None:  # after the tasks: publishes `offline`, then disconnects
             await self.mqtt.close()
         self.ops.close()
+        self.fault_history.close()
         self.store.close()
         log.info("agent.stop", written=self.writer.stats.written)
 

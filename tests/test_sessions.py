@@ -51,7 +51,9 @@ async def test_card_session_bills_exactly_the_register_delta(tmp_path):
     assert (b["meter"]["start_wh"], b["meter"]["end_wh"]) == (start, end)
     assert b["stop"] == {"reason": "EVDisconnected", "by": "ev", "detail": ""}
     assert b["auth"] == {"method": "LocalList", "token": CARD, "token_type": "LOCAL"}
-    assert b["review"] == {"required": False, "reasons": []}
+    assert b["review"] == {"required": False, "reasons": [], "faults": []}
+    # The power x time evidence agrees with the register (it is never billed).
+    assert abs(b["energy_estimate"]["wh"] - b["energy_wh"]) <= max(5, b["energy_wh"] // 10)
     # 0.39 EUR/kWh per Wh, 19 % VAT: the bill is the energy times the price, in Decimal.
     excl = (Decimal(end - start) * Decimal("0.39") / 1000).quantize(Decimal("0.01"))
     assert Decimal(b["cost"]["total_excl_vat"]) == excl

@@ -18,6 +18,7 @@ from agent.sessions.metering import EnergyTracker
 from agent.sessions.model import AuthMethod, IdToken, Status, StopReason
 from agent.sessions.payment import PaymentAuth
 from agent.sessions.records import RecordInput, build_body
+from agent.sessions.reviews import FaultRef, billing_faults
 from agent.sessions.session import Live, payment_json
 from agent.sessions.states import CHARGING_CP, FAULT_CP, MIN_CURRENT_A, PLUGGED, derive_status
 from agent.sessions.store import SampleRow, SessionRow
@@ -95,6 +96,7 @@ class ClosingMixin:
             gap_after_s=eng.cfg.sessions.gap_after_s,
             jump_slack_wh=eng.cfg.sessions.jump_slack_wh,
             backwards_glitch_wh=eng.cfg.sessions.backwards_glitch_wh,
+            power_w=self.power_w,
         )
         tracker.reviews.extend(reviews)
         limits = eng.billing.limits
@@ -211,13 +213,19 @@ class ClosingMixin:
         if end is None and wait_end:
             end = await self._energy_after(stop_us, eng.cfg.sessions.end_reading_timeout_s)
         if end is not None:
-            s.tracker.feed(end[0], end[1], self.meter_serial)
+            s.tracker.feed(end[0], end[1], self.meter_serial, self.power_w)
         else:
             at = from_us(s.tracker.hwm_us).isoformat(timespec="seconds")
             s.tracker.reviews.append(
                 f"no meter reading after the stop: the end reading is the last good one, "
                 f"from {at}; energy after it is not billed"
             )
+        faults = await self._billing_faults(s, stop_us)
+        short = s.tracker.shortfall(
+            eng.cfg.sessions.estimate_tolerance_pct, eng.cfg.sessions.estimate_min_wh
+        )
+        if short is not None:
+            s.tracker.reviews.append(short)
         end_wh, end_read_us = s.tracker.register_wh, s.tracker.hwm_us
         if end is not None and end[1] >= end_read_us:
             end_wh, end_read_us = end
@@ -280,6 +288,7 @@ class ClosingMixin:
             ),
             payment=payment,
             notes=tuple(notes),
+            faults=tuple(faults),
         )
         try:
             body = build_body(body_in)
@@ -320,7 +329,7 @@ class ClosingMixin:
             energy_wh=s.tracker.billed_wh,
             total=None if cost is None else str(cost.total_incl_vat or cost.total_excl_vat),
             currency=None if cost is None else cost.currency,
-            review=bool(s.tracker.reviews),
+            review=bool(rec.review),
         )
         eng.bus.publish(
             ChargeRecordWritten(
@@ -356,6 +365,22 @@ class ClosingMixin:
                 )
             await self._settle_payment(s.payment.ref, s.payment.amount, total)
         await self.settle("stopped", reason.value)
+
+    async def _billing_faults(self, s: Live, stop_us: int) -> list[FaultRef]:
+        """The faults during the session that put its energy in doubt (reviews.py), through
+        the engine's port; unreadable history is itself a review reason."""
+        port = self.eng.faults_during
+        if port is None:
+            return []
+        try:
+            found = await port(self.id, self.meter_device, s.row.started_ts, stop_us)
+        except Exception as e:
+            self.log.error("session.fault_history_failed", session=s.id[:8], error=str(e))
+            s.tracker.reviews.append(
+                f"the fault history could not be read ({e}): faults during the session unknown"
+            )
+            return []
+        return billing_faults(found, self.eng.cfg.sessions.review_fault_components)
 
     async def _meter_end(self, s, tx: ocmf.Tx, at_us: int, wh: int) -> str | None:
         """The signing meter's end record, or None (no signing meter, or it failed: then the

@@ -187,6 +187,20 @@ class SessionsConfig(_Section):
         description="a register drop up to this is a glitch (nothing billed until it passes its "
         "high-water mark again); a larger drop is a reset (counted from the new value)",
     )
+    estimate_tolerance_pct: float = Field(
+        default=20,
+        gt=0,
+        le=100,
+        description="a record is flagged when the billed energy is below the meter's power x "
+        "time estimate by more than this share of it (and estimate_min_wh)",
+    )
+    estimate_min_wh: int = Field(
+        default=20, ge=0, description="register resolution and ramps: shortfalls up to this pass"
+    )
+    review_fault_components: tuple[str, ...] = Field(
+        default=("FiscalMetering",),
+        description="faults with these OCPP 2.0.1 components during a session flag its record",
+    )
     nominal_voltage_v: float = Field(default=230, gt=0, le=1000)
     failsafe_timeout_s: float = Field(
         default=30,

@@ -48,6 +48,7 @@ from agent.sessions.failsafe import run_heartbeat
 from agent.sessions.ledger import Ledger
 from agent.sessions.model import AuthMethod, IdToken, StopReason
 from agent.sessions.payment import PaymentTerminal
+from agent.sessions.reviews import FaultsDuring
 from agent.sessions.signing import AgentSigner, MeterSigner, ModbusSigningMeter, SigningMeter
 from agent.sessions.store import SessionStore, set_state
 from agent.sessions.times import from_us, to_us
@@ -182,6 +183,9 @@ class SessionEngine:
         # The faults still active from before a restart (FaultRaised events), when the
         # runtime hands the diagnosis service's over (see _restore_faults).
         self.restored_faults: Callable[[], Awaitable[list[Any]]] | None = None
+        # The faults during a session, for its record's review (agent/sessions/reviews.py);
+        # the runtime plugs in the store's fault history. None: records name no faults.
+        self.faults_during: FaultsDuring | None = None
         # Subscribe now, not in run(): the first readings after start must not be missed.
         self._sub = bus.subscribe(Reading, DeviceHealth, *fault_event_types(), maxsize=50_000)
 

@@ -15,6 +15,12 @@ Every reading passes these checks before it may add to the bill:
   recorded; no substitute values are made up. The register difference across it is real
   metered energy and is billed after the same plausibility check.
 
+Evidence, never billed: the meter's power readings integrated over the time between
+register readings (trapezoids; not across a gap) give an estimate of the energy delivered.
+`shortfall()` compares it with the billed energy: a register that froze or lost counts while
+power flowed bills less than the estimate, and the record is flagged for review with both
+figures (the register's energy is still what is billed).
+
 A flagged session is still closed and priced on the energy that passed, and its record
 carries the reasons for a person to review. The state round-trips through `to_state` and
 `from_state`, so a restarted agent continues exactly where the persisted one stopped.
@@ -81,6 +87,9 @@ class EnergyTracker:
     gaps: list[Gap] = field(default_factory=list)
     gap_open: Gap | None = None
     glitch: bool = False  # below the high-water mark after a small drop
+    power_w: float | None = None  # the meter's power at the newest reading (evidence only)
+    estimate_mwh: int = 0  # power x time between readings, in mWh (evidence only)
+    estimate_us: int = 0  # the time the estimate covers
 
     def __post_init__(self) -> None:
         if self.hwm_wh < 0:
@@ -88,14 +97,22 @@ class EnergyTracker:
 
     # ------------------------------------------------------------------ readings
 
-    def feed(self, wh: int, at: datetime | int, serial: str | None = None) -> Outcome:
-        """Account one register reading taken at `at`."""
+    def feed(
+        self,
+        wh: int,
+        at: datetime | int,
+        serial: str | None = None,
+        power_w: float | None = None,
+    ) -> Outcome:
+        """Account one register reading taken at `at` (`power_w`: the meter's power then,
+        for the estimate only)."""
         t = at if isinstance(at, int) else to_us(at)
         if type(wh) is not int or wh < 0:
             return self._flag(t, f"register value {wh!r} is not a non-negative integer Wh")
         if t <= self.last_us:
             self.ignored_stale += 1  # not newer than what we have: can only repeat or confuse
             return Outcome(accepted=False, note="stale")
+        self._integrate(t, power_w)  # every path below moves last_us to t
         closing = self._closing_gap(t)
         if serial and self.serial and serial != self.serial:
             return self._replaced(wh, t, serial, closing)
@@ -109,6 +126,38 @@ class EnergyTracker:
             delta = wrapped
             self.notes.append(f"{_iso(t)}: register rolled over at {self.modulus} Wh")
         return self._forward(wh, t, delta, closing)
+
+    def _integrate(self, t: int, power_w: float | None) -> None:
+        """Add the trapezoid from the previous reading to this one to the estimate; nothing
+        across a gap or where a power reading is missing (no values are made up)."""
+        dt = t - self.last_us
+        known = self.power_w is not None and power_w is not None and self.gap_open is None
+        if known and dt <= self.gap_after_s * US:
+            mean_w = (max(self.power_w or 0.0, 0.0) + max(power_w or 0.0, 0.0)) / 2
+            self.estimate_mwh += int(mean_w * dt / US / 3.6)  # W x s = J; 1 mWh = 3.6 J
+            self.estimate_us += dt
+        self.power_w = power_w
+
+    @property
+    def estimate_wh(self) -> int | None:
+        """Energy from power x time (None: no two power readings to integrate)."""
+        return self.estimate_mwh // 1000 if self.estimate_us else None
+
+    def shortfall(self, tolerance_pct: float, min_wh: int) -> str | None:
+        """A review reason when the billed energy falls short of the power x time estimate
+        by more than `tolerance_pct` of it and `min_wh` (register resolution, ramps)."""
+        est = self.estimate_wh
+        if est is None:
+            return None
+        short = est - self.billed_wh
+        if short <= max(min_wh, est * tolerance_pct / 100):
+            return None
+        return (
+            f"billed {self.billed_wh} Wh from the register, but the meter's power readings "
+            f"integrate to about {est} Wh over {self.estimate_us / US:.1f} s: the register may "
+            f"have frozen or lost counts; the register's energy is billed, the difference is "
+            f"for review"
+        )
 
     def comm_lost(self, at: datetime | int, cause: str = "meter offline") -> None:
         """The meter stopped answering: open a gap from the last reading (idempotent)."""

@@ -15,7 +15,8 @@ Wh). Example (abridged):
      "cost": {"currency": "EUR", "dimensions": […], "total_excl_vat": "2.00",
               "total_incl_vat": "2.38", "vat_amount": "0.38", "limit_excl": "min_price", …},
      "stop": {"reason": "EVDisconnected", "by": "ev", "detail": ""},
-     "gaps": [], "review": {"required": false, "reasons": []}, "notes": [],
+     "energy_estimate": {"wh": 240, "covered_s": "40.2", "basis": "…"},
+     "gaps": [], "review": {"required": false, "reasons": [], "faults": []}, "notes": [],
      "ocmf": {"signer": "agent", "public_key": "3059…", "begin": "OCMF|…", "end": "OCMF|…"},
      "payment": null}
 """
@@ -31,6 +32,8 @@ from agent.billing import chain, ocmf
 from agent.billing.pricing import CostResult
 from agent.sessions.ledger import plain
 from agent.sessions.metering import EnergyTracker
+from agent.sessions.reviews import FaultRef
+from agent.sessions.reviews import reason as review_reason
 from agent.sessions.store import RecordRow, SessionRow, SessionStore, get_state
 from agent.sessions.times import from_us
 
@@ -77,12 +80,13 @@ class RecordInput:
     end_public_key_hex: str | None = None  # the agent's, when a signing meter failed at end
     payment: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()
+    faults: tuple[FaultRef, ...] = ()  # diagnosis faults that put the energy in doubt
 
 
 def build_body(x: RecordInput) -> dict[str, Any]:
     """The record body (without id and OCMF end record, which the close transaction adds)."""
     r = x.row
-    reasons = list(x.tracker.reviews)
+    reasons = [*x.tracker.reviews, *(review_reason(f) for f in x.faults)]
     periods = [] if x.cost is None else [p.to_json() for p in x.cost.periods]
     body = {
         "version": RECORD_VERSION,
@@ -108,8 +112,13 @@ def build_body(x: RecordInput) -> dict[str, Any]:
         "charging_periods": periods,
         "cost": None if x.cost is None else cost_json(x.cost),
         "stop": {"reason": x.stop_reason, "by": x.stopped_by, "detail": x.stop_detail},
+        "energy_estimate": _estimate(x.tracker),
         "gaps": [g.to_json() for g in x.tracker.gaps],
-        "review": {"required": bool(reasons), "reasons": reasons},
+        "review": {
+            "required": bool(reasons),
+            "reasons": reasons,
+            "faults": [f.to_json() for f in x.faults],
+        },
         "notes": [*x.tracker.notes, *x.notes],
         "ocmf": {"signer": x.signer, "public_key": x.public_key_hex, "begin": r.ocmf_begin}
         | ({} if x.end_public_key_hex is None else {"end_public_key": x.end_public_key_hex}),
@@ -118,6 +127,17 @@ def build_body(x: RecordInput) -> dict[str, Any]:
     out = plain(body)
     chain.canonical_bytes(chain.ChainedRecord(0, chain.GENESIS, out))  # refuses floats now
     return out
+
+
+def _estimate(t: EnergyTracker) -> dict[str, Any] | None:
+    """The power x time evidence (never billed); None when the meter gave no power."""
+    if t.estimate_wh is None:
+        return None
+    return {
+        "wh": t.estimate_wh,
+        "covered_s": _seconds(t.estimate_us),
+        "basis": "meter power readings x time between register readings; evidence, not billed",
+    }
 
 
 # ---------------------------------------------------------------------- verification

@@ -124,7 +124,7 @@ class MeteringMixin:
         s = self.session
         if s is None:
             return
-        outcome = s.tracker.feed(wh, at_us, self.meter_serial)
+        outcome = s.tracker.feed(wh, at_us, self.meter_serial, self.power_w)
         if not outcome.accepted and outcome.review is None and outcome.gap is None:
             return
         cfg = self.eng.billing.sampling
