@@ -70,7 +70,9 @@ class Agent:
         self.fault_history = FaultHistory(self.store.reading, self.bus)
         if self.sessions is not None:
             self.sessions.faults_during = self.fault_history
-        if self.diagnosis is not None and self.sessions is not None:  # rules with derate_a
+        if self.diagnosis is not None and self.sessions is not None:
+            # rule billing_tamper_detected; rules with derate_a
+            self.diagnosis.facts.billing_tamper = self.sessions.integrity.tamper_count
             self.sessions.derate_limits = self.diagnosis.derate_limits()
             self.sessions.restored_faults = self.diagnosis.restored_faults  # after a restart
         # Driver displays and problem reports (issue 7) run when the config has [driver].

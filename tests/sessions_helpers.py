@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from conftest import free_port, station_config
 
+from agent.billing.checkpoint import checkpoint_path
 from agent.config import StationConfig
 from agent.events import ChargeRecordWritten, Event, SessionEvent
 from agent.runtime import Agent
@@ -173,3 +175,44 @@ async def running(
 def body(rec: RecordRow) -> dict:
     """The record's body."""
     return json.loads(rec.body)
+
+
+async def plug_sessions(rig: Rig, n: int) -> None:
+    """n short sessions on connector 1: plug in, charge a moment, unplug."""
+    for i in range(1, n + 1):
+        rig.sim.plug_in(1)
+        await rig.status("Charging")
+        await asyncio.sleep(0.4)
+        rig.sim.unplug(1)
+        await rig.record(i)
+        await rig.status("Available")
+
+
+def record_sessions(tmp: Path, n: int) -> tuple[StationConfig, Path]:
+    """A store holding `n` real free-vend sessions priced by energy-parking-flat, and a
+    config file for the CLI pointing at it."""
+    tariff = TARIFFS / "energy-parking-flat.json"
+    cfg = billed_config(tmp, tariff=tariff, billing="free_vend = true")
+
+    async def make():
+        async with running(cfg) as rig:
+            await plug_sessions(rig, n)
+
+    asyncio.run(make())
+    toml = tmp / "station.toml"
+    toml.write_text(
+        f'[station]\nid = "TEST"\n[store]\npath = "{cfg.store.path}"\n[billing]\n'
+        f'tariff = "{tariff}"\nkey_dir = "{tmp / "keys"}"\ntimezone = "Europe/Berlin"\n'
+    )
+    return cfg, toml
+
+
+def copy_store(cfg: StationConfig, toml: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of a recorded store (with its signed checkpoint) and a config file
+    pointing at it."""
+    db = tmp_path / "evedge.db"
+    shutil.copy(cfg.store.path, db)
+    shutil.copy(checkpoint_path(cfg.store.path), checkpoint_path(db))
+    conf = tmp_path / "station.toml"
+    conf.write_text(toml.read_text().replace(str(cfg.store.path), str(db)))
+    return db, conf

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sqlite3
 
 import pytest
-from sessions_helpers import CARD, TARIFFS, billed_config, body, running
+from sessions_helpers import CARD, billed_config, body, copy_store, record_sessions, running
 from typer.testing import CliRunner
 
-from agent.billing import chain
+from agent.billing import chain, checkpoint
+from agent.billing.checkpoint import checkpoint_path
+from agent.billing.keys import load_or_create_key
 from agent.cli.main import app
+from agent.sessions.integrity import Integrity
 from agent.sessions.ledger import Ledger
 from agent.sessions.model import card_token
 from agent.sessions.records import verify_records
@@ -23,48 +25,16 @@ from hil.station import SimStation
 runner = CliRunner()
 
 
-async def _sessions(rig, n: int) -> None:
-    for i in range(1, n + 1):
-        rig.sim.plug_in(1)
-        await rig.status("Charging")
-        await asyncio.sleep(0.4)
-        rig.sim.unplug(1)
-        await rig.record(i)
-        await rig.status("Available")
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """A store with three free-vend sessions, and its config file."""
-    tmp = tmp_path_factory.mktemp("records")
-    cfg = billed_config(
-        tmp, tariff=TARIFFS / "energy-parking-flat.json", billing="free_vend = true"
-    )
-
-    async def make():
-        async with running(cfg) as rig:
-            await _sessions(rig, 3)
-
-    asyncio.run(make())
-    toml = tmp / "station.toml"
-    toml.write_text(
-        f'[station]\nid = "TEST"\n[store]\npath = "{cfg.store.path}"\n[billing]\n'
-        f'tariff = "{TARIFFS / "energy-parking-flat.json"}"\nkey_dir = "{tmp / "keys"}"\n'
-        'timezone = "Europe/Berlin"\n'
-    )
-    return cfg, toml
+    return record_sessions(tmp_path_factory.mktemp("records"), 3)
 
 
 @pytest.fixture
 def copy(recorded, tmp_path):
     """A private copy of the recorded store, and a config pointing at it."""
-    cfg, toml = recorded
-    db = tmp_path / "evedge.db"
-    shutil.copy(cfg.store.path, db)
-    text = toml.read_text().replace(str(cfg.store.path), str(db))
-    conf = tmp_path / "station.toml"
-    conf.write_text(text)
-    return db, conf
+    return copy_store(*recorded, tmp_path)
 
 
 def verify(conf) -> tuple[int, dict]:
@@ -126,7 +96,9 @@ def test_verify_detects_deleting_the_newest_record(copy):
     db, conf = copy
     tamper(db, "DELETE FROM charge_records WHERE seq = 3")
     code, out = verify(conf)
-    assert code == 1 and "no charge record" in out["problems"][0]["message"]
+    msgs = [p["message"] for p in out["problems"]]
+    assert code == 1 and any("no charge record" in m for m in msgs)
+    assert any("records seq 3..3 are missing" in m for m in msgs)  # the signed checkpoint
 
 
 def test_verify_detects_reordered_records(copy):
@@ -172,14 +144,19 @@ def test_verify_detects_a_forged_signed_reading_even_with_a_rebuilt_chain(copy):
     c.close()
     code, out = verify(conf)
     assert code == 1
-    assert [p["seq"] for p in out["problems"]] == [2]
-    assert "OCMF end record does not verify" in out["problems"][0]["message"]
+    named = [p for p in out["problems"] if p["seq"] is not None]
+    assert {p["seq"] for p in named} == {2}
+    assert "OCMF end record does not verify" in named[0]["message"]
+    assert any("column energy_wh is" in p["message"] for p in named)
+    store_wide = " | ".join(p["message"] for p in out["problems"] if p["seq"] is None)
+    assert "the chain was rebuilt" in store_wide and "charge_records_immutable" in store_wide
 
 
-def test_retention_keeps_unconfirmed_records_and_anchors_the_chain(copy):
+def test_retention_keeps_unconfirmed_records_and_anchors_the_chain(copy, recorded):
     db, _ = copy
     with SessionStore(db) as st:
         ledger = Ledger(st, "TEST", None)
+        ledger.integrity = Integrity(st, "TEST", load_or_create_key(recorded[0].billing.key_dir))
         now = st.records()[-1].ended_ts
         assert ledger.prune(now + 10**15, retention_days=730) == 0  # none confirmed yet
         first = st.records()[0]
@@ -190,6 +167,7 @@ def test_retention_keeps_unconfirmed_records_and_anchors_the_chain(copy):
         assert [r.seq for r in st.records()] == [2, 3]
         assert [r.seq for r in st.undelivered()] == [2, 3]
         assert verify_records(st, None).ok  # the rest still verifies from the anchor
+        assert checkpoint.read(checkpoint_path(db), None).anchor == st.state("chain_anchor")
 
 
 def test_sessions_cli_lists_and_shows_with_cost_and_ocmf(copy):

@@ -61,6 +61,7 @@ class StationFacts:
         disk: Callable[[], tuple[float, float] | None] = lambda: None,
         cloud: CloudStatus | None = None,
         tx_exhausted: Callable[[], int | None] = lambda: None,
+        billing_tamper: Callable[[], int | None] = lambda: None,
     ):
         self.clock_synced = clock_synced
         self.disk = disk
@@ -68,6 +69,8 @@ class StationFacts:
         # OCPP transaction messages kept after their retries ran out (agent/ocpp/outbox.py
         # sets it to its count; None: no OCPP).
         self.tx_exhausted = tx_exhausted
+        # Findings of the store's tamper checks (agent/sessions/integrity.py; None: no billing).
+        self.billing_tamper = billing_tamper
 
     @classmethod
     def for_store(cls, store_path: Path, cloud: CloudStatus | None = None) -> StationFacts:
@@ -85,6 +88,7 @@ class StationFacts:
             "cloud_configured": self.cloud.configured,
             "cloud_offline_s": None if offline is None else round(offline, 1),
             "ocpp_tx_exhausted": self.tx_exhausted(),
+            "billing_tamper": self.billing_tamper(),
         }
 
 
@@ -97,11 +101,13 @@ class ManualFacts(StationFacts):
             "disk_free_pct": 50.0,
             "disk_free_mb": 8000.0,
             "ocpp_tx_exhausted": 0,
+            "billing_tamper": 0,
         }
         super().__init__(
             lambda: self.values["clock_synced"],  # type: ignore[arg-type, return-value]
             lambda: (self.values["disk_free_pct"], self.values["disk_free_mb"]),  # type: ignore[arg-type, return-value]
             tx_exhausted=lambda: self.values["ocpp_tx_exhausted"],  # type: ignore[arg-type, return-value]
+            billing_tamper=lambda: self.values["billing_tamper"],  # type: ignore[arg-type, return-value]
         )
         self.set(**values)
 

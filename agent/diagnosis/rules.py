@@ -93,6 +93,7 @@ STATION_FIELDS: dict[str, Kind] = {
     "cloud_configured": "bool",
     "cloud_offline_s": "num",
     "ocpp_tx_exhausted": "num",
+    "billing_tamper": "num",
 }
 SESSION_FIELDS: dict[str, Kind] = {"active": "bool", "charging": "bool"}
 ROLES: dict[str, tuple[str, ...]] = {

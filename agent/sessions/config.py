@@ -8,7 +8,6 @@ from the working directory, like `[store] path`.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from agent.billing.atomic import write_atomic
 from agent.billing.tariff import Tariff, TariffError, TariffRestrictions, load_tariff
 
 
@@ -310,17 +310,6 @@ def choose_tariff(billing: BillingConfig, store_path: Path, base: str | None) ->
 
 
 def write_tariff_file(path: Path, tariff: Tariff) -> None:
-    """Write the tariff as JSON atomically: a temporary file beside it, fsynced, renamed over
-    it, directory fsynced. A crash leaves the old file or the new one, never half of one."""
-    text = tariff.model_dump_json(indent=2, exclude_none=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write the tariff as JSON atomically (see write_atomic): a crash leaves the old file or
+    the new one, never half of one."""
+    write_atomic(path, tariff.model_dump_json(indent=2, exclude_none=True) + "\n")

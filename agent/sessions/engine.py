@@ -45,6 +45,7 @@ from agent.sessions.config import (
 from agent.sessions.connector import CommandRefused, Connector
 from agent.sessions.evse import EvseControl
 from agent.sessions.failsafe import run_heartbeat
+from agent.sessions.integrity import Integrity
 from agent.sessions.ledger import Ledger
 from agent.sessions.model import AuthMethod, IdToken, StopReason
 from agent.sessions.payment import PaymentTerminal
@@ -143,6 +144,9 @@ class SessionEngine:
             signing_meters = _signing_meters(cfg, devices, gateway)
         self._meter_signers = {c: MeterSigner(m) for c, m in (signing_meters or {}).items()}
         self.ledger = Ledger(self.store, cfg.station.id, AgentSigner(self.key, gateway))
+        self.integrity = Integrity(self.store, cfg.station.id, self.key)
+        self.integrity.start()  # logs security.tamper_detected on a finding
+        self.ledger.integrity = self.integrity
         self.authorizer = Authorizer(self.store, cfg.auth, online)
         # The remotely set tariff (state directory) or the config's file: see choose_tariff.
         self.tariff_choice: TariffChoice = choose_tariff(

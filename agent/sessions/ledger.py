@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.billing import chain
 from agent.sessions.signing import AgentSigner, SignRequest
@@ -35,6 +35,9 @@ from agent.sessions.store import (
     update_session,
 )
 from agent.sessions.times import US, to_us
+
+if TYPE_CHECKING:
+    from agent.sessions.integrity import Integrity
 
 DAY_US = 86_400 * US
 
@@ -99,6 +102,8 @@ class Ledger:
         self.station_id = station_id
         self.signer = signer
         self.hooks: list[LedgerHook] = []
+        # Keeps the signed chain checkpoint in step with the records (None: no checkpoint).
+        self.integrity: Integrity | None = None
 
     def _sign(self, c: sqlite3.Connection, req: SignRequest | None, text: str | None) -> str:
         if text is not None:
@@ -233,7 +238,9 @@ class Ledger:
                     x.session_id,
                 ),
             )
-            return rec
+        if self.integrity is not None:
+            self.integrity.record_written()  # after the commit: a crash leaves it behind
+        return rec
 
     # ------------------------------------------------------------------ connectors
 
@@ -344,4 +351,6 @@ class Ledger:
                 c.execute("DELETE FROM sessions WHERE id = ?", (sid,))
             if gone:
                 set_state(c, "chain_anchor", f"{gone[-1][0]}:{gone[-1][1]}")
+                if self.integrity is not None:
+                    self.integrity.pruned(c)  # before the commit: see Integrity.pruned
             return len(gone)

@@ -25,17 +25,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from agent.billing import chain, ocmf
+from agent.billing.checkpoint import checkpoint_path
 from agent.billing.pricing import CostResult
+from agent.sessions import integrity
 from agent.sessions.ledger import plain
 from agent.sessions.metering import EnergyTracker
 from agent.sessions.reviews import FaultRef
 from agent.sessions.reviews import reason as review_reason
 from agent.sessions.store import RecordRow, SessionRow, SessionStore, get_state
-from agent.sessions.times import from_us
+from agent.sessions.times import from_us, to_us
 
 RECORD_VERSION = 1
 ROUNDING_RULE = (
@@ -174,10 +177,16 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_records(store: SessionStore, agent_public_key: str | None) -> VerifyReport:
+def verify_records(
+    store: SessionStore, agent_public_key: str | None, station: str | None = None
+) -> VerifyReport:
     """Walk the hash chain and verify every OCMF signature and reading of every record.
 
-    Checks: chain links (an edited, removed or reordered record is named); each stored hash;
+    Checks: the store's guard triggers and its head and anchor against the signed checkpoint
+    (agent/sessions/integrity.py: the newest records deleted, the anchor rewritten, the chain
+    rebuilt); chain links (an edited, removed or reordered record is named); each stored hash;
+    every column copied from the body (energy, totals, times, review, …) and the session
+    row's billed energy and times against the hashed body;
     each record's begin and end OCMF records against its signer's key (the agent's own
     records against `agent_public_key`, when given); that the OCMF readings are the record's
     meter readings and — unless the record is flagged for review — that the energy billed
@@ -185,9 +194,13 @@ def verify_records(store: SessionStore, agent_public_key: str | None) -> VerifyR
     has its record.
     """
     rows = store.records()
-    problems: list[Problem] = []
     with store.reading() as c:
         anchor = get_state(c, "chain_anchor")
+        found = integrity.trigger_problems(c) + integrity.checkpoint_problems(
+            c, checkpoint_path(store.path), station, agent_public_key
+        )
+        sessions = {r[0]: r[1:] for r in c.execute(SESSION_COLUMNS)}
+    problems = [Problem(f"tamper: {m}") for m in found]
     prev, first = chain.GENESIS, 1
     if anchor is not None:
         seq, prev = anchor.split(":")
@@ -215,12 +228,62 @@ def verify_records(store: SessionStore, agent_public_key: str | None) -> VerifyR
         if body is None:
             continue
         flagged += bool(body.get("review", {}).get("required"))
-        n, found = _check_record(row, body, agent_public_key, pages)
+        n, wrong = _check_record(row, body, agent_public_key, pages)
         signatures += n
-        problems.extend(found)
+        problems.extend(wrong)
+        problems.extend(_p(row, m) for m in derived_mismatches(row, body, sessions))
     for sid in store.closed_without_record():
         problems.append(Problem("closed but has no charge record: deleted?", session_id=sid))
     return VerifyReport(len(rows), signatures, flagged, problems)
+
+
+SESSION_COLUMNS = (
+    "SELECT id, started_ts, charging_end_ts, ended_ts, billed_wh FROM sessions "
+    "WHERE state = 'closed'"
+)
+
+
+def _us(text: Any) -> int | None:
+    try:
+        return to_us(datetime.fromisoformat(text))
+    except (TypeError, ValueError):
+        return None
+
+
+def derived_mismatches(
+    row: RecordRow, body: dict[str, Any], sessions: dict[str, tuple]
+) -> list[str]:
+    """Each column of the record row, and of its session row, that is not what the hashed
+    body says (reports and lists read those columns: an edit there must not go unseen)."""
+    cost = body.get("cost") or {}
+    review = body.get("review") or {}
+    expected = {
+        "id": body.get("id"),
+        "session_id": body.get("session_id"),
+        "connector": body.get("connector"),
+        "started_ts": _us(body.get("start")),
+        "ended_ts": _us(body.get("end")),
+        "created_ts": _us(body.get("end")),
+        "energy_wh": body.get("energy_wh"),
+        "currency": cost.get("currency"),
+        "total_excl_vat": cost.get("total_excl_vat"),
+        "total_incl_vat": cost.get("total_incl_vat"),
+        "review": int(bool(review.get("required"))),
+    }
+    out = [
+        f"column {name} is {getattr(row, name)!r}, the signed body says {want!r}: edited"
+        for name, want in expected.items()
+        if getattr(row, name) != want
+    ]
+    s = sessions.get(row.session_id)
+    if s is None:
+        return out
+    names = ("started_ts", "charging_end_ts", "ended_ts", "billed_wh")
+    wants = (expected["started_ts"], _us(body.get("charging_end")), expected["ended_ts"])
+    for name, got, want in zip(names, s, (*wants, body.get("energy_wh")), strict=True):
+        if got != want:
+            out.append(f"session column {name} is {got!r}, the signed body says {want!r}: edited")
+    return out
 
 
 def _p(row: RecordRow, message: str) -> Problem:
