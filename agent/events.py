@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -154,10 +155,38 @@ class FaultRaised(Event):
     explains: list[Symptom] = Field(default_factory=list)
     side: str = "unknown"  # charger | vehicle | unknown
     side_basis: str = ""
+    # How it may clear (the rule's `clear`): condition | evidence | manual; with evidence,
+    # the expression that must hold; latch: block | retry (None: it does not latch).
+    clear: str = "condition"
+    clear_evidence: str | None = None
+    latch: str | None = None
+    retries: int = 0
+
+
+class FaultLatch(Event):
+    """A raised fault that clears only on evidence or by hand changed its latch state.
+
+    `state`: latched (its condition is over but the fault holds), retry (latch = retry: a new
+    session may try now; its connectors are free until the condition comes back) or active
+    (the condition is back). `faulted` and `title` as in the FaultRaised.
+    """
+
+    fault_id: str
+    rule: str
+    scope: str
+    connectors: list[int]
+    state: Literal["active", "latched", "retry"]
+    faulted: bool
+    title: dict[str, str]
+    attempts: int = 0  # retries used
+    retries: int = 0  # retries the rule allows (latch = retry)
+    retry_at: AwareDatetime | None = None  # when the next retry is allowed
 
 
 class FaultCleared(Event):
-    """A raised fault is over: resolved, explained by another root cause, or retired."""
+    """A raised fault is over: resolved (its condition ended), evidence (its clear_evidence
+    held), manual (a technician cleared it: `by`, `note`), explained by another root cause,
+    or retired."""
 
     fault_id: str
     rule: str
@@ -165,9 +194,11 @@ class FaultCleared(Event):
     connectors: list[int]
     devices: list[str]
     raised_ts: AwareDatetime
-    reason: str  # resolved | explained | retired
+    reason: str  # resolved | evidence | manual | explained | retired
     explained_by: str | None = None  # fault_id of the root cause that now covers it
     detail: str = ""
+    by: str | None = None  # manual: who cleared it (cli, api, mqtt, ocpp, ...)
+    note: str = ""  # manual: the technician's note
 
 
 class DriverMessage(Event):

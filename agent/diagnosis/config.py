@@ -29,6 +29,8 @@ class RuleTuning(_Section):
     enabled: bool = True
     raise_after_s: float | None = Field(default=None, ge=0, le=86_400)
     clear_after_s: float | None = Field(default=None, ge=0, le=86_400)
+    retries: int | None = Field(default=None, ge=0, le=20, description="latch = retry rules")
+    retry_backoff_s: float | None = Field(default=None, ge=0, le=86_400)
 
 
 class DiagnosisConfig(_Section):
@@ -101,6 +103,12 @@ class DiagnosisConfig(_Section):
         unknown = sorted(set(self.rule) - set(rules))
         if unknown:
             raise ValueError(f"rule: no rule {', '.join(map(repr, unknown))}; see `evedge faults`")
+        for rid, tuning in self.rule.items():
+            retry = {"retries", "retry_backoff_s"} & tuning.model_fields_set
+            if retry and rules[rid].latch != "retry":
+                raise ValueError(
+                    f'rule.{rid}: {sorted(retry)[0]}: only for a rule with latch = "retry"'
+                )
         return self
 
     @property

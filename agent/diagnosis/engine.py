@@ -13,6 +13,14 @@ already raised B is cleared with reason "explained". A due symptom waits while o
 explainers is already true but not yet due, so the cause is raised first. The raised
 fault lists the symptoms it explains; they raise its confidence.
 
+Latching (rules with clear = evidence / manual, see rules.py): when such a fault's
+condition has been false for clear_after_s the fault is not cleared but latched (FaultLatch
+"latched"): stopping the session made the symptom go, not the defect. It clears when the
+rule's clear_evidence has held for clear_after_s (reason "evidence") or when a technician
+clears it (`clear_manual`, reason "manual"). With latch = retry, a latched fault frees its
+connectors for a new attempt after retry_backoff_s (FaultLatch "retry"), at most `retries`
+times; the condition coming back during the attempt holds them again (FaultLatch "active").
+
 The engine is pure: no I/O, no event loop. `ingest()` bus events, `evaluate()` to get the
 FaultRaised / FaultCleared events of this moment; the service publishes and stores them.
 """
@@ -23,7 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 import structlog
@@ -47,6 +55,7 @@ from agent.events import (
     Event,
     FaultCleared,
     FaultCodes,
+    FaultLatch,
     FaultRaised,
     Reading,
     Symptom,
@@ -61,6 +70,7 @@ MAX_EVIDENCE = 24
 CONFIDENCE_PER_SYMPTOM = 0.05
 
 Status = Literal["idle", "active", "suppressed"]
+LatchState = Literal["latched", "retry"]
 
 
 @dataclass(eq=False)
@@ -72,6 +82,8 @@ class Instance:
     device_kind: str | None
     raise_after: float
     clear_after: float
+    retries: int = 0  # latch = retry: attempts allowed, and the back-off before each (s)
+    retry_backoff: float = 0.0
     value: Value = None
     true_since: float | None = None
     false_since: float | None = None
@@ -80,10 +92,48 @@ class Instance:
     root: Instance | None = None
     env: ScopeEnv | None = None
     raises: deque[float] = field(default_factory=deque)
+    # Latching (rule.clear != "condition"): None while the condition holds or has not yet
+    # been false for clear_after; retries used; when the next retry is allowed; since when
+    # the clear evidence has held.
+    latch: LatchState | None = None
+    attempts: int = 0
+    retry_at: float | None = None
+    evidence_since: float | None = None
+    evidence_env: ScopeEnv | None = None
     expr: Expr = field(init=False)
 
     def __post_init__(self) -> None:
         self.expr = self.rule.expr  # resolved once: evaluated every second
+
+    def reset(self) -> None:
+        """Back to idle: the fault is over (or handed to its root cause)."""
+        self.status, self.root = "idle", None
+        self.latch, self.attempts, self.retry_at = None, 0, None
+        self.evidence_since, self.evidence_env = None, None
+
+    def latch_due(self, now: float) -> bool:
+        """The condition has been false long enough for a latching fault to latch."""
+        return (
+            self.latch is None
+            and self.value is False
+            and self.false_since is not None
+            and now - self.false_since >= self.effective_clear_after()
+        )
+
+    def back(self, now: float) -> bool:
+        """The condition has been true for raise_after_s again."""
+        return (
+            self.value is True
+            and self.true_since is not None
+            and now - self.true_since >= self.raise_after
+        )
+
+    def track_evidence(self, value: Value, now: float) -> None:
+        """Record the clear evidence's value: it must hold without a gap (unknown resets)."""
+        if value is True and self.value is not True:
+            self.evidence_since = self.evidence_since if self.evidence_since is not None else now
+        else:
+            self.evidence_since = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -143,7 +193,8 @@ class DiagnosisEngine:
         thresholds = self.dcfg.thresholds()
         keep: dict[str, float] = {}
         for r in self.rules.values():
-            for ref, seconds in r.expr.windows.items():
+            exprs = (r.expr, r.evidence_expr) if r.evidence_expr else (r.expr,)
+            for ref, seconds in (w for e in exprs for w in e.windows.items()):
                 q = ref.parts[1]
                 keep[q] = max(keep.get(q, 0.0), seconds * 1.5 + 5)
         kinds = {name: p.kind for name, p in profiles.items()}
@@ -168,10 +219,16 @@ class DiagnosisEngine:
                     continue
                 raise_after = rule.seconds("raise_after_s", thresholds)
                 clear_after = rule.seconds("clear_after_s", thresholds)
+                retries = float(rule.retries or 0) if rule.latch == "retry" else 0.0
+                backoff = rule.retry_backoff_s
                 if tuning is not None:
                     raise_after = _pick(tuning.raise_after_s, raise_after)
                     clear_after = _pick(tuning.clear_after_s, clear_after)
-                self.instances.append(Instance(rule, scope, kind, raise_after, clear_after))
+                    retries = _pick(tuning.retries, retries)
+                    backoff = _pick(tuning.retry_backoff_s, backoff)
+                self.instances.append(
+                    Instance(rule, scope, kind, raise_after, clear_after, int(retries), backoff)
+                )
         self._by_key = {i.key: i for i in self.instances}
 
     def _enabled(self, rid: str) -> bool:
@@ -227,9 +284,16 @@ class DiagnosisEngine:
             env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, charging, now)
             inst.track(inst.expr(env), now)
             inst.env = env
+            evidence = inst.rule.evidence_expr
+            if inst.latch is not None and evidence is not None:
+                ev_env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, charging, now)
+                inst.track_evidence(evidence(ev_env), now)
+                inst.evidence_env = ev_env
         out: list[Event] = []
         for inst in self.instances:
-            if (
+            if inst.status == "active" and inst.rule.latches:
+                out.extend(self._latch_step(inst, now_dt))
+            elif (
                 inst.status != "idle"
                 and inst.value is False
                 and inst.false_since is not None
@@ -237,7 +301,7 @@ class DiagnosisEngine:
             ):
                 if inst.status == "active":
                     out.append(self._cleared(inst, now_dt, "resolved"))
-                inst.status, inst.root = "idle", None
+                inst.reset()
         for inst in self.instances:  # causes before their symptoms
             if inst.status == "active":
                 continue
@@ -278,9 +342,98 @@ class DiagnosisEngine:
         for i in self.instances:
             if i.status == "idle" and i.value is True and i.true_since is not None:
                 due.append(i.true_since + i.raise_after)
+            elif i.latch is not None:
+                if i.value is True and i.true_since is not None:
+                    due.append(i.true_since + i.raise_after)
+                if i.evidence_since is not None:
+                    due.append(i.evidence_since + i.clear_after)
+                if i.retry_at is not None:
+                    due.append(i.retry_at)
             elif i.status != "idle" and i.value is False and i.false_since is not None:
                 due.append(i.false_since + i.effective_clear_after())
         return max(0.0, min(due) - now) if due else None
+
+    # -------------------------------------------------------------------- latching
+
+    def _latch_step(self, inst: Instance, now_dt: datetime) -> list[Event]:
+        """One evaluation of an active fault whose rule latches (see the module docstring)."""
+        now = now_dt.timestamp()
+        rule = inst.rule
+        if inst.latch is None:
+            if not inst.latch_due(now):
+                return []
+            inst.latch, inst.evidence_since = "latched", None
+            if inst.attempts < inst.retries:
+                inst.retry_at = now + inst.retry_backoff
+            return [self._latch_event(inst, now_dt)]
+        if inst.back(now):  # the defect shows again
+            if inst.latch == "retry":
+                inst.attempts += 1
+            inst.latch, inst.retry_at, inst.evidence_since = None, None, None
+            return [self._latch_event(inst, now_dt)]
+        if inst.evidence_since is not None and now - inst.evidence_since >= inst.clear_after:
+            env = inst.evidence_env
+            shown = ", ".join(f"{e.name} = {e.value}" for e in env.evidence_list()) if env else ""
+            detail = f"{rule.clear_evidence} held for {inst.clear_after:g} s ({shown})"
+            cleared = self._cleared(inst, now_dt, "evidence", detail=detail)
+            inst.reset()
+            return [cleared]
+        if inst.latch == "latched" and inst.retry_at is not None and now >= inst.retry_at:
+            inst.latch, inst.retry_at = "retry", None
+            return [self._latch_event(inst, now_dt)]
+        return []
+
+    def _latch_event(self, inst: Instance, now_dt: datetime) -> FaultLatch:
+        raised = inst.raised
+        assert raised is not None
+        state = inst.latch or "active"
+        retry_at = None if inst.retry_at is None else datetime.fromtimestamp(inst.retry_at, UTC)
+        log.info(
+            "fault.latch",
+            fault_id=raised.fault_id,
+            rule=raised.rule,
+            scope=raised.scope,
+            state=state,
+            attempts=inst.attempts,
+            retries=inst.retries,
+            retry_at=retry_at.isoformat() if retry_at else None,
+            clear=inst.rule.clear,
+        )
+        return FaultLatch(
+            ts=now_dt,
+            fault_id=raised.fault_id,
+            rule=raised.rule,
+            scope=raised.scope,
+            connectors=raised.connectors,
+            state=state,
+            faulted=raised.faulted,
+            title=raised.title,
+            attempts=inst.attempts,
+            retries=inst.retries,
+            retry_at=retry_at,
+        )
+
+    def clear_manual(self, fault_id: str, by: str, note: str = "") -> FaultCleared:
+        """A technician clears an active fault (any rule; one whose condition still holds is
+        raised again after its raise_after_s). KeyError if no active fault has this id."""
+        for inst in self.instances:
+            if inst.status == "active" and inst.raised and inst.raised.fault_id == fault_id:
+                cleared = self._cleared(inst, self.clock(), "manual", by=by, note=note)
+                inst.reset()
+                return cleared
+        raise KeyError(fault_id)
+
+    def latched_manual(self, connector: int | None = None) -> list[str]:
+        """Ids of the latched faults that only a technician clears (clear = manual), on
+        `connector` (None: all): what an OCPP Reset / ChangeAvailability Operative clears."""
+        return [
+            i.raised.fault_id
+            for i in self.instances
+            if i.latch is not None
+            and i.raised is not None
+            and i.rule.clear == "manual"
+            and (connector is None or connector in i.raised.connectors)
+        ]
 
     def _explainer(self, inst: Instance, active: bool) -> Instance | None:
         """An active explainer of `inst` (active=True), or a pending one (False)."""
@@ -347,6 +500,10 @@ class DiagnosisEngine:
             ],
             side=side if side in ("charger", "vehicle") else "unknown",
             side_basis=basis,
+            clear=rule.clear,
+            clear_evidence=rule.clear_evidence,
+            latch=rule.latch if rule.latches else None,
+            retries=inst.retries,
         )
         inst.status, inst.raised, inst.root = "active", raised, None
         log.warning(
@@ -366,7 +523,8 @@ class DiagnosisEngine:
         out: list[Event] = [raised]
         for s in symptoms:
             if s.status == "active":
-                out.append(self._cleared(s, now_dt, "explained", by=raised.fault_id))
+                out.append(self._cleared(s, now_dt, "explained", explained_by=raised.fault_id))
+            s.reset()
             s.status, s.root = "suppressed", inst
         return out
 
@@ -396,7 +554,14 @@ class DiagnosisEngine:
         )
 
     def _cleared(
-        self, inst: Instance, now_dt: datetime, reason: str, by: str | None = None
+        self,
+        inst: Instance,
+        now_dt: datetime,
+        reason: str,
+        explained_by: str | None = None,
+        detail: str = "",
+        by: str | None = None,
+        note: str = "",
     ) -> FaultCleared:
         raised = inst.raised
         assert raised is not None
@@ -409,7 +574,10 @@ class DiagnosisEngine:
             devices=raised.devices,
             raised_ts=raised.ts,
             reason=reason,
-            explained_by=by,
+            explained_by=explained_by,
+            detail=detail,
+            by=by,
+            note=note,
         )
         log.info(
             "fault.cleared",
@@ -417,7 +585,8 @@ class DiagnosisEngine:
             rule=raised.rule,
             scope=raised.scope,
             reason=reason,
-            explained_by=by,
+            explained_by=explained_by,
+            by=by,
             duration_s=round((now_dt - raised.ts).total_seconds(), 1),
         )
         inst.raised = None
@@ -425,11 +594,16 @@ class DiagnosisEngine:
 
     # --------------------------------------------------------------------- restart
 
-    def restore(self, active: Iterable[FaultRaised]) -> list[FaultCleared]:
+    def restore(
+        self, active: Iterable[FaultRaised], latches: Mapping[str, FaultLatch] | None = None
+    ) -> list[FaultCleared]:
         """Take the faults active before a restart: they stay raised (same fault id) until
-        the data says otherwise. Faults whose rule or scope no longer exists are retired."""
+        the data says otherwise. Faults whose rule or scope no longer exists are retired.
+        `latches`: the last FaultLatch of each (by fault id); a latched fault stays latched,
+        with its retries used, and a retry waits its back-off again (a restart is no repair)."""
         retired: list[FaultCleared] = []
         now_dt = self.clock()
+        latches = latches or {}
         for raised in active:
             inst = self._by_key.get((raised.rule, raised.scope))
             if inst is None:
@@ -449,6 +623,13 @@ class DiagnosisEngine:
                 continue
             inst.status, inst.raised = "active", raised
             inst.raises.append(raised.ts.timestamp())
+            latch = latches.get(raised.fault_id)
+            if latch is not None and inst.rule.latches:
+                inst.attempts = latch.attempts
+                if latch.state != "active":
+                    inst.latch = "latched"
+                    if inst.attempts < inst.retries:
+                        inst.retry_at = now_dt.timestamp() + inst.retry_backoff
             log.info(
                 "fault.restored", fault_id=raised.fault_id, rule=raised.rule, scope=raised.scope
             )

@@ -9,6 +9,7 @@ its own directory ([diagnosis] rules_dir). Each file holds `[[rule]]` tables:
     condition = "min(meter.voltage_l1, meter.voltage_l2, meter.voltage_l3) < cfg.undervoltage_v"
     raise_after_s = 5                 # or a threshold: "cfg.overcurrent_grace_s"
     clear_after_s = 10
+    clear = "condition"               # condition | evidence | manual (see below)
     severity = "warning"              # critical | error | warning | info
     faulted = false                   # connector Faulted (true) or a warning
     confidence = 0.9
@@ -27,6 +28,22 @@ Everything is checked when the files are loaded: unknown quantities and names, t
 of the wrong type, unknown codes, unknown placeholders, `explains` naming no rule or
 forming a cycle, EVSE faults no rule (or two rules) handle. A bad file is refused with a
 message naming the file and the rule.
+
+How a raised fault may clear (`clear`):
+- "condition" (the default): once the condition has been false for clear_after_s; right for
+  faults of the supply or of communication, which are over when their symptom is.
+- "evidence": the condition's end only latches the fault (stopping a session makes a
+  hardware symptom disappear without repairing anything); it clears once `clear_evidence`
+  (an expression in the same language and names as `condition`, e.g. "current flows with
+  the contactor commanded closed") has held for clear_after_s.
+- "manual": latched until a technician clears it (`evedge faults clear ID`, the API, the
+  MQTT command, an OCPP Reset or ChangeAvailability Operative on its connector).
+
+What a latched fault of a faulted rule does to new sessions (`latch`):
+- "block" (the default): its connectors stay Faulted until it clears.
+- "retry": after `retry_backoff_s` (default 30) a new session may try, at most `retries`
+  times; a retry in which the condition comes back holds the connector again, and once the
+  retries are used up the fault blocks as with "block".
 """
 
 from __future__ import annotations
@@ -57,6 +74,9 @@ RULES_DIR = Path(__file__).parent / "rules"
 LANGUAGES = ("en", "de")
 
 Scope = Literal["connector", "device", "bus", "station"]
+Clear = Literal["condition", "evidence", "manual"]
+Latch = Literal["block", "retry"]
+DEFAULT_RETRY_BACKOFF_S = 30.0
 Severity = Literal["critical", "error", "warning", "info"]
 SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 
@@ -191,6 +211,15 @@ class Rule(_Strict):
     )
     raise_after_s: float | str = 0.0
     clear_after_s: float | str = 5.0
+    clear: Clear = "condition"
+    clear_evidence: str | None = Field(
+        default=None,
+        min_length=1,
+        description="clear = evidence: what shows the hardware works again (an expression)",
+    )
+    latch: Latch = "block"
+    retries: int | None = Field(default=None, ge=1, le=20, description="latch = retry")
+    retry_backoff_s: float = Field(default=DEFAULT_RETRY_BACKOFF_S, ge=0, le=86_400)
     detection_s: float = Field(
         default=0.0,
         ge=0,
@@ -217,6 +246,7 @@ class Rule(_Strict):
     technician_steps: Steps
 
     _expr: Expr | None = PrivateAttr(default=None)
+    _evidence_expr: Expr | None = PrivateAttr(default=None)
     _file: str = PrivateAttr(default="")
 
     @field_validator("raise_after_s", "clear_after_s")
@@ -256,6 +286,7 @@ class Rule(_Strict):
                 raise ValueError(f"codes: {codes.ocpp16} is a warning only; set faulted = false")
         if self.id in self.explains:
             raise ValueError("explains: a rule cannot explain itself")
+        self._check_clear()
         allowed = PLACEHOLDERS[self.scope]
         for what, texts in (
             ("title", [self.title.en, self.title.de]),
@@ -271,6 +302,37 @@ class Rule(_Strict):
                         f"rule may use {', '.join('{' + p + '}' for p in sorted(allowed))}"
                     )
         return self
+
+    def _check_clear(self) -> None:
+        if (self.clear == "evidence") != (self.clear_evidence is not None):
+            raise ValueError(
+                'clear_evidence: required with clear = "evidence" and only then'
+                if self.clear == "evidence"
+                else f'clear_evidence: only with clear = "evidence" (clear is {self.clear!r})'
+            )
+        given = self.model_fields_set & {"latch", "retries", "retry_backoff_s"}
+        if given and self.clear == "condition":
+            raise ValueError(
+                f"{sorted(given)[0]}: only for a rule that latches (clear = evidence or manual)"
+            )
+        if given and not self.faulted:
+            raise ValueError(
+                f"{sorted(given)[0]}: only for faulted rules (a warning blocks nothing)"
+            )
+        if self.latch == "retry" and self.retries is None:
+            raise ValueError('retries: required with latch = "retry" (how many new attempts)')
+        if self.latch != "retry" and given & {"retries", "retry_backoff_s"}:
+            raise ValueError(f'{sorted(given - {"latch"})[0]}: only with latch = "retry"')
+
+    @property
+    def latches(self) -> bool:
+        """True if the condition's end only latches the fault (clear = evidence / manual)."""
+        return self.clear != "condition"
+
+    @property
+    def evidence_expr(self) -> Expr | None:
+        """The compiled clear_evidence (clear = evidence), else None."""
+        return self._evidence_expr
 
     @property
     def expr(self) -> Expr:
@@ -407,10 +469,16 @@ def load_rule_file(path: Path) -> list[Rule]:
         if rule.evse_faults:
             claim = f"evse.fault in ({', '.join(repr(f) for f in rule.evse_faults)},)"
             text = claim if text is None else f"({text}) or {claim}"
+        names = _ScopeNames(rule.scope)
         try:
-            rule._expr = compile_expr(text or "", _ScopeNames(rule.scope))
+            rule._expr = compile_expr(text or "", names)
         except ExprError as e:
             raise RuleError(f"{name}: rule {rid!r}: condition: {e}") from None
+        if rule.clear_evidence is not None:
+            try:
+                rule._evidence_expr = compile_expr(rule.clear_evidence, names)
+            except ExprError as e:
+                raise RuleError(f"{name}: rule {rid!r}: clear_evidence: {e}") from None
         rule._file = name
         rules.append(rule)
     return rules

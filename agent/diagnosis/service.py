@@ -3,7 +3,8 @@
 Readings and device health come in from the bus. The engine runs on every batch of
 events, at the moment a pending fault's raise/clear time runs out, and on a 1 s tick when
 the bus is quiet (time alone can raise or clear a fault).
-Its FaultRaised / FaultCleared go out on the bus and into the store. At start the faults
+Its FaultRaised / FaultLatch / FaultCleared go out on the bus and into the store. A
+technician's clear (`clear_fault`, `clear_for_reset`) goes the same way. At start the faults
 still active in the store are handed back to the engine: re-evaluated, not forgotten, and
 not published again; `restored_faults()` hands them to consumers that act on a raise (the
 session engine's derating and Faulted connectors).
@@ -25,7 +26,14 @@ from agent.diagnosis.engine import DiagnosisEngine
 from agent.diagnosis.facts import CloudStatus, StationFacts
 from agent.diagnosis.rules import Rule, load_rules
 from agent.diagnosis.store import FaultLog
-from agent.events import DeviceHealth, Event, FaultCleared, FaultRaised, Reading, utcnow
+from agent.events import (
+    DeviceHealth,
+    Event,
+    FaultCleared,
+    FaultRaised,
+    Reading,
+    utcnow,
+)
 from drivers.profile import Profile
 
 log = structlog.get_logger(__name__)
@@ -116,12 +124,33 @@ class DiagnosisService:
     async def _restore(self) -> None:
         assert self.log is not None
         records = await asyncio.to_thread(self.log.active)
-        retired = self.engine.restore([r.raised for r in records])
+        latches = {r.raised.fault_id: r.latch for r in records if r.latch is not None}
+        retired = self.engine.restore([r.raised for r in records], latches)
         gone = {c.fault_id for c in retired}
         self._restored_faults = [r.raised for r in records if r.raised.fault_id not in gone]
         if records:
             log.info("diagnosis.restored", active=len(records) - len(retired), retired=len(retired))
         await self._emit(list(retired))
+
+    async def clear_fault(self, fault_id: str, by: str, note: str = "") -> FaultCleared:
+        """A technician clears an active fault (recorded with who, when and the note).
+        KeyError if no fault with this id is active."""
+        await self._restored.wait()  # a fault restored from the store is clearable too
+        cleared = self.engine.clear_manual(fault_id, by, note)
+        await self._emit([cleared])
+        return cleared
+
+    async def clear_for_reset(
+        self, connector: int | None, by: str, note: str = ""
+    ) -> list[FaultCleared]:
+        """Clear the latched faults that only a technician clears (clear = manual) on
+        `connector` (None: every connector): an OCPP Reset or ChangeAvailability Operative."""
+        await self._restored.wait()
+        cleared = [
+            self.engine.clear_manual(fid, by, note) for fid in self.engine.latched_manual(connector)
+        ]
+        await self._emit(list(cleared))
+        return cleared
 
     async def _emit(self, events: list[Event]) -> None:
         if not events:

@@ -11,11 +11,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.events import FaultCleared, FaultRaised
-from agent.store.db import open_db, open_readonly, transaction
+from agent.events import FaultCleared, FaultLatch, FaultRaised
+from agent.store.db import open_db, open_readonly, schema_version, transaction
 from agent.store.readings import ts_to_us
 
 FAULTS_SCHEMA = 3  # the store schema version that brought the faults table
+LATCH_SCHEMA = 9  # ... and the one that brought its latch column
+
+FaultEvent = FaultRaised | FaultLatch | FaultCleared
 
 
 @dataclass(frozen=True)
@@ -24,16 +27,24 @@ class FaultRecord:
 
     raised: FaultRaised
     cleared: FaultCleared | None = None
+    latch: FaultLatch | None = None  # its last latch change (rules that latch)
 
     @property
     def active(self) -> bool:
         return self.cleared is None
 
+    @property
+    def latched(self) -> bool:
+        """Active, its condition over, held until evidence or a technician clears it."""
+        return self.active and self.latch is not None and self.latch.state != "active"
+
     def as_json(self) -> dict:
-        """JSON-ready: the FaultRaised fields plus `active` and `cleared`."""
+        """JSON-ready: the FaultRaised fields plus `active`, `latched`, `latch`, `cleared`."""
         return {
             **self.raised.model_dump(mode="json"),
             "active": self.active,
+            "latched": self.latched,
+            "latch": self.latch.model_dump(mode="json") if self.latch else None,
             "cleared": self.cleared.model_dump(mode="json") if self.cleared else None,
         }
 
@@ -45,10 +56,12 @@ class FaultLog:
         """`readonly`: for the CLI; never creates or migrates the file (see open_readonly)."""
         self.path = Path(path)
         self._conn = open_readonly(self.path, FAULTS_SCHEMA) if readonly else open_db(self.path)
+        # A reader of a store the service has not migrated yet sees no latch column.
+        self._latch_col = "latch" if schema_version(self._conn) >= LATCH_SCHEMA else "NULL"
         self._lock = threading.Lock()
 
-    def record(self, event: FaultRaised | FaultCleared) -> None:
-        """Store a raise (a new row) or a clear (completes its row); idempotent."""
+    def record(self, event: FaultEvent) -> None:
+        """Store a raise (a new row), a latch change or a clear (update its row); idempotent."""
         with self._lock, transaction(self._conn):
             if isinstance(event, FaultRaised):
                 self._conn.execute(
@@ -63,6 +76,11 @@ class FaultLog:
                         event.model_dump_json(),
                     ),
                 )
+            elif isinstance(event, FaultLatch):
+                self._conn.execute(
+                    "UPDATE faults SET latch = ? WHERE fault_id = ? AND cleared_ts IS NULL",
+                    (event.model_dump_json(), event.fault_id),
+                )
             else:
                 self._conn.execute(
                     "UPDATE faults SET cleared_ts = ?, clear_reason = ?, cleared = ? "
@@ -70,7 +88,7 @@ class FaultLog:
                     (ts_to_us(event.ts), event.reason, event.model_dump_json(), event.fault_id),
                 )
 
-    def record_many(self, events: list[FaultRaised | FaultCleared]) -> None:
+    def record_many(self, events: list[FaultEvent]) -> None:
         """record() each event, in order."""
         for e in events:
             self.record(e)
@@ -90,14 +108,16 @@ class FaultLog:
 
     def _select(self, where: str, args: tuple) -> list[FaultRecord]:
         with self._lock:
-            rows = self._conn.execute(f"SELECT payload, cleared FROM faults {where}", args)
-            rows = rows.fetchall()
+            rows = self._conn.execute(
+                f"SELECT payload, cleared, {self._latch_col} FROM faults {where}", args
+            ).fetchall()
         return [
             FaultRecord(
                 FaultRaised.model_validate_json(p),
                 FaultCleared.model_validate_json(c) if c else None,
+                FaultLatch.model_validate_json(latch) if latch else None,
             )
-            for p, c in rows
+            for p, c, latch in rows
         ]
 
     def close(self) -> None:

@@ -340,8 +340,11 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
         return await self._authorized(token, AuthMethod.PAYMENT, None, auth)
 
     def _check_free(self, token: IdToken | None) -> None:
-        if self.faults or self.cp in FAULT_CP:
-            raise CommandRefused("connector is faulted")
+        if self.faults:  # a latched fault holds the connector until it clears
+            causes = "; ".join(f"{fid}: {text}" for fid, text in sorted(self.faults.items()))
+            raise CommandRefused(f"connector is faulted ({causes}); see `evedge faults`")
+        if self.cp in FAULT_CP:
+            raise CommandRefused(f"connector is faulted (control pilot state {self.cp})")
         if not self.available:
             raise CommandRefused("connector is unavailable")
         held = self.reservation

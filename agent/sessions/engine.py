@@ -8,6 +8,9 @@
 Faults: the engine subscribes to `FaultRaised`/`FaultCleared` when agent.events defines them
 (the diagnosis engine publishes them) and stops a session on a fault that makes its
 connector Faulted. Without diagnosis, the EVSE's own control pilot state E/F stops it.
+A latched fault (`FaultLatch`, rules that clear only on evidence or by hand) keeps its
+connectors Faulted; only its "retry" state frees them for one new attempt, and its state
+"active" (the defect is back) holds them again.
 Faults raised before a restart and still active are not published again: the runtime hands
 over `restored_faults` (the diagnosis service's), applied at start like a FaultRaised
 (derating, Faulted) before any bus event.
@@ -73,9 +76,11 @@ def _version() -> str:
 
 
 def fault_event_types() -> tuple[type[events.Event], ...]:
-    """FaultRaised/FaultCleared if the diagnosis engine defined them (else none)."""
+    """FaultRaised/FaultCleared/FaultLatch if the diagnosis engine defined them (else none)."""
     return tuple(
-        t for t in (getattr(events, n, None) for n in ("FaultRaised", "FaultCleared")) if t
+        t
+        for t in (getattr(events, n, None) for n in ("FaultRaised", "FaultCleared", "FaultLatch"))
+        if t
     )
 
 
@@ -184,6 +189,8 @@ class SessionEngine:
         # derating faults now active: fault id -> A.
         self.derate_limits: dict[str, float] = {}
         self._derating: dict[int, dict[str, float]] = {}
+        # Latched faults whose retry freed their connectors for a new attempt.
+        self._retrying: set[str] = set()
         # The faults still active from before a restart (FaultRaised events), when the
         # runtime hands the diagnosis service's over (see _restore_faults).
         self.restored_faults: Callable[[], Awaitable[list[Any]]] | None = None
@@ -287,7 +294,13 @@ class SessionEngine:
         """A FaultRaised/FaultCleared: derate, or fault the connectors it makes Faulted.
         `restored`: raised before a restart, applied before the connector tasks start."""
         fid, conns, faulted, text = _fault_fields(ev)
-        raised = type(ev).__name__ == "FaultRaised"
+        kind = type(ev).__name__
+        if kind == "FaultLatch":
+            self._on_latch(ev, fid, conns, faulted, text)
+            return
+        raised = kind == "FaultRaised"
+        if not raised:
+            self._retrying.discard(fid)
         for conn, amps in self._derate(ev, fid, conns, raised):
             if restored and amps is not None:  # no task runs yet: recovery offers this
                 conn.limits["derate"] = amps
@@ -298,6 +311,23 @@ class SessionEngine:
             if conn is not None and (faulted or not raised):
                 conn.note_fault(fid, raised, text)  # at once: see emergency_cause()
                 self._spawn(conn, lambda c=conn: c.fault(fid, raised, text))
+
+    def _on_latch(self, ev: Any, fid: str, conns: list[int], faulted: bool, text: str) -> None:
+        """A latched fault's retry frees its connectors (a new session may try); the defect
+        coming back (or the latch after the retry) holds them again."""
+        retry = ev.state == "retry"
+        if not faulted or retry == (fid in self._retrying):
+            return  # a warning, or no change for the connectors
+        if retry:
+            self._retrying.add(fid)
+            text = f"retry {ev.attempts + 1} of {ev.retries}: {text}"
+        else:
+            self._retrying.discard(fid)
+        for cid in conns:
+            conn = self.connectors.get(cid)
+            if conn is not None:
+                conn.note_fault(fid, not retry, text)
+                self._spawn(conn, lambda c=conn: c.fault(fid, not retry, text))
 
     def _derate(
         self, ev: Any, fid: str, conns: list[int], raised: bool

@@ -392,6 +392,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         END;
         """,
     ),
+    Migration(
+        9,
+        "faults: latch state",
+        """
+        -- Diagnosis faults that latch (issue 11): latch is the last FaultLatch event's JSON
+        -- (latched / retry / active, retries used) of an active fault whose rule clears only
+        -- on evidence or by hand; NULL while it never latched. Kept after the clear as part of
+        -- the fault's history.
+        ALTER TABLE faults ADD COLUMN latch TEXT;
+        """,
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

@@ -22,7 +22,15 @@ from agent.diagnosis.engine import DiagnosisEngine
 from agent.diagnosis.facts import ManualFacts
 from agent.diagnosis.rules import load_rules
 from agent.diagnosis.store import FaultLog
-from agent.events import DeviceHealth, Event, FaultCleared, FaultRaised, Reading, utcnow
+from agent.events import (
+    DeviceHealth,
+    Event,
+    FaultCleared,
+    FaultLatch,
+    FaultRaised,
+    Reading,
+    utcnow,
+)
 from agent.sessions.evse import EvseControl
 from agent.station import build_station
 from drivers.device import Device
@@ -63,7 +71,7 @@ class SimRig:
         self.engine = DiagnosisEngine(cfg, rules, profiles, self.facts, self.now, cfg.diagnosis)
         self.fault_log = fault_log
         self._sub = self.bus.subscribe(Reading, DeviceHealth)
-        self.events: list[FaultRaised | FaultCleared] = []
+        self.events: list[FaultRaised | FaultLatch | FaultCleared] = []
         self.listeners: list[Callable[[Event], None]] = []
         self.driver = RigDriver(self)
 
@@ -74,7 +82,9 @@ class SimRig:
     async def __aenter__(self) -> SimRig:
         await self.sim.start()
         if self.fault_log is not None:
-            self._emit(list(self.engine.restore(r.raised for r in self.fault_log.active())))
+            records = self.fault_log.active()
+            latches = {r.raised.fault_id: r.latch for r in records if r.latch is not None}
+            self._emit(list(self.engine.restore([r.raised for r in records], latches)))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -148,6 +158,23 @@ class SimRig:
             (e for e in self.events if isinstance(e, FaultCleared) and e.fault_id == fault_id),
             None,
         )
+
+    def latch(self, fault_id: str) -> FaultLatch | None:
+        """The last FaultLatch of `fault_id`, if any came."""
+        return next(
+            (
+                e
+                for e in reversed(self.events)
+                if isinstance(e, FaultLatch) and e.fault_id == fault_id
+            ),
+            None,
+        )
+
+    def clear_manual(self, fault_id: str, note: str = "") -> FaultCleared:
+        """A technician clears `fault_id` (as `evedge faults clear` does)."""
+        cleared = self.engine.clear_manual(fault_id, "test", note)
+        self._emit([cleared])
+        return cleared
 
     def evse(self, connector: int) -> Device:
         """The agent's driver of the connector's EVSE controller."""
