@@ -16,14 +16,14 @@ from agent.diagnosis.service import DiagnosisService
 from agent.driver.service import DriverService
 from agent.kpi.history import FaultHistory
 from agent.mqtt.service import MqttService
-from agent.ocpp.service import OcppService
+from agent.ocpp.service import HardReset, OcppService
 from agent.ops import Ops
 from agent.sdnotify import Notifier
 from agent.sessions.engine import SessionEngine
 from agent.station import Station, build_station
 from agent.store.db import Store
 from agent.store.writer import StoreWriter
-from agent.tasks import cancel_and_wait
+from agent.tasks import cancel_and_wait, supervise
 from agent.watchdog import Liveness, Watchdog
 
 log = structlog.get_logger(__name__)
@@ -99,7 +99,18 @@ class Agent:
         if self.sessions is not None:
             self._tasks.append(asyncio.create_task(self.sessions.run(), name="sessions"))
         if self.ocpp is not None:
-            self._tasks.append(asyncio.create_task(self.ocpp.run(), name="ocpp"))
+            # Supervised: a failure reconnects after a back-off while metering and sessions go
+            # on (a restart of the process would end a suspended session as PowerLoss). Only
+            # a hard reset ends the agent (exit 75).
+            ocpp = supervise(
+                "ocpp",
+                self.ocpp.run,
+                fatal=(HardReset,),
+                min_s=self.cfg.ocpp.reconnect_min_s,
+                max_s=self.cfg.ocpp.reconnect_max_s,
+                on_failure=self.ocpp.ctx.parts["wall"].caught,
+            )
+            self._tasks.append(asyncio.create_task(ocpp, name="ocpp"))
         if self.diagnosis is not None:
             self._tasks.append(asyncio.create_task(self.diagnosis.run(), name="diagnosis"))
         if self.driver is not None:
@@ -159,7 +170,8 @@ class Agent:
         log.info("agent.stop", written=self.writer.stats.written)
 
     async def wait(self) -> None:
-        """Return when any task ends (a crash is re-raised)."""
+        """Return when any task ends (a crash is re-raised; the OCPP task restarts itself and
+        ends only on a hard reset)."""
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
             t.result()

@@ -140,19 +140,19 @@ async def test_soft_reset_stops_the_session_and_boots_again(tmp_path):
         assert body(rec)["stop"]["reason"] == "SoftReset"
 
 
-async def test_unlock_connector_stops_the_session(tmp_path):
-    async with csms_running() as csms:
-        async with running(with_ocpp(tmp_path, csms.url)) as rig:
-            await csms.wait_for("StatusNotification", "TEST", {"connectorId": 1})
-            res = await csms.call("TEST", call.UnlockConnector(connector_id=9))
-            assert res.status == "NotSupported"
-            await rig.card_charging()
-            res = await csms.call("TEST", call.UnlockConnector(connector_id=1))
-            # The Phoenix profile has no unlock command: the session is stopped, the lock
-            # itself is not ours to release.
-            assert res.status == "NotSupported"
-            rec = await rig.record()
-        assert body(rec)["stop"]["reason"] == "UnlockCommand"
+async def test_unlock_connector_not_supported_leaves_the_session_running(tmp_path):
+    async with csms_running() as csms, running(with_ocpp(tmp_path, csms.url)) as rig:
+        await csms.wait_for("StatusNotification", "TEST", {"connectorId": 1})
+        res = await csms.call("TEST", call.UnlockConnector(connector_id=9))
+        assert res.status == "NotSupported"
+        await rig.card_charging()
+        session = rig.conn.session.id
+        res = await csms.call("TEST", call.UnlockConnector(connector_id=1))
+        # The Phoenix profile has no unlock command: NotSupported, and the session is not
+        # stopped for an unlock that cannot happen (OCPP 1.6 §5.17).
+        assert res.status == "NotSupported"
+        assert rig.conn.session is not None and rig.conn.session.id == session
+        assert rig.conn.status.value == "Charging"
 
 
 async def test_unlock_connector_unlocked_and_unlock_failed_on_the_reference_evse(tmp_path):

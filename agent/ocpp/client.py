@@ -14,6 +14,18 @@ library's gaps in handling bad input from the CSMS (ocpp 2.1.0):
 - the library logs every raw frame (id tags, configuration values) through its logger; ours
   logs events without payloads instead.
 
+The wall (issue 17): no frame from the CSMS ends the connection or the process.
+
+- Before the library parses a frame: nesting deeper than MAX_FRAME_DEPTH (the deepest 1.6
+  payload nests 6 inside the frame; Python's json and the library recurse), NaN/Infinity (not
+  JSON, RFC 8259), numbers that overflow a double and integers with more digits than Python
+  converts are FormationViolation. Numbers reach the handlers finite.
+- A schema constraint the validator cannot evaluate (1e308 against `multipleOf 0.1` overflows
+  the Decimal context) is PropertyConstraintViolation.
+- Any other unexpected exception (a handler, an `@after` hook, the library) is counted and
+  logged rate-limited by the service's `Wall` (`evedge status`: ocpp internal_errors) and,
+  when the CALL got no answer yet, answered InternalError.
+
 The library routes an incoming CALL inline in its receive loop: a handler that awaits a call
 to the CSMS (`ctx.link.call`) would wait for an answer the blocked loop cannot read. Handlers
 answer first and send afterwards, from an `@after` hook or a spawned task.
@@ -22,8 +34,13 @@ answer first and send afterwards, from an `@after` hook or a spawned task.
 from __future__ import annotations
 
 import decimal
+import functools
+import inspect
 import json
+import math
+import re
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -31,6 +48,7 @@ from jsonschema.exceptions import best_match
 from ocpp.exceptions import (
     FormationViolationError,
     FormatViolationError,
+    InternalError,
     OccurenceConstraintViolationError,
     OCPPError,
     PropertyConstraintViolationError,
@@ -39,6 +57,7 @@ from ocpp.exceptions import (
 )
 from ocpp.messages import Call, CallError, MessageType, get_validator, unpack
 from ocpp.v16 import ChargePoint
+from websockets.exceptions import ConnectionClosed
 
 from agent.ocpp.context import OcppContext
 from agent.ocpp.handlers.core import CoreMixin
@@ -48,13 +67,23 @@ from agent.ocpp.handlers.reservation import ReservationMixin
 from agent.ocpp.handlers.smart_charging import SmartChargingMixin
 from agent.ocpp.handlers.transactions import TransactionsMixin
 from agent.ocpp.handlers.trigger import TriggerMixin
+from agent.walls import Wall, json_too_deep
 
 log = structlog.get_logger(__name__)
+
+#: Arrays/objects inside each other in one frame. The deepest OCPP 1.6 CSMS->CP frame
+#: (SetChargingProfile: frame, payload, profile, schedule, periods, period) has 6.
+MAX_FRAME_DEPTH = 16
+# The unique id of a frame we will not parse: `[2, "<id>"` at its start.
+_LEADING_ID = re.compile(r'\s*\[\s*\d+\s*,\s*"([^"\\]{0,36})"')
 
 
 class _LibraryLog:
     """Stands in for the library's `logging.Logger`: keeps its messages, drops their
     arguments (raw frames may carry id tags and configuration values)."""
+
+    def __init__(self, wall: Wall):
+        self.wall = wall
 
     def debug(self, msg: str, *args: Any, **kw: Any) -> None:
         """Raw frames: not logged."""
@@ -70,17 +99,22 @@ class _LibraryLog:
         log.info("ocpp.library", text=msg)
 
     def exception(self, msg: str, *args: Any, **kw: Any) -> None:
-        """A handler raised: keep the traceback of a bug, not the request. A refused CALL
-        (OCPPError) is logged by `EvedgeChargePoint` as ocpp.call_refused."""
-        if not isinstance(sys.exc_info()[1], OCPPError):
-            log.error("ocpp.handler_failed", text=msg, exc_info=True)
+        """A handler raised and the library answered InternalError: count it, keep the
+        traceback (rate-limited), not the request. A refused CALL (OCPPError) is logged by
+        `EvedgeChargePoint` as ocpp.call_refused."""
+        exc = sys.exc_info()[1]
+        if exc is not None and not isinstance(exc, OCPPError):
+            self.wall.caught(exc, stage="handler")
 
 
 def _unique_id(raw: Any) -> str:
     """The unique id of a frame we could not parse as OCPP, if it has a readable one."""
+    match = _LEADING_ID.match(raw) if isinstance(raw, str) else None
+    if match is not None:
+        return match.group(1)
     try:
         msg = json.loads(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return "-1"
     if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str):
         return msg[1][:36]
@@ -88,16 +122,51 @@ def _unique_id(raw: Any) -> str:
 
 
 def _is_call(raw: Any) -> bool:
+    """Does the frame (maybe unparseable) expect an answer? CALLRESULT/CALLERROR do not."""
+    head = raw.lstrip()[:8].replace(" ", "") if isinstance(raw, str) else ""
+    return not head.startswith(("[3,", "[4,"))
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} overflows a double")
+    return value
+
+
+def _not_json(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def frame_problem(raw: Any) -> OCPPError | None:
+    """Why the library must not parse this frame (None: let it). See the module docstring."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if isinstance(data, bytes) and json_too_deep(data, MAX_FRAME_DEPTH):
+        return FormationViolationError(
+            details={"cause": f"the frame nests more than {MAX_FRAME_DEPTH} arrays/objects"}
+        )
     try:
-        msg = json.loads(raw)
-    except (TypeError, ValueError):
-        return True  # unknown: answer, the peer may be waiting
-    return not (isinstance(msg, list) and msg[:1] in ([3], [4]))
+        json.loads(raw, parse_float=_finite, parse_constant=_not_json)
+    except json.JSONDecodeError:
+        return None  # the library answers it (not JSON)
+    except (ValueError, RecursionError) as e:
+        return FormationViolationError(details={"cause": str(e)[:200]})
+    return None
 
 
 def _details(error: OCPPError) -> dict[str, Any]:
     cause = error.details.get("cause") if isinstance(error.details, dict) else None
     return {"cause": str(cause)[:500]} if cause else {}
+
+
+def _unexpected(error: BaseException) -> OCPPError:
+    """The CALLERROR for an exception no handler expected."""
+    if isinstance(error, RecursionError):
+        return FormationViolationError(details={"cause": "the payload nests too deep"})
+    if isinstance(error, ArithmeticError):
+        cause = f"a number is out of range ({type(error).__name__})"
+        return PropertyConstraintViolationError(details={"cause": cause})
+    return InternalError(details={})
 
 
 class EvedgeChargePoint(
@@ -114,12 +183,37 @@ class EvedgeChargePoint(
 
     def __init__(self, ctx: OcppContext, connection: Any, *, response_timeout: float = 30):
         self.ctx = ctx
+        # One wall per service (ctx), so its count survives reconnects.
+        self.wall: Wall = ctx.parts.setdefault("wall", Wall("ocpp"))
+        self._replied = False  # the CALL being routed got its CALLRESULT/CALLERROR
         cp_id = ctx.parts.get("charge_point_id") or ctx.cfg.station.id
-        super().__init__(cp_id, connection, response_timeout=response_timeout, logger=_LibraryLog())
+        super().__init__(
+            cp_id, connection, response_timeout=response_timeout, logger=_LibraryLog(self.wall)
+        )
+        for action, handlers in self.route_map.items():
+            if "_after_action" in handlers:
+                handlers["_after_action"] = self._walled_after(action, handlers["_after_action"])
 
     async def route_message(self, raw_msg: Any) -> None:
-        """Route one frame; frames the library cannot parse get a CALLERROR, not silence."""
+        """Route one frame; whatever happens, a CALL gets one answer and the loop goes on."""
+        self._replied = False
         try:
+            await self._route(raw_msg)
+        except ConnectionClosed:
+            raise
+        except Exception as e:
+            self.wall.caught(e, stage="route")
+            if not self._replied and _is_call(raw_msg):
+                err = _unexpected(e)
+                answer = CallError(_unique_id(raw_msg), err.code, err.description, err.details)
+                await self._send(answer.to_json())
+
+    async def _route(self, raw_msg: Any) -> None:
+        """Frames the library cannot parse, or must not, get a CALLERROR, not silence."""
+        problem = frame_problem(raw_msg)
+        try:
+            if problem is not None:
+                raise problem
             msg = unpack(raw_msg)
         except OCPPError as e:
             code = _code(e)
@@ -139,19 +233,50 @@ class EvedgeChargePoint(
             return
         await super().route_message(raw_msg)
 
+    async def _send(self, message: str) -> None:
+        if message.startswith(("[3,", "[4,")):
+            self._replied = True
+        await super()._send(message)
+
     async def _handle_call(self, msg: Call) -> Any:
         try:
             return await super()._handle_call(msg)
         except OCPPError as e:
             error = _classify(msg, e)
-            log.warning(
-                "ocpp.call_refused",
-                action=str(msg.action)[:50],
-                unique_id=str(msg.unique_id)[:36],
-                code=error.code,
-                cause=_details(error).get("cause"),
-            )
-            raise error from None
+        except (ArithmeticError, RecursionError) as e:
+            if self._replied:
+                raise  # after the answer: the wall counts it
+            # Validation could not evaluate a constraint (e.g. 1e308 vs multipleOf 0.1).
+            error = _unexpected(e)
+        log.warning(
+            "ocpp.call_refused",
+            action=str(msg.action)[:50],
+            unique_id=str(msg.unique_id)[:36],
+            code=error.code,
+            cause=_details(error).get("cause"),
+        )
+        raise error from None
+
+    def _walled_after(self, action: str, hook: Callable[..., Any]) -> Callable[..., Any]:
+        """`hook` (an `@after` handler) with its exceptions counted instead of lost: the
+        library calls it after the answer and leaves a returned coroutine unawaited."""
+
+        @functools.wraps(hook)
+        def run(*args: Any, **kw: Any) -> Any:
+            try:
+                result = hook(*args, **kw)
+            except Exception as e:
+                self.wall.caught(e, stage="after", action=action)
+                return None
+            return self._guarded(action, result) if inspect.isawaitable(result) else result
+
+        return run
+
+    async def _guarded(self, action: str, work: Awaitable[Any]) -> None:
+        try:
+            await work
+        except Exception as e:
+            self.wall.caught(e, stage="after", action=action)
 
 
 # OCPP 1.6 §4.2.3 error codes by the JSON-schema keyword a payload violated.
@@ -190,10 +315,11 @@ def _classify(msg: Call, error: OCPPError) -> OCPPError:
         except (OSError, ValueError):
             validator = None
         if validator is not None:
-            payload = msg.payload
-            if decimal_floats:
-                payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
-            problem = best_match(validator.iter_errors(payload))
+            payload = _decimals(msg.payload) if decimal_floats else msg.payload
+            try:
+                problem = best_match(validator.iter_errors(payload))
+            except ArithmeticError as e:  # a constraint the Decimal context cannot evaluate
+                return PropertyConstraintViolationError(details={"cause": f"out of range: {e!r}"})
             if problem is not None:
                 kind = _SCHEMA_ERRORS.get(str(problem.validator), FormationViolationError)
                 return kind(details={"cause": problem.message[:500]})
@@ -201,6 +327,17 @@ def _classify(msg: Call, error: OCPPError) -> OCPPError:
         return FormationViolationError(details=details)
     error.details = details
     return error
+
+
+def _decimals(value: Any) -> Any:
+    """`value` with every float as a Decimal (the library may have converted it already)."""
+    if isinstance(value, float):
+        return decimal.Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _decimals(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decimals(v) for v in value]
+    return value
 
 
 def _code(error: OCPPError) -> str:

@@ -55,6 +55,7 @@ from agent.sessions.model import StopReason
 from agent.sessions.times import to_us
 from agent.store.db import Store
 from agent.tasks import cancel_and_wait
+from agent.walls import Wall
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +98,7 @@ class OcppService:
             service=self,
             faults=self.faults,
             status_sent={},
+            wall=Wall("ocpp"),  # counts what the handlers did not expect (agent/ocpp/client.py)
         )
         self.keys.add_guard("SecurityProfile", self._refuse_profile_change)
         self._password: str | None = None
@@ -417,7 +419,8 @@ class OcppService:
     # ------------------------------------------------------------------ status, flush
 
     def state(self) -> dict[str, Any]:
-        """For `evedge status`: connection, security, boot, heartbeat, outbox backlog."""
+        """For `evedge status`: connection, security, boot, heartbeat, outbox backlog, the
+        unexpected errors the handlers' wall caught."""
         try:
             backlog = self.ctx.parts["outbox"].backlog()
         except Exception as e:  # a status display must not fail on it
@@ -436,6 +439,7 @@ class OcppService:
             "last_error": self.last_error,
             "outbox": backlog,
             "backlog": backlog.get("pending") if isinstance(backlog, dict) else None,
+            **self.ctx.parts["wall"].state(),  # internal_errors, last_internal_error
         }
 
     async def flush(self, timeout: float) -> None:

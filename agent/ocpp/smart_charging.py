@@ -97,22 +97,31 @@ class _Wire(BaseModel):
     )
 
 
+#: The largest limit a profile may set, A or W (a CSMS's number before any arithmetic): 10 MW
+#: covers a site's ChargePointMaxProfile; anything above is a broken or hostile CSMS.
+MAX_RATE = 10_000_000
+#: The longest schedule (s): ten years keeps every date computed from it inside datetime.
+MAX_SCHEDULE_S = 10 * 366 * 86_400
+#: Ids are stored as SQLite integers (64-bit signed).
+MAX_ID = 2**63 - 1
+
+
 class SchedulePeriod(_Wire):
     """ChargingSchedulePeriod: from `start_period` seconds after the schedule's start."""
 
-    start_period: int = Field(ge=0)
-    limit: float = Field(ge=0)
+    start_period: int = Field(ge=0, le=MAX_SCHEDULE_S)
+    limit: float = Field(ge=0, le=MAX_RATE, allow_inf_nan=False)
     number_phases: int | None = Field(default=None, ge=1, le=3)
 
 
 class ChargingSchedule(_Wire):
     """ChargingSchedule."""
 
-    duration: int | None = Field(default=None, ge=0)
+    duration: int | None = Field(default=None, ge=0, le=MAX_SCHEDULE_S)
     start_schedule: UtcTime | None = None
     charging_rate_unit: RateUnit
     charging_schedule_period: list[SchedulePeriod] = Field(min_length=1)
-    min_charging_rate: float | None = Field(default=None, ge=0)
+    min_charging_rate: float | None = Field(default=None, ge=0, le=MAX_RATE, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _periods_in_order(self) -> ChargingSchedule:
@@ -127,9 +136,9 @@ class ChargingSchedule(_Wire):
 class ChargingProfile(_Wire):
     """ChargingProfile (csChargingProfiles of SetChargingProfile)."""
 
-    charging_profile_id: int
-    transaction_id: int | None = None
-    stack_level: int = Field(ge=0)
+    charging_profile_id: int = Field(ge=-MAX_ID, le=MAX_ID)
+    transaction_id: int | None = Field(default=None, ge=-MAX_ID, le=MAX_ID)
+    stack_level: int = Field(ge=0, le=MAX_ID)
     charging_profile_purpose: Purpose
     charging_profile_kind: Kind
     recurrency_kind: Recurrency | None = None

@@ -46,6 +46,9 @@ log = structlog.get_logger(__name__)
 
 HORIZON = timedelta(days=1)  # the live limiter re-evaluates at least this often
 RETRY_S = 5.0  # after the EVSE refused a limit
+# GetCompositeSchedule beyond this is Rejected: "not able to report the requested schedule"
+# (a day is what CSMSs ask for; a huge duration would overflow the date arithmetic).
+MAX_COMPOSITE_S = 31 * 86_400
 _UNITS = {"Current": RateUnit.AMPS, "Power": RateUnit.WATTS}
 
 
@@ -195,7 +198,10 @@ class SmartChargingService:
         self._changed_now()
 
     def composite(self, connector_id: int, duration_s: int, unit: RateUnit | None) -> dict | None:
-        """GetCompositeSchedule's answer fields (None: unknown connector → Rejected)."""
+        """GetCompositeSchedule's answer fields (None: Rejected: unknown connector, a duration
+        not in 0..MAX_COMPOSITE_S)."""
+        if not 0 <= duration_s <= MAX_COMPOSITE_S:
+            return None
         if not self.connectors or (connector_id != 0 and connector_id not in self.connectors):
             return None  # no such connector (a station without connectors has no schedule)
         start = utcnow().replace(microsecond=0)

@@ -4,8 +4,9 @@ Transaction messages (Authorize, Start/Stop, MeterValues, remote start/stop) are
 transactions.py. StatusNotification errorCode / info / vendorId / vendorErrorCode come from
 the diagnosis' active faults (`FaultRaised.codes`), MREC codes with vendorId
 `https://chargex.inl.gov`; an error with a status other than Faulted is a warning.
-UnlockConnector writes the EVSE profile's `connector_unlock` command where it has one (no
-shipped vendor profile does yet: NotSupported there).
+UnlockConnector stops the connector's transaction, then writes the EVSE profile's
+`connector_unlock` command; a profile without one (no shipped vendor profile has it yet)
+answers NotSupported and leaves the session running.
 """
 
 from __future__ import annotations
@@ -238,17 +239,19 @@ class CoreMixin(OcppMixin):
 
     @on(Action.unlock_connector)
     async def _on_unlock_connector(self, connector_id: int, **_: Any) -> Any:
+        # OCPP 1.6 §5.17: a transaction on the connector is finished first, then the cable
+        # lock released; the answer says whether it was. A station that cannot release the
+        # lock says NotSupported and leaves a running session alone.
         eng = self.ctx.sessions
         if eng is None or connector_id not in eng.connectors:
             return call_result.UnlockConnector(status=UnlockStatus.not_supported)
-        conn = eng.connectors[connector_id]
-        if eng.status(connector_id)["session_id"] is not None:
-            await eng.stop_for(connector_id, StopReason.UNLOCK_COMMAND)
-        device = conn.evse.device
+        device = eng.connectors[connector_id].evse.device
         if not any(r.quantity == UNLOCK_QUANTITY and r.writable for r in device.profile.registers):
             log.info("ocpp.unlock", connector=connector_id, status="NotSupported",
                      hint=f"the EVSE profile has no writable {UNLOCK_QUANTITY}")  # fmt: skip
             return call_result.UnlockConnector(status=UnlockStatus.not_supported)
+        if eng.status(connector_id)["session_id"] is not None:
+            await eng.stop_for(connector_id, StopReason.UNLOCK_COMMAND)
         try:
             await device.write(UNLOCK_QUANTITY, True)
         except Exception as e:
