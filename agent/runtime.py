@@ -80,6 +80,9 @@ class Agent:
         self.ops = Ops(self)
         self.api = ApiServer(cfg.api, self.ops) if cfg.api else None
         self.mqtt = MqttService(cfg, self.bus, self.ops) if cfg.mqtt else None
+        if self.diagnosis is not None and self.mqtt is not None:  # rule mqtt_billing_refused
+            stats = self.mqtt.publisher.stats
+            self.diagnosis.facts.mqtt_billing_refused = lambda: stats.refused_kept
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:

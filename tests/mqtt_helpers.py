@@ -223,7 +223,7 @@ class Backend:
 
     def _on_connect(self, client, _u, _f, reason, _p) -> None:
         if not reason.is_failure:
-            client.subscribe([(f"{self.prefix}/#", 1), ("backend/replies/#", 1)])
+            client.subscribe(f"{self.prefix}/#", 1)
 
     def _on_message(self, _c, _u, msg) -> None:
         props = getattr(msg, "properties", None)
@@ -267,7 +267,8 @@ class Backend:
         props = None
         if self.v5:
             props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = response or f"backend/replies/{station}"
+            # The station replies only under its own reply/ tree (agent/mqtt/commands.py).
+            props.ResponseTopic = response or f"{self.prefix}/{station}/reply/backend"
             props.CorrelationData = corr
         topic = f"{self.prefix}/{station}/cmd/{name}"
         self.client.publish(topic, body, qos=1, properties=props).wait_for_publish(5)

@@ -37,7 +37,7 @@ class Cloud:
             def mine(m) -> bool:
                 return m.correlation == corr if cid is None else m.json()["command_id"] == cid
 
-            return [m for m in ms if m.topic.startswith("backend/replies/") and mine(m)]
+            return [m for m in ms if "/reply/" in m.topic and mine(m)]
 
         await asyncio.to_thread(self.b.wait, lambda ms: find(ms), timeout, f"reply to {cid}")
         got = find(self.b.snapshot())
@@ -160,13 +160,14 @@ async def test_every_command_valid_and_invalid(tmp_path, broker):
                 assert tar.getnames()
             with rig.store() as s:
                 assert len(s.records()) == 1  # exactly one session: the valid start
-            # A response topic nobody can publish to: the reply takes cmd/<name>/reply.
+            # A response topic outside reply/ (here a wildcard): refused on cmd/<name>/reply.
             cid, _ = await asyncio.to_thread(
                 backend.command, STATION, "get_active_faults", response="backend/#"
             )
             await asyncio.to_thread(
                 backend.wait, lambda ms: backend.on("cmd/get_active_faults/reply"), 10, "reply"
             )
-            assert backend.on("cmd/get_active_faults/reply")[0].json()["command_id"] == cid
+            refused = backend.on("cmd/get_active_faults/reply")[0].json()
+            assert refused["command_id"] == cid and refused["error"]["code"] == "forbidden"
     finally:
         backend.close()

@@ -8,6 +8,7 @@ order (duplicates are recognisable by msg_id); the charge-record cursor survives
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import jsonschema
@@ -112,6 +113,11 @@ async def test_the_whole_contract_arrives_and_validates(tmp_path, broker):
         assert seqs == list(range(1, len(seqs) + 1)), stream
     tele = by_stream(msgs, "telemetry")[0]
     assert {r["quantity"] for r in tele["readings"]} >= {"energy_import_wh", "cp_state"}
+    # Health goes out when a device's state changes, not after every poll (~10 polls/s here).
+    health = [d["health"] for d in by_stream(msgs, "health")]
+    for device in {h["device"] for h in health}:
+        states = [h["state"] for h in health if h["device"] == device]
+        assert all(a != b for a, b in itertools.pairwise(states)), (device, states)
 
 
 async def test_broker_restart_mid_stream_loses_nothing(tmp_path, broker):

@@ -33,7 +33,7 @@ class NoArgs(_Args):
 
 
 class ConnectorArgs(_Args):
-    connector: int = Field(ge=1, le=99)
+    connector: int = Field(ge=1, le=99, strict=True)
 
 
 class StartArgs(ConnectorArgs):
@@ -41,12 +41,12 @@ class StartArgs(ConnectorArgs):
 
 
 class LimitArgs(ConnectorArgs):
-    amps: float | None = Field(ge=0, le=80, description="None clears the local limit")
+    amps: float | None = Field(ge=0, le=80, strict=True, description="None clears the local limit")
 
 
 class DiagnoseArgs(_Args):
-    reads: int = Field(default=3, ge=2, le=20)
-    gap_s: float = Field(default=1.0, ge=0, le=30)
+    reads: int = Field(default=3, ge=2, le=20, strict=True)
+    gap_s: float = Field(default=1.0, ge=0, le=30, strict=True)
 
 
 class ReportArgs(_Args):
@@ -78,8 +78,8 @@ class ScreenArgs(ConnectorArgs):
 
 class LocalListArgs(_Args):
     entries: list[dict[str, JsonValue]]
-    full: bool = False
-    version: int = Field(ge=1)
+    full: bool = Field(default=False, strict=True)
+    version: int = Field(ge=1, strict=True)
 
 
 @dataclass(frozen=True)

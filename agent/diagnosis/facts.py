@@ -62,6 +62,7 @@ class StationFacts:
         cloud: CloudStatus | None = None,
         tx_exhausted: Callable[[], int | None] = lambda: None,
         billing_tamper: Callable[[], int | None] = lambda: None,
+        mqtt_billing_refused: Callable[[], int | None] = lambda: None,
     ):
         self.clock_synced = clock_synced
         self.disk = disk
@@ -71,6 +72,9 @@ class StationFacts:
         self.tx_exhausted = tx_exhausted
         # Findings of the store's tamper checks (agent/sessions/integrity.py; None: no billing).
         self.billing_tamper = billing_tamper
+        # Charge records / tickets the MQTT broker refused and the outbox keeps
+        # (agent/mqtt/publisher.py; None: no MQTT).
+        self.mqtt_billing_refused = mqtt_billing_refused
 
     @classmethod
     def for_store(cls, store_path: Path, cloud: CloudStatus | None = None) -> StationFacts:
@@ -89,6 +93,7 @@ class StationFacts:
             "cloud_offline_s": None if offline is None else round(offline, 1),
             "ocpp_tx_exhausted": self.tx_exhausted(),
             "billing_tamper": self.billing_tamper(),
+            "mqtt_billing_refused": self.mqtt_billing_refused(),
         }
 
 
@@ -102,12 +107,14 @@ class ManualFacts(StationFacts):
             "disk_free_mb": 8000.0,
             "ocpp_tx_exhausted": 0,
             "billing_tamper": 0,
+            "mqtt_billing_refused": 0,
         }
         super().__init__(
             lambda: self.values["clock_synced"],  # type: ignore[arg-type, return-value]
             lambda: (self.values["disk_free_pct"], self.values["disk_free_mb"]),  # type: ignore[arg-type, return-value]
             tx_exhausted=lambda: self.values["ocpp_tx_exhausted"],  # type: ignore[arg-type, return-value]
             billing_tamper=lambda: self.values["billing_tamper"],  # type: ignore[arg-type, return-value]
+            mqtt_billing_refused=lambda: self.values["mqtt_billing_refused"],  # type: ignore[arg-type, return-value]
         )
         self.set(**values)
 

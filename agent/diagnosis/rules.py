@@ -114,6 +114,7 @@ STATION_FIELDS: dict[str, Kind] = {
     "cloud_offline_s": "num",
     "ocpp_tx_exhausted": "num",
     "billing_tamper": "num",
+    "mqtt_billing_refused": "num",
 }
 SESSION_FIELDS: dict[str, Kind] = {"active": "bool", "charging": "bool"}
 ROLES: dict[str, tuple[str, ...]] = {

@@ -1,10 +1,15 @@
 """Remote commands over MQTT: validate, refuse with a reason, or run through agent/ops.py.
 
-A command is run only if it arrived on this station's own `cmd/<name>` topic, is JSON, names
-a known command, matches its schema (payloads.COMMANDS), is addressed to this station (if it
-says), has not expired (and does not expire implausibly far ahead), and its id was never seen
-before (ids are persisted, so a replay after a restart is refused too). Anything else gets
-an error reply saying why, and nothing is changed. Every reply goes through the outbox.
+A command is run only if it arrived on this station's own `cmd/<name>` topic, asks for its
+reply (MQTT 5 Response Topic) under this station's `reply/` tree if it asks at all, is JSON of
+bounded size and depth, names a known command, matches its schema (payloads.COMMANDS), is
+addressed to this station (if it says), has not expired (and does not expire implausibly far
+ahead), and its id was never seen before (ids are persisted, so a replay after a restart is
+refused too). Anything else gets an error reply saying why, and nothing is changed. An
+unexpected exception is answered `internal`, counted and logged rate-limited (agent/walls.py).
+Every reply goes through the outbox, and only ever to `<base>/reply/...` or
+`<base>/cmd/<name>/reply`: a command cannot make the station publish on its own streams
+(billing/records, display, status) or into another station's tree.
 """
 
 from __future__ import annotations
@@ -24,15 +29,12 @@ from agent.mqtt.payloads import COMMANDS, CommandError, CommandRequest
 from agent.mqtt.topics import Stream, Topics
 from agent.ops import OpError, Ops
 from agent.sessions.times import to_us
+from agent.walls import MAX_JSON_DEPTH, RateLimited, Wall, json_too_deep
 
 log = structlog.get_logger(__name__)
 
+ID_PEEK_BYTES = 16 * 1024
 ERROR_CODES = frozenset(CommandError.model_fields["code"].annotation.__args__)
-
-
-def _publishable(topic: str | None) -> bool:
-    """Whether a response topic can be published to (no wildcards, not empty, not huge)."""
-    return bool(topic) and not set("+#\0") & set(topic) and len(topic.encode()) <= 1024
 
 
 class Refused(Exception):
@@ -52,30 +54,51 @@ def _first_error(e: ValidationError, prefix: str = "") -> str:
     return "; ".join(problems)
 
 
+def parse_json(payload: bytes, max_bytes: int) -> Any:
+    """The JSON document of a command payload; Refused when too large, too deep or not JSON
+    (the size and depth are checked before the parser sees it)."""
+    if len(payload) > max_bytes:
+        raise Refused("invalid", f"the payload has {len(payload)} bytes; at most {max_bytes}")
+    if json_too_deep(payload):
+        raise Refused("bad_json", f"the payload nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise Refused("bad_json", f"the payload is not JSON: {e}") from None
+
+
+def command_id_of(raw: Any) -> str | None:
+    """The request's id if it has a readable one (for the reply), else None."""
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+        return raw["id"][:64]
+    return None
+
+
 class CommandHandler:
     """Turns one incoming command into one reply in the outbox."""
 
-    def __init__(self, ops: Ops, outbox: Outbox, topics: Topics, max_ttl_s: float):
+    def __init__(self, ops: Ops, outbox: Outbox, topics: Topics, max_ttl_s: float, max_bytes: int):
         self.ops = ops
         self.outbox = outbox
         self.topics = topics
         self.max_ttl = timedelta(seconds=max_ttl_s)
+        self.max_bytes = max_bytes
+        self.wall = Wall("mqtt.command")
+        self.refused_topics = 0  # commands refused for a response topic outside reply/
+        self._warn = RateLimited(log.warning)
 
     async def handle(self, msg: Incoming) -> Outgoing | None:
         """Check and run `msg`; returns the reply to enqueue (None: not for this station)."""
         name = self.topics.command_name(msg.topic)
         if name is None:
             # Our subscription is this station's cmd/+ only; anything else is not ours.
-            log.warning("mqtt.command.foreign_topic", topic=msg.topic)
+            self._warn("foreign", "mqtt.command.foreign_topic", topic=msg.topic[:200])
             return None
         command_id: str | None = None
         try:
-            try:
-                raw = json.loads(msg.payload)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise Refused("bad_json", f"the payload is not JSON: {e}") from None
-            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-                command_id = raw["id"][:64]
+            raw = parse_json(msg.payload, self.max_bytes)
+            command_id = command_id_of(raw)
+            self._check_response_topic(msg)
             req, args = self._validate(name, raw)
             command_id = req.id
             await asyncio.to_thread(self._admit, name, req)
@@ -88,11 +111,35 @@ class CommandHandler:
             log.warning("mqtt.command.failed", command=name, id=command_id, code=e.code,
                         reason=e.message)  # fmt: skip
             return self._reply(msg, name, command_id, error=(e.code, e.message))
-        except Exception as e:
-            log.exception("mqtt.command.error", command=name, id=command_id)
+        except Exception as e:  # the wall: answered, counted, logged rate-limited
+            self.wall.caught(e, command=name, id=command_id)
             return self._reply(msg, name, command_id, error=("internal", type(e).__name__))
         log.info("mqtt.command.done", command=name, id=command_id)
         return self._reply(msg, name, command_id, result=result.model_dump(mode="json"))
+
+    def refuse(self, msg: Incoming, code: str, message: str) -> Outgoing | None:
+        """The error reply to `msg` without running it (e.g. `busy`); None if not ours."""
+        name = self.topics.command_name(msg.topic)
+        if name is None:
+            return None
+        try:  # runs on the event loop: only a small payload is parsed for its id
+            command_id = command_id_of(parse_json(msg.payload, ID_PEEK_BYTES))
+        except Refused:
+            command_id = None
+        return self._reply(msg, name, command_id, error=(code, message))
+
+    def _check_response_topic(self, msg: Incoming) -> None:
+        topic = msg.response_topic
+        if topic is None or self.topics.reply_allowed(topic):
+            return
+        self.refused_topics += 1
+        self._warn("response_topic", "mqtt.command.response_topic_refused",
+                   topic=topic[:200], allowed=self.topics.reply_filter)  # fmt: skip
+        raise Refused(
+            "forbidden",
+            f"response topic {topic[:200]!r} is outside {self.topics.reply_filter}; "
+            "the command was not run",
+        )
 
     def _validate(self, name: str, raw: Any) -> tuple[CommandRequest, BaseModel]:
         spec = COMMANDS.get(name)
@@ -169,5 +216,7 @@ class CommandHandler:
         if error is not None:
             code = error[0] if error[0] in ERROR_CODES else "internal"
             data["error"] = {"code": code, "message": error[1]}
-        topic = msg.response_topic if _publishable(msg.response_topic) else self.topics.reply(name)
+        topic = msg.response_topic
+        if topic is None or not self.topics.reply_allowed(topic):
+            topic = self.topics.reply(name)
         return Outgoing(Stream.REPLIES, data, topic=topic, correlation=msg.correlation)

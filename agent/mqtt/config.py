@@ -39,7 +39,13 @@ class MqttConfig(BaseModel):
     outbox_max_rows: int = Field(default=1_000_000, ge=1000, description="thin bulk beyond this")
     min_free_disk_mb: float = Field(default=200, ge=0, description="thin bulk below this free")
     command_max_ttl_s: float = Field(
-        default=86400, gt=0, description="a command's expiry may lie at most this far ahead"
+        default=300, gt=0, le=86400, description="a command's expiry may lie at most this far ahead"
+    )
+    command_queue: int = Field(
+        default=64, ge=1, le=10_000, description="commands waiting to run; more: `busy`"
+    )
+    command_max_bytes: int = Field(
+        default=1 << 20, ge=1024, le=16 << 20, description="larger command payloads: `invalid`"
     )
 
     @model_validator(mode="after")

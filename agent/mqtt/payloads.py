@@ -171,8 +171,8 @@ class NoArgs(_Model):
 
 
 class DiagnoseArgs(_Model):
-    reads: int = Field(default=3, ge=2, le=20)
-    gap_s: float = Field(default=1.0, ge=0, le=30)
+    reads: int = Field(default=3, ge=2, le=20, strict=True)
+    gap_s: float = Field(default=1.0, ge=0, le=30, strict=True)
 
 
 class SetTariffArgs(_Model):
@@ -180,8 +180,10 @@ class SetTariffArgs(_Model):
 
 
 class LocalListArgs(_Model):
-    version: int = Field(ge=1)
-    full: bool = Field(description="true: replace the list; false: add/change/remove entries")
+    version: int = Field(ge=1, strict=True)
+    full: bool = Field(
+        strict=True, description="true: replace the list; false: add/change/remove entries"
+    )
     entries: list[LocalListEntry] = Field(max_length=10_000)
 
 
@@ -193,17 +195,17 @@ class ReportProblemArgs(ReportInput):
 
 
 class StartArgs(_Model):
-    connector: int = Field(ge=1, le=99)
+    connector: int = Field(ge=1, le=99, strict=True)
     id_token: str = Field(min_length=1, max_length=36)
 
 
 class ConnectorArgs(_Model):
-    connector: int = Field(ge=1, le=99)
+    connector: int = Field(ge=1, le=99, strict=True)
 
 
 class LimitArgs(_Model):
-    connector: int = Field(ge=1, le=99)
-    amps: float | None = Field(ge=0, le=80, description="null clears the limit")
+    connector: int = Field(ge=1, le=99, strict=True)
+    amps: float | None = Field(ge=0, le=80, strict=True, description="null clears the limit")
 
 
 class ReportArgs(_Model):
@@ -219,6 +221,8 @@ class CommandError(_Model):
     code: Literal[
         "bad_json",
         "invalid",
+        "forbidden",
+        "busy",
         "unknown_command",
         "wrong_station",
         "expired",

@@ -5,6 +5,12 @@ unacknowledged at a time; a message is deleted from the outbox only after its PU
 Database work (reading batches, deleting acknowledged rows in batches, the retention policy)
 runs here, never on the asyncio loop, so a large backlog drains without delaying the
 pollers. After a reconnect everything unacknowledged is sent again, oldest first.
+
+A publish the broker refuses (MQTT 5 PUBACK reason code >= 0x80, e.g. 0x87 Not authorized by
+its ACL) would be refused again on every resend: it is deleted from the outbox with a log
+line, except a charge record or ticket, which is never dropped: it is kept (and sent again
+after the next reconnect, in case the broker's ACL was fixed), counted in `refused_kept` and
+raised as the fault `mqtt_billing_refused` while any is kept.
 """
 
 from __future__ import annotations
@@ -21,8 +27,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.mqtt.outbox import Outbox, Row
+from agent.mqtt.topics import Stream
+from agent.walls import RateLimited
 
 log = structlog.get_logger(__name__)
+
+# Refused by the broker, kept anyway: billing evidence and drivers' reports.
+KEPT_WHEN_REFUSED = frozenset({Stream.BILLING_RECORDS.value, Stream.TICKETS.value})
 
 FETCH = 1000  # rows read per query
 ACK_FLUSH_S = 0.05  # acknowledged rows are deleted at least this often (and per FETCH acks)
@@ -37,7 +48,9 @@ class PublisherStats:
 
     published: int = 0
     acked: int = 0
-    rejected: int = 0
+    rejected: int = 0  # unpublishable (topic or payload MQTT cannot carry): deleted
+    refused_dropped: int = 0  # refused by the broker (PUBACK >= 0x80): deleted
+    refused_kept: int = 0  # refused by the broker, kept (charge records, tickets) right now
     resent_after_reconnect: int = 0
     backlog: dict[str, int] = field(default_factory=dict)
     oldest_us: int | None = None
@@ -60,6 +73,8 @@ class Publisher:
         self._woken = True
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._refused_rows: set[int] = set()
+        self._log_refused = RateLimited(log.error)
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -114,7 +129,7 @@ class Publisher:
 
     def _loop(self) -> None:
         gen = -1  # the connection the in-flight map belongs to
-        inflight: dict[int, int] = {}  # mid -> outbox row id
+        inflight: dict[int, Row] = {}  # mid -> outbox row
         done: list[int] = []  # acknowledged row ids not yet deleted
         queue: deque[Row] = deque()
         after_id = 0
@@ -131,14 +146,15 @@ class Publisher:
             for g, mid, ok in acks:
                 if g != gen:
                     continue  # a late ack of a connection we already gave up on
-                row_id = inflight.pop(mid, None)
-                if row_id is None:
+                row = inflight.pop(mid, None)
+                if row is None:
                     continue
                 if ok:
-                    done.append(row_id)
+                    done.append(row.id)
                     self.stats.acked += 1
+                    self._refused_rows.discard(row.id)
                 else:
-                    self.stats.rejected += 1  # kept; sent again after the next reconnect
+                    self._refused(row)
             now = time.monotonic()
             if done and (stop or len(done) >= FETCH or now - last_flush >= ACK_FLUSH_S):
                 self.outbox.delivered(done)
@@ -174,7 +190,7 @@ class Publisher:
         return len(inflight) < self.window and (bool(queue) or self._woken)
 
     def _send(
-        self, client: paho.Client, inflight: dict[int, int], queue: deque[Row], after_id: int
+        self, client: paho.Client, inflight: dict[int, Row], queue: deque[Row], after_id: int
     ) -> int:
         """Publish until the window is full or the outbox is drained; returns the new
         high-water row id."""
@@ -205,12 +221,31 @@ class Publisher:
                 # Connection lost under us: resend from the oldest on the next connection.
                 queue.clear()
                 return after_id
-            inflight[info.mid] = row.id
+            inflight[info.mid] = row
             after_id = row.id
             self.stats.published += 1
             if self.stats.published % YIELD_EVERY == 0:
                 time.sleep(0)  # let the asyncio loop (pollers) take the GIL now, not in 5 ms
         return after_id
+
+    def _refused(self, row: Row) -> None:
+        """The broker refused `row` (see the module docstring)."""
+        kept = row.stream in KEPT_WHEN_REFUSED
+        self._log_refused(
+            row.stream,
+            "mqtt.publish_refused",
+            stream=row.stream,
+            seq=row.seq,
+            topic=row.topic,
+            action="kept, raised as a fault" if kept else "deleted from the outbox",
+            hint="the broker's ACL must let this station publish under its own topic tree",
+        )
+        if kept:
+            self._refused_rows.add(row.id)
+        else:
+            self.outbox.discard(row.id)
+            self.stats.refused_dropped += 1
+        self.stats.refused_kept = len(self._refused_rows)
 
     def _props(self, row: Row) -> Properties | None:
         if not self.v5 or row.correlation is None:

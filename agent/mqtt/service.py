@@ -26,6 +26,7 @@ from agent.events import (
     Event,
     FaultCleared,
     FaultRaised,
+    HealthState,
     Reading,
     SessionEvent,
     TicketCreated,
@@ -71,7 +72,9 @@ class MqttService:
             cfg.store.path, self.topics, Retention(self.m.outbox_max_rows, self.m.min_free_disk_mb)
         )
         self.publisher = Publisher(self.outbox, self.m.inflight_window, self.m.protocol == "5")
-        self.commands = CommandHandler(ops, self.outbox, self.topics, self.m.command_max_ttl_s)
+        self.commands = CommandHandler(
+            ops, self.outbox, self.topics, self.m.command_max_ttl_s, self.m.command_max_bytes
+        )
         self.connection = Connection(
             self.m,
             self.m.client_id or f"evedge-{cfg.station.id}",
@@ -98,7 +101,11 @@ class MqttService:
             maxsize=50_000,
             name="mqtt.events",
         )
-        self._incoming: asyncio.Queue[Incoming] = asyncio.Queue()
+        # Bounded: a flood of commands is answered `busy` (newest first), not queued for
+        # minutes; the broker's own queue is not ours to bound.
+        self._incoming: asyncio.Queue[Incoming] = asyncio.Queue(self.m.command_queue)
+        self.busy = 0  # commands refused because the queue was full
+        self._health_sent: dict[str, HealthState] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._active: dict[str, FaultRaised] = {}
         self._offline_clean = b""
@@ -181,6 +188,13 @@ class MqttService:
             "acked": st.acked,
             "rejected": st.rejected,
             "thinned": dict(st.thinned),
+            "refused_by_broker": st.refused_dropped + st.refused_kept,
+            "refused_kept": st.refused_kept,
+            "commands": {
+                "busy": self.busy,
+                "refused_response_topic": self.commands.refused_topics,
+                **self.commands.wall.state(),
+            },
         }
 
     def _check_threads(self) -> None:
@@ -208,7 +222,20 @@ class MqttService:
 
     def _incoming_threadsafe(self, msg: Incoming) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._incoming.put_nowait, msg)
+            self._loop.call_soon_threadsafe(self._offer, msg)
+
+    def _offer(self, msg: Incoming) -> None:
+        """Queue a command, or answer `busy` when the queue is full (the newest waits least)."""
+        try:
+            self._incoming.put_nowait(msg)
+            return
+        except asyncio.QueueFull:
+            pass
+        self.busy += 1
+        reply = self.commands.refuse(
+            msg, "busy", f"{self._incoming.maxsize} commands are waiting; try again later"
+        )
+        self._spawn(self._deliver(msg, reply), "mqtt busy reply")
 
     # ------------------------------------------------------------------ producers
 
@@ -272,6 +299,10 @@ class MqttService:
 
     def _messages(self, ev: Event) -> list[Outgoing]:
         if isinstance(ev, DeviceHealth):
+            # The poller reports health after every cycle; the contract is "when it changes".
+            if self._health_sent.get(ev.device) == ev.state:
+                return []
+            self._health_sent[ev.device] = ev.state
             return [Outgoing(Stream.HEALTH, {"health": ev})]
         if isinstance(ev, SessionEvent):
             return [Outgoing(Stream.SESSION_EVENTS, {"event": ev})]
@@ -308,22 +339,31 @@ class MqttService:
 
     # ------------------------------------------------------------------ commands
 
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _command_loop(self) -> None:
         slots = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
         while True:
-            msg = await self._incoming.get()
             await slots.acquire()
-            task = asyncio.create_task(self._command(msg, slots), name="mqtt command")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            msg = await self._incoming.get()
+            self._spawn(self._command(msg, slots), "mqtt command")
 
     async def _command(self, msg: Incoming, slots: asyncio.Semaphore) -> None:
         try:
-            reply = await self.commands.handle(msg)
-            if reply is not None:
-                await self._commit([reply])
+            await self._deliver(msg, await self.commands.handle(msg))
         finally:
             slots.release()
+
+    async def _deliver(self, msg: Incoming, reply: Outgoing | None) -> None:
+        if reply is None:
+            return
+        try:
+            await self._commit([reply])
+        except Exception as e:  # committing the reply failed: counted, the service runs on
+            self.commands.wall.caught(e, topic=msg.topic[:200])
 
 
 def _mid() -> str:

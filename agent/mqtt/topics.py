@@ -66,6 +66,23 @@ class Topics:
         """The reply topic of command `name` when the command gave no MQTT 5 response topic."""
         return f"{self.base}/cmd/{name}/reply"
 
+    @property
+    def reply_filter(self) -> str:
+        """Where a command's MQTT 5 Response Topic may point: `<base>/reply/#`."""
+        return f"{self.base}/reply/#"
+
+    def reply_allowed(self, topic: str) -> bool:
+        """Whether a reply may be published on `topic`: under `<base>/reply/`, no wildcards,
+        no NUL, at most 1024 bytes. Anything else would let a command's sender make the
+        station publish onto its own streams or into another station's tree."""
+        head = f"{self.base}/reply/"
+        return (
+            topic.startswith(head)
+            and len(topic) > len(head)
+            and not set("+#\0") & set(topic)
+            and len(topic.encode()) <= 1024
+        )
+
     def command_name(self, topic: str) -> str | None:
         """The command name if `topic` is one of this station's command topics, else None."""
         head = f"{self.base}/cmd/"

@@ -27,7 +27,7 @@ class _Strict(BaseModel):
 class ReportRequest(_Strict):
     """A driver's report as it arrives (display, QR page, CLI, local API)."""
 
-    connector: int = Field(ge=1, le=99)
+    connector: int = Field(ge=1, le=99, strict=True)
     text: str = Field(default="", max_length=1000, description="the driver's own words")
     category: Category = "other"
     source: Source
