@@ -456,6 +456,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         expect=Expect("ocpp_tx_undelivered", "station", "OtherError", "DataLink.Problem", False),
         note="two StopTransaction messages ran out of TransactionMessageAttempts",
     ),
+    Scenario(
+        name="mqtt_billing_refused",
+        station="tcp",
+        fault=facts(mqtt_billing_refused=1),
+        recover=facts(mqtt_billing_refused=0),
+        expect=Expect("mqtt_billing_refused", "station", "OtherError", "DataLink.Problem", False),
+        note="the broker answered a charge record's PUBACK with 0x87 Not authorized",
+    ),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}
