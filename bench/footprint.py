@@ -80,7 +80,10 @@ def evedge(*args: str, log: Path) -> subprocess.Popen:
     """`evedge ARGS` with the code PYTHONPATH (else the installed package) provides."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "agent.cli.main", *args], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "agent.cli.main", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,  # not the checkout: `-m` puts the working directory first
         )
 
 
@@ -202,6 +205,7 @@ async def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float | str
             ],
             capture_output=True,
             text=True,
+            cwd=tmp,
         )
         if started.returncode != 0:
             raise SystemExit(f"footprint: session start failed: {started.stdout}{started.stderr}")

@@ -233,6 +233,7 @@ async def compare(args: argparse.Namespace) -> None:
                 [sys.executable, "-m", "agent.cli.main", "sim", "-c", str(cfg)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=tmp,  # not the checkout: `-m` puts the working directory first
             )
         try:
             for _ in range(300):

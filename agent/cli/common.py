@@ -22,11 +22,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+# Re-exported: every command takes its default config from here.
+from agent.cli.paths import DEFAULT_CONFIG as DEFAULT_CONFIG
+from agent.cli.paths import DEMO_CONFIG as DEMO_CONFIG
 from agent.config import ConfigError, StationConfig, load_config
-
-DEFAULT_CONFIG = Path("/etc/evedge/station.toml")
-# The simulated station of `evedge demo`, `evedge sim` and `evedge simctl`.
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 
 console = Console()
 err_console = Console(stderr=True)

@@ -1,73 +1,171 @@
-"""`evedge` entry point: the service (`run`), the demo, the simulator and technician tools."""
+"""`evedge` entry point: the service (`run`), the demo, the simulator and technician tools.
+
+Subcommands live in their own modules and are imported only when they run (`LAZY`):
+`evedge --help` lists them from the table below, and `evedge status` does not load the
+simulator, OCPP or MQTT. Each entry's help line is the command's own (tests/test_cli_lazy.py
+checks them against the loaded commands).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar, NamedTuple
 
 import typer
-from rich.table import Table
-from rich.text import Text
+import typer.main
+from typer.core import DEFAULT_MARKUP_MODE, TyperCommand, TyperGroup
+from typer.models import CommandInfo
 
-from agent.billing import tariff_cmd
-from agent.cli import billing_cmd, keys_cmd, modbus_cmd, report_cmd, sessions_cmd, simctl_cmd
-from agent.cli.bundle_cmd import bundle
-from agent.cli.common import (
-    DEFAULT_CONFIG,
-    DEMO_CONFIG,
-    Exit,
-    config_error_json,
-    console,
-    emit_json,
-    fail,
-    load_or_exit,
-)
-from agent.cli.config_show import config_show
-from agent.cli.control_cmd import limit, start, stop
-from agent.cli.diagnose_cmd import diagnose
-from agent.cli.faults_cmd import faults
-from agent.cli.logs_cmd import logs
-from agent.cli.mqtt_cmd import app as mqtt_app
-from agent.cli.status_cmd import live, status
-from agent.cli.tickets_cmd import app as tickets_app
-from agent.config import ConfigError, load_config
-from agent.logsetup import setup_logging
-from hil.serial_pair import SerialPairError
-from hil.server import ListenError
-from hil.station import SimError
+from agent.cli.paths import DEFAULT_CONFIG, DEMO_CONFIG
+
+
+class Lazy(NamedTuple):
+    """A subcommand imported on use: `module:attribute`, a typer.Typer or a command."""
+
+    target: str
+    help: str  # the line `--help` shows for it
+
+    @property
+    def group(self) -> bool:
+        return self.target.endswith(":app")
+
+
+class LazyGroup(TyperGroup):
+    """A command group whose `lazy` subcommands are imported when resolved, not listed."""
+
+    lazy: ClassVar[dict[str, Lazy]] = {}
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        commands = [n for n, c in self.lazy.items() if not c.group]
+        groups = [n for n, c in self.lazy.items() if c.group]
+        return [*commands, *super().list_commands(ctx), *groups]
+
+    def get_command(self, ctx: typer.Context, cmd_name: str):
+        if cmd_name in self.lazy:  # help listings and completion: name and help line only
+            return TyperCommand(cmd_name, help=self.lazy[cmd_name].help)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name in self.lazy:
+            cmd = load(name, self.lazy[name], self.rich_markup_mode)
+        return name, cmd, rest
+
+
+def load(name: str, entry: Lazy, markup=DEFAULT_MARKUP_MODE):
+    """Import a lazy subcommand and build its click command, as add_typer/command would."""
+    module, attr = entry.target.split(":")
+    obj = getattr(importlib.import_module(module), attr)
+    if isinstance(obj, typer.Typer):
+        cmd = typer.main.get_group(obj)
+    else:
+        info = CommandInfo(name=name, callback=obj)
+        cmd = typer.main.get_command_from_info(
+            info, pretty_exceptions_short=True, rich_markup_mode=markup
+        )
+    cmd.name = name
+    return cmd
+
+
+class _Main(LazyGroup):
+    lazy: ClassVar[dict[str, Lazy]] = {
+        "report": Lazy(
+            "agent.cli.report_cmd:report",
+            "Usage report from the charge records (buckets in the station's timezone).",
+        ),
+        "faults": Lazy(
+            "agent.cli.faults_cmd:faults",
+            "Show active faults with root cause and guidance (--history: all of them).",
+        ),
+        "diagnose": Lazy(
+            "agent.cli.diagnose_cmd:diagnose",
+            "Self-test the station: bus scan, P ≈ Σ V·I, energy register, clock, disk, cloud.",
+        ),
+        "status": Lazy(
+            "agent.cli.status_cmd:status",
+            "Station, connectors, sessions, device health, sync and backlog, active faults.",
+        ),
+        "live": Lazy(
+            "agent.cli.status_cmd:live",
+            "Live view of the running station (Ctrl-C to stop); exit 3 when the service is down.",
+        ),
+        "start": Lazy(
+            "agent.cli.control_cmd:start",
+            "Start a session on CONNECTOR (the vehicle must be plugged in, or plug it in next).",
+        ),
+        "stop": Lazy(
+            "agent.cli.control_cmd:stop",
+            "Stop the session on CONNECTOR (its charge record is written as usual).",
+        ),
+        "limit": Lazy(
+            "agent.cli.control_cmd:limit",
+            "Limit the current CONNECTOR offers to the vehicle; 'none' clears the local limit.",
+        ),
+        "logs": Lazy(
+            "agent.cli.logs_cmd:logs",
+            "Show the service's log (journalctl -u evedge); exit 3 without a journal.",
+        ),
+        "bundle": Lazy(
+            "agent.cli.bundle_cmd:bundle",
+            "Write the diagnostics bundle: faults, device health, config without secrets, logs.",
+        ),
+        "modbus": Lazy(
+            "agent.cli.modbus_cmd:app",
+            "Read, write and scan Modbus devices, decoded by device profile.",
+        ),
+        "tariff": Lazy(
+            "agent.billing.tariff_cmd:app", "Check OCPI 2.2.1 tariff files and quote sessions."
+        ),
+        "sessions": Lazy(
+            "agent.cli.sessions_cmd:app", "Charging sessions and their charge records."
+        ),
+        "billing": Lazy(
+            "agent.cli.billing_cmd:app", "Charge records: verify the chain and signatures."
+        ),
+        "keys": Lazy("agent.cli.keys_cmd:app", "The agent's OCMF signing key."),
+        "mqtt": Lazy("agent.cli.mqtt_cmd:app", "MQTT cloud sync: payload schemas, broker check."),
+        "simctl": Lazy(
+            "agent.cli.simctl_cmd:app", "Control a running simulator: cars, faults, snapshots."
+        ),
+        "tickets": Lazy(
+            "agent.cli.tickets_cmd:app",
+            "Drivers' problem reports (tickets) with their diagnostic snapshot.",
+        ),
+    }
+
+
+class _Config(LazyGroup):
+    lazy: ClassVar[dict[str, Lazy]] = {
+        "show": Lazy(
+            "agent.cli.config_show:config_show",
+            "Show the effective config, defaults included, with passwords, keys and tokens masked.",
+        ),
+    }
+
 
 app = typer.Typer(
+    cls=_Main,
     help="evedge — edge agent for EV charging stations.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Check and show station configs.", no_args_is_help=True)
+config_app = typer.Typer(cls=_Config, help="Check and show station configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-app.add_typer(modbus_cmd.app, name="modbus")
-app.add_typer(tariff_cmd.app, name="tariff")
-app.add_typer(sessions_cmd.app, name="sessions")
-app.add_typer(billing_cmd.app, name="billing")
-app.add_typer(keys_cmd.app, name="keys")
-app.add_typer(mqtt_app, name="mqtt")
-app.command("report")(report_cmd.report)
-app.add_typer(simctl_cmd.app, name="simctl")
-app.add_typer(tickets_app, name="tickets")
-app.command("faults")(faults)
-app.command("diagnose")(diagnose)
-app.command("status")(status)
-app.command("live")(live)
-app.command("start")(start)
-app.command("stop")(stop)
-app.command("limit")(limit)
-app.command("logs")(logs)
-app.command("bundle")(bundle)
-config_app.command("show")(config_show)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-SIM_ERRORS = (ListenError, SerialPairError, SimError)
+
+
+def sim_errors() -> tuple[type[Exception], ...]:
+    """The simulator's start-up errors (a port or serial pair taken): exit 3, not a trace."""
+    from hil.serial_pair import SerialPairError
+    from hil.server import ListenError
+    from hil.station import SimError
+
+    return (ListenError, SerialPairError, SimError)
 
 
 @config_app.command("check")
@@ -79,6 +177,12 @@ def config_check(
     json: JsonOpt = False,
 ) -> None:
     """Validate a station config: every problem with its field path, exit 2 if any."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from agent.cli.common import Exit, config_error_json, console, emit_json, fail
+    from agent.config import ConfigError, load_config
+
     if file is not None and config is not None and file != config:
         raise fail(f"two configs given: {file} and --config {config}; give one", Exit.USAGE)
     file = file or config or DEFAULT_CONFIG
@@ -125,6 +229,8 @@ def run(
 
     Exits 75 after an OCPP hard reset (the unit's Restart=on-failure starts it again)."""
     from agent.api.server import ApiStartError
+    from agent.cli.common import Exit, fail, load_or_exit
+    from agent.logsetup import setup_logging
     from agent.mqtt.config import MqttConfigError
     from agent.ocpp.service import HardReset, OcppSetupError
     from agent.runtime import run_agent
@@ -147,20 +253,24 @@ def demo(
     json: JsonOpt = False,
 ) -> None:
     """Run the agent against the simulated station, charging cars back to back, live."""
+    from agent.cli.common import Exit, fail, load_or_exit
     from agent.cli.demo import run_demo
+    from agent.logsetup import setup_logging
 
     cfg = load_or_exit(config)
     setup_logging("warning", json=json)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_demo(cfg, duration=duration, as_json=json))
-    except SIM_ERRORS as e:
+    except sim_errors() as e:
         raise fail(f"{e} — is another demo or simulator running?", Exit.UNREACHABLE) from None
 
 
 @app.command("sim")
 def sim(config: ConfigOpt = DEMO_CONFIG) -> None:
     """Run the simulated station alone (Modbus servers + control port), for tests and HIL."""
+    from agent.cli.common import Exit, console, fail, load_or_exit
+    from agent.logsetup import setup_logging
     from hil.control import run_sim
 
     cfg = load_or_exit(config)
@@ -172,7 +282,7 @@ def sim(config: ConfigOpt = DEMO_CONFIG) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_sim(cfg))
-    except SIM_ERRORS as e:
+    except sim_errors() as e:
         raise fail(f"{e} — is another demo or simulator running?", Exit.UNREACHABLE) from None
 
 
