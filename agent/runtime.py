@@ -61,7 +61,11 @@ class Agent:
             self.ocpp.attach_sessions(self.sessions)
         profiles = {name: d.profile for name, d in self.station.devices.items()}
         self.diagnosis = (
-            DiagnosisService(cfg, self.bus, profiles) if cfg.diagnosis.enabled else None
+            # The session engine switches the EVSEs: it knows when charging is off for sure
+            # (welded contactor without feedback) and which vehicle charges (sides).
+            DiagnosisService(cfg, self.bus, profiles, connectors=self.sessions)
+            if cfg.diagnosis.enabled
+            else None
         )
         outbox = self.ocpp.ctx.parts.get("outbox") if self.ocpp else None
         if self.diagnosis is not None and outbox is not None:  # rule ocpp_tx_undelivered

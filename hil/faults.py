@@ -213,6 +213,11 @@ class WeldedContactor(_Fault):
     """Contactor stays closed when commanded open: current keeps flowing."""
 
     kind: Literal["welded_contactor"]
+    ev_keeps_drawing: bool = Field(
+        default=True,
+        description="the car keeps the pilot in C and draws on after the PWM goes off "
+        "(its supply never went away); false: it obeys, goes to B and stops drawing",
+    )
 
 
 class ContactorStuckOpen(_Fault):

@@ -50,6 +50,7 @@ class EvseFaultFlags:
     pilot_short: bool = False
     unavailable: bool = False
     welded: bool = False
+    ev_keeps_drawing: bool = True  # with a welded contactor: see WeldedContactor
     stuck_open: bool = False
     over_temperature_c: float | None = None
     rcd_trip: bool = False
@@ -68,7 +69,10 @@ class Evse:
     offered_current_a: float = 0.0
     temperature_c: float = AMBIENT_C  # the modelled temperature, before faults
     contactor_commanded: bool = False
-    contactor_closed: bool = False  # the auxiliary contact: what the contactor really does
+    contactor_closed: bool = False  # what the contactor really does
+    # An auxiliary contact wired to the controller: only then can it see a contactor that
+    # does not do what it commands (a Phoenix EV-CC reports no contactor state).
+    contactor_feedback: bool = True
     cp_state: str = "A"
     error: str = "none"  # canonical fault, a key of quantities.EVSE_FAULTS
     draw_a: float = 0.0  # what the car draws per active phase
@@ -108,9 +112,13 @@ class Evse:
         t = self.faults.over_temperature_c
         return t is not None and t >= OVERTEMP_TRIP_C
 
+    def offering(self) -> bool:
+        """True if the agent has the EVSE offer current (whether or not a fault blocks it)."""
+        return self.enabled and self.signalled_current_a >= MIN_CURRENT_A
+
     def pwm_on(self) -> bool:
         """True if the EVSE signals a current on the pilot (duty cycle between 10 and 96 %)."""
-        return self.enabled and self.signalled_current_a >= MIN_CURRENT_A and not self.blocked()
+        return self.offering() and not self.blocked()
 
 
 def charge_step(
@@ -129,17 +137,27 @@ def charge_step(
     if not ev.plugged or f.ev_overcurrent_a is None:
         evse.tripped = False
         evse.overcurrent_s = 0.0
+    # The pilot's level is the car's S2 (B open, C closed); the PWM is the EVSE's offer.
+    # A car closes S2 when offered current; with the PWM off it opens S2 and stops drawing,
+    # unless its supply never went away (welded contactor) and it keeps charging: then
+    # the pilot stays in C without PWM (C1) and the current keeps flowing.
+    s2_closed = ev.wants_charge() and (
+        evse.pwm_on()
+        or (f.welded and f.ev_keeps_drawing and evse.contactor_closed and evse.draw_a > 0)
+    )
     if f.pilot_short:
         cp = "E"
-    elif f.unavailable or f.rcd_trip:
+    elif f.unavailable or f.rcd_trip or (f.diode_fault and ev.plugged and evse.offering()):
+        # A missing diode shows once the PWM starts (no negative half-wave): the controller
+        # reacts with state F, though the car is at fault.
         cp = "F"
     elif not ev.plugged:
         cp = "A"
-    elif evse.pwm_on() and ev.wants_charge():
+    elif s2_closed:
         cp = "D" if ev.ventilation else "C"
     else:
         cp = "B"
-    commanded = cp in ("C", "D")
+    commanded = cp in ("C", "D") and evse.pwm_on()
     if f.stuck_open:
         closed = False
     elif f.welded:
@@ -149,7 +167,7 @@ def charge_step(
     evse.cp_state, evse.contactor_commanded, evse.contactor_closed = cp, commanded, closed
 
     draw = 0.0
-    if closed and ev.wants_charge():
+    if closed and cp in ("C", "D"):
         if f.ev_overcurrent_a is not None:
             draw = f.ev_overcurrent_a
         elif commanded:
@@ -184,7 +202,7 @@ def _error(evse: Evse, ev: EV) -> str:
         return "evse_unavailable"
     if f.rcd_trip:
         return "rcd_dc"
-    if evse.contactor_closed != evse.contactor_commanded:
+    if evse.contactor_feedback and evse.contactor_closed != evse.contactor_commanded:
         return "contactor_fault"  # detected through the auxiliary contact
     if evse.overheated():
         return "overtemperature"

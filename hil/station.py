@@ -197,6 +197,11 @@ class SimStation:
             # one with no enable flag) is on and offers what it can.
             evse.enabled = "charging_enabled" not in writes
             evse.offered_current_a = 0.0 if "offered_current_a" in writes else c.max_current_a
+            # Only a controller with a contactor register has an auxiliary contact to see a
+            # welded (or stuck-open) contactor by; the others cannot tell, nor report it.
+            evse.contactor_feedback = evse_profile is not None and any(
+                r.quantity == "contactor_closed" for r in evse_profile.readable()
+            )
             self.connectors[c.id] = SimConnector(c, EV(), evse, supply, members)
 
         where: dict[str, list[int]] = {}
@@ -400,6 +405,7 @@ class SimStation:
                         flags.unavailable = True
                     case "welded_contactor":
                         flags.welded = True
+                        flags.ev_keeps_drawing = req.ev_keeps_drawing
                     case "contactor_stuck_open":
                         flags.stuck_open = True
                     case "over_temperature":

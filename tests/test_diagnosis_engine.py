@@ -232,33 +232,42 @@ def _session(s: Station, code: int, vehicle: str | None = None) -> None:
     s.run(1)
     if vehicle:
         s.engine.note_vehicle(1, vehicle)
+    if code == 0:
+        s.evse["cp_state"] = "C"  # it charged
     s.evse["evse_error_code"] = code
     s.run(3)
     s.evse.update(cp_state="A", evse_error_code=0)
     s.run(7)
 
 
-def test_the_same_fault_with_every_vehicle_is_charger_side():
+def test_the_same_fault_with_another_vehicle_is_charger_side():
     s = Station()
-    _session(s, 13)
-    _session(s, 13)
+    _session(s, 13, vehicle="WVW-1")
+    _session(s, 13, vehicle="VF1-2")
     first, second = s.raised("diode_fault")
     assert first.side == "unknown"  # nothing to compare with yet
-    assert second.side == "charger" and "other vehicles" in second.side_basis
+    assert second.side == "charger" and "other vehicle" in second.side_basis
 
 
 def test_a_fault_with_one_vehicle_only_is_vehicle_side():
     s = Station()
-    _session(s, 0)
-    _session(s, 0)
+    _session(s, 0, vehicle="VF1-2")
     _session(s, 13, vehicle="WVW-1")
     (fault,) = s.raised("diode_fault")
-    assert fault.side == "vehicle" and "not raised in the last 2 sessions" in fault.side_basis
-    # The same vehicle again (named by the session engine): still the vehicle, not the
-    # charger, although the fault now shows in two sessions.
+    assert fault.side == "vehicle" and "charged 1 other vehicle" in fault.side_basis
+    # The same vehicle again: still the vehicle, not the charger.
     _session(s, 13, vehicle="WVW-1")
     again = s.raised("diode_fault")[-1]
-    assert again.side == "vehicle" and "only with vehicle WVW-1" in again.side_basis
+    assert again.side == "vehicle"
+
+
+def test_without_vehicle_identities_the_side_is_unknown():
+    s = Station()
+    for _ in range(3):
+        _session(s, 0)  # good sessions, but of which vehicle?
+    _session(s, 13)
+    (fault,) = s.raised("diode_fault")
+    assert fault.side == "unknown" and "identity is not known" in fault.side_basis
 
 
 def test_station_facts_come_from_providers():

@@ -68,10 +68,40 @@ def test_welded_contactor_keeps_current_when_commanded_open():
     evse.faults.welded = True
     evse.enabled = False
     after = charge_step(evse, ev, V, 0.1)
-    assert evse.cp_state == "B"
+    # The car's supply never went away: it keeps S2 closed (C without PWM) and draws on.
+    assert evse.cp_state == "C" and not evse.pwm_on()
     assert (evse.contactor_commanded, evse.contactor_closed) == (False, True)
     assert after == before
-    assert evse.error == "contactor_fault"
+    assert evse.error == "contactor_fault"  # seen through the auxiliary contact
+
+
+def test_a_welded_contactor_is_invisible_to_a_controller_without_feedback():
+    evse, ev = _charging()
+    evse.contactor_feedback = False
+    charge_step(evse, ev, V, 0.1)
+    evse.faults.welded = True
+    evse.enabled = False
+    assert max(charge_step(evse, ev, V, 0.1)) > 15
+    assert evse.error == "none"
+
+
+def test_a_car_that_obeys_the_pwm_stops_drawing_through_a_welded_contactor():
+    evse, ev = _charging()
+    charge_step(evse, ev, V, 0.1)
+    evse.faults.welded, evse.faults.ev_keeps_drawing = True, False
+    evse.enabled = False
+    assert charge_step(evse, ev, V, 0.1) == [0, 0, 0]
+    assert evse.cp_state == "B" and evse.contactor_closed
+
+
+def test_a_missing_diode_shows_as_state_f_once_the_pwm_starts():
+    evse, ev = Evse(), EV(plugged=True)
+    evse.faults.diode_fault = True
+    charge_step(evse, ev, V, 0.1)
+    assert evse.cp_state == "B"  # plugged, nothing offered yet
+    evse.enabled, evse.offered_current_a = True, 16.0
+    assert charge_step(evse, ev, V, 0.1) == [0, 0, 0]
+    assert (evse.cp_state, evse.error) == ("F", "diode_missing")
 
 
 def test_stuck_open_contactor():

@@ -62,6 +62,35 @@ MREC_CODES: dict[str, str] = {
     "CX026": "CutCable",
 }
 
+# The OCPP 1.6 errorCode each of these MREC codes stands for (ChargeX names them after it;
+# CX017 EVSEContactorFault, welded included, is OCPP's PowerSwitchFailure). A rule with one
+# of these errorCodes must carry its MREC code, and one with the MREC code that errorCode.
+MREC_OCPP16: dict[str, str] = {
+    "CX001": "ConnectorLockFailure",
+    "CX002": "GroundFailure",
+    "CX003": "HighTemperature",
+    "CX004": "OverCurrentFailure",
+    "CX005": "OverVoltage",
+    "CX006": "UnderVoltage",
+    "CX007": "WeakSignal",
+    "CX017": "PowerSwitchFailure",
+}
+OCPP16_MREC: dict[str, str] = {v: k for k, v in MREC_OCPP16.items()}
+
+
+def mrec_disagreement(ocpp16: str, mrec: str | None) -> str | None:
+    """Why `ocpp16` and `mrec` do not go together by the ChargeX list (None: they do)."""
+    want = OCPP16_MREC.get(ocpp16)
+    if want is not None and mrec != want:
+        return (
+            f"errorCode {ocpp16} is ChargeX MREC {want} ({MREC_CODES[want]}); set mrec = {want!r}"
+        )
+    paired = MREC_OCPP16.get(mrec or "")
+    if paired is not None and paired != ocpp16:
+        return f"MREC {mrec} ({MREC_CODES[mrec or '']}) goes with errorCode {paired}, not {ocpp16}"
+    return None
+
+
 # vendorId for codes evedge defines itself (rule ids, or an EVSE's own code without MREC).
 EVEDGE_VENDOR_ID = "evedge"
 

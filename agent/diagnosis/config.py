@@ -52,6 +52,13 @@ class DiagnosisConfig(_Section):
         default=5.0, ge=0, le=60, description="IEC 61851-1: the EV has 5 s to follow"
     )
     welded_current_a: float = Field(default=1.0, gt=0, description="current with contactor open")
+    contactor_open_s: float = Field(
+        default=4.0,
+        ge=0,
+        le=60,
+        description="after charging is switched off (read back) current may flow this long: "
+        "the car ramps down (about 3 s once the PWM is off) and the contactor opens",
+    )
     no_current_a: float = Field(default=0.5, gt=0, description="below: no current flows")
     temperature_derate_c: float = Field(default=70.0, gt=0, le=200)
     temperature_stop_c: float = Field(default=85.0, gt=0, le=200)
@@ -139,6 +146,7 @@ class DiagnosisConfig(_Section):
             "overcurrent_margin_a": self.overcurrent_margin_a,
             "overcurrent_grace_s": self.overcurrent_grace_s,
             "welded_current_a": self.welded_current_a,
+            "contactor_open_s": self.contactor_open_s,
             "no_current_a": self.no_current_a,
             "temperature_derate_c": self.temperature_derate_c,
             "temperature_stop_c": self.temperature_stop_c,
@@ -163,6 +171,7 @@ STATION_THRESHOLDS = (
     "overcurrent_margin_a",
     "overcurrent_grace_s",
     "welded_current_a",
+    "contactor_open_s",
     "no_current_a",
     "temperature_derate_c",
     "temperature_stop_c",

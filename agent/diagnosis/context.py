@@ -298,7 +298,7 @@ class ScopeEnv:
         devices: dict[str, DeviceState],
         bus_kinds: dict[str, str],
         facts: dict[str, Value],
-        sessions: dict[int, bool | None],
+        sessions: dict[int, dict[str, Value]],
         now: float,
     ):
         self.scope = scope
@@ -414,10 +414,13 @@ class ScopeEnv:
 
     def _session(self, name: str) -> Value:
         (cid,) = self.scope.connectors
-        state = self.sessions.get(cid)
+        facts = self.sessions.get(cid, {})
         if name == "active":
-            return state is not None
-        return state
+            return facts.get("charging") is not None
+        if name == "charging":
+            return facts.get("charging")
+        unit = "s" if name.endswith("_s") else ""
+        return self._note(f"{self.scope.key}.{name}", facts.get(name), unit)
 
     def _note(
         self,

@@ -47,7 +47,7 @@ from agent.diagnosis.context import (
     device_states,
 )
 from agent.diagnosis.expr import Expr, Value
-from agent.diagnosis.facts import StationFacts
+from agent.diagnosis.facts import ConnectorFacts, NoConnectorFacts, StationFacts, disabled_for_s
 from agent.diagnosis.rules import Rule, explained_closure
 from agent.diagnosis.sides import ConnectorSessions
 from agent.events import (
@@ -184,8 +184,10 @@ class DiagnosisEngine:
         facts: StationFacts | None = None,
         clock: Callable[[], datetime] = utcnow,
         dcfg: DiagnosisConfig | None = None,
+        connectors: ConnectorFacts | None = None,
     ):
         self.cfg = cfg
+        self.connectors = connectors or NoConnectorFacts()
         self.dcfg = dcfg or getattr(cfg, "diagnosis", None) or DiagnosisConfig()
         self.rules = {rid: r for rid, r in rules.items() if self._enabled(rid)}
         self.clock = clock
@@ -260,9 +262,22 @@ class DiagnosisEngine:
 
     def note_vehicle(self, connector: int, vehicle: str) -> None:
         """Name the vehicle of the connector's current plug-in session (sharper sides)."""
-        current = self.sessions[connector].current
-        if current is not None:
-            current.vehicle = vehicle
+        self.sessions[connector].note_vehicle(vehicle)
+
+    def _session_facts(self, now_dt: datetime) -> dict[int, dict[str, Value]]:
+        """`session.*` of every connector now (and the vehicle its plug-in session had)."""
+        out: dict[int, dict[str, Value]] = {}
+        for cid, s in self.sessions.items():
+            vehicle = self.connectors.vehicle(cid)
+            if vehicle is not None:
+                s.note_vehicle(vehicle)
+            off_s = disabled_for_s(self.connectors, cid, now_dt)
+            out[cid] = {
+                "charging": s.charging(),
+                "charging_off": off_s is not None,
+                "charging_disabled_s": off_s,
+            }
+        return out
 
     def _plug_event(self, cid: int, what: str | None) -> None:
         if what != "started":
@@ -279,9 +294,9 @@ class DiagnosisEngine:
         now_dt = self.clock()
         now = now_dt.timestamp()
         facts = self.facts.snapshot(now_dt)
-        charging = {cid: s.charging() for cid, s in self.sessions.items()}
+        session = self._session_facts(now_dt)
         for inst in self.instances:
-            env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, charging, now)
+            env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, session, now)
             inst.track(inst.expr(env), now)
             inst.env = env
             evidence = inst.rule.evidence_expr
@@ -473,7 +488,8 @@ class DiagnosisEngine:
         if rule.side == "track":
             (cid,) = scope.connectors
             sessions = self.sessions[cid]
-            side, basis = sessions.verdict(rule.id)
+            elsewhere = [s for c, s in self.sessions.items() if c != cid]
+            side, basis = sessions.verdict(rule.id, elsewhere)
             sessions.mark(rule.id)
         elif rule.side != "unknown":
             basis = "fixed by the rule"
@@ -492,7 +508,7 @@ class DiagnosisEngine:
             evidence=env.evidence_list()[:MAX_EVIDENCE],
             confidence=_confidence(rule.confidence, len(symptoms)),
             codes=self._codes(inst, labels),
-            faulted=rule.faulted or any(s.rule.faulted for s in symptoms),
+            faulted=_faulted(rule, symptoms),
             driver_message=rule.texts("driver_message", labels),
             technician_steps=rule.steps(labels),
             explains=[
@@ -659,6 +675,15 @@ class DiagnosisEngine:
 def _affected(scope: Scope) -> frozenset[str]:
     # The station scope "contains" every device but affects none in particular.
     return frozenset() if scope.kind == "station" else scope.devices
+
+
+def _faulted(rule: Rule, symptoms: list[Instance]) -> bool:
+    """The cause's faulted, or a symptom's: the connector shows what the incident does to it.
+    A warning-only cause (a vehicle-side pilot problem) keeps the connector out of Faulted
+    though the EVSE's reaction it explains (state F) would be Faulted on its own."""
+    if rule.codes.ocpp16 in C.WARNING_ONLY:
+        return False
+    return rule.faulted or any(s.rule.faulted for s in symptoms)
 
 
 def _confidence(base: float, symptoms: int) -> float:

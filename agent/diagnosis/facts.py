@@ -1,8 +1,11 @@
-"""Station-level facts behind `station.*` in rule conditions: clock, disk, cloud.
+"""Facts behind `station.*` and `session.*` in rule conditions that no register shows.
 
-Each fact is a provider (a callable), so the service reads the real ones (the kernel's NTP
-state, free space where the store lives, the last contact with the cloud) and tests, the
-simulator and HIL runs set them by hand (`ManualFacts`).
+Station facts (clock, disk, cloud) are providers (callables), so the service reads the
+real ones (the kernel's NTP state, free space where the store lives, the last contact with
+the cloud) and tests, the simulator and HIL runs set them by hand (`ManualFacts`).
+
+Connector facts come from whoever switches the EVSE (`ConnectorFacts`: the session
+engine, or a HIL rig): since when charging is off for sure, and which vehicle is plugged.
 """
 
 from __future__ import annotations
@@ -12,9 +15,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.diagnosis.expr import Value
+
+
+class ConnectorFacts(Protocol):
+    """What the controlling side knows about a connector that no device register shows."""
+
+    def charging_disabled_since(self, connector: int) -> datetime | None:
+        """When the agent switched charging off and read the switch back (None: it is on,
+        or not confirmed off)."""
+        ...
+
+    def vehicle(self, connector: int) -> str | None:
+        """A stable, non-secret identity of the vehicle charging now (None: unknown)."""
+        ...
+
+
+class NoConnectorFacts:
+    """No controlling side (diagnosis without sessions): every connector fact is unknown."""
+
+    def charging_disabled_since(self, connector: int) -> datetime | None:
+        """Unknown."""
+        return None
+
+    def vehicle(self, connector: int) -> str | None:
+        """Unknown."""
+        return None
+
+
+def disabled_for_s(connectors: ConnectorFacts, connector: int, now: datetime) -> float | None:
+    """Seconds since charging was confirmed off at `connector` (None: on or unknown)."""
+    since = connectors.charging_disabled_since(connector)
+    return None if since is None else round(max(0.0, (now - since).total_seconds()), 3)
 
 
 @dataclass

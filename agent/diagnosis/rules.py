@@ -116,7 +116,14 @@ STATION_FIELDS: dict[str, Kind] = {
     "billing_tamper": "num",
     "mqtt_billing_refused": "num",
 }
-SESSION_FIELDS: dict[str, Kind] = {"active": "bool", "charging": "bool"}
+SESSION_FIELDS: dict[str, Kind] = {
+    "active": "bool",  # a vehicle is plugged in (pilot B, C or D since it left A)
+    "charging": "bool",  # ... and the pilot is in C or D
+    # the agent switched charging off and read the switch back (False while it is on, or
+    # where nobody controls the EVSE); charging_disabled_s: for how long (unknown if not)
+    "charging_off": "bool",
+    "charging_disabled_s": "num",
+}
 ROLES: dict[str, tuple[str, ...]] = {
     "connector": ("evse", "meter"),
     "device": ("device",),
@@ -187,6 +194,8 @@ class Codes(_Strict):
 
     @model_validator(mode="after")
     def _component(self) -> Codes:
+        if (why := C.mrec_disagreement(self.ocpp16, self.mrec)) is not None:
+            raise ValueError(why)
         variables = C.OCPP201_COMPONENTS.get(self.component)
         if variables is None:
             known = ", ".join(sorted(C.OCPP201_COMPONENTS))

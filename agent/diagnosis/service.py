@@ -23,7 +23,7 @@ from agent.bus import EventBus
 from agent.config import StationConfig
 from agent.diagnosis.config import DiagnosisConfig
 from agent.diagnosis.engine import DiagnosisEngine
-from agent.diagnosis.facts import CloudStatus, StationFacts
+from agent.diagnosis.facts import CloudStatus, ConnectorFacts, StationFacts
 from agent.diagnosis.rules import Rule, load_rules
 from agent.diagnosis.store import FaultLog
 from agent.events import (
@@ -58,12 +58,13 @@ class DiagnosisService:
         fault_log: FaultLog | None = None,
         tick_s: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
+        connectors: ConnectorFacts | None = None,
     ):
         dcfg = diagnosis_config(cfg)
         self.cloud = CloudStatus(configured=bool(dcfg.cloud_endpoints))
         self.facts = facts or StationFacts.for_store(cfg.store.path, self.cloud)
         self.engine = DiagnosisEngine(
-            cfg, rules or load_rules(dcfg.rules_dir), profiles, self.facts, clock, dcfg
+            cfg, rules or load_rules(dcfg.rules_dir), profiles, self.facts, clock, dcfg, connectors
         )
         self.bus = bus
         self.dcfg = dcfg

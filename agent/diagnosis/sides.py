@@ -1,14 +1,22 @@
-"""Charger-side or vehicle-side: the same fault across vehicles blames the charger.
+"""Charger-side or vehicle-side, from evidence about vehicles, never from a count.
 
 A session here is one plug-in cycle as the control pilot shows it: it starts when the
 pilot leaves state A for B, C or D and ends when it returns to A (E and F are faults, not
-plug events). Without vehicle identities every session counts as a different vehicle; the
-session engine can name the vehicle (`note_vehicle`) to sharpen the verdict.
+plug events). The controlling side names the vehicle of a session (`note_vehicle`: a
+hash of its id token, EVCCID or MAC where known).
+
+The verdict for a fault raised now with vehicle V on connector K:
+- charger: the same fault was raised on K with a vehicle known to be other than V;
+- vehicle: K charged a vehicle known to be other than V without this fault, or V had
+  the same fault on another connector (the fault moves with the vehicle);
+- unknown otherwise: with V unknown, or only V (or unnamed vehicles) to compare with,
+  a count of sessions says nothing about which side is at fault.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 PLUGGED = frozenset({"B", "C", "D"})
@@ -17,18 +25,23 @@ CHARGING = frozenset({"C", "D"})
 
 @dataclass
 class PlugSession:
-    """One plug-in cycle and the tracked faults raised during it."""
+    """One plug-in cycle: its vehicle, whether it charged, the tracked faults raised."""
 
     number: int
     vehicle: str | None = None
+    charged: bool = False
     faults: set[str] = field(default_factory=set)
+
+    def other_vehicle(self, vehicle: str) -> bool:
+        """True if this session's vehicle is known and is not `vehicle`."""
+        return self.vehicle is not None and self.vehicle != vehicle
 
 
 @dataclass
 class ConnectorSessions:
     """Plug-in cycles of one connector: the current one and the last few finished ones."""
 
-    keep: int = 5
+    keep: int = 10
     count: int = 0
     current: PlugSession | None = None
     past: deque[PlugSession] = field(default_factory=deque)
@@ -37,9 +50,13 @@ class ConnectorSessions:
     def on_cp(self, state: str) -> str | None:
         """Feed the pilot state; returns 'started' or 'ended' on a plug event."""
         before, self.cp = self.cp, state
-        if state in PLUGGED and self.current is None:
+        started = state in PLUGGED and self.current is None
+        if started:
             self.count += 1
             self.current = PlugSession(self.count)
+        if self.current is not None and state in CHARGING:
+            self.current.charged = True
+        if started:
             return "started"
         if state == "A" and before is not None and self.current is not None:
             self.past.append(self.current)
@@ -55,25 +72,45 @@ class ConnectorSessions:
             return None
         return self.cp in CHARGING
 
+    def note_vehicle(self, vehicle: str) -> None:
+        """Name the vehicle of the current plug-in session (ignored without one)."""
+        if self.current is not None:
+            self.current.vehicle = vehicle
+
     def mark(self, rule: str) -> None:
         """A tracked fault was raised (or is active) in the current session."""
         if self.current is not None:
             self.current.faults.add(rule)
 
-    def verdict(self, rule: str) -> tuple[str, str]:
-        """('charger' | 'vehicle' | 'unknown', why) for `rule` raised now."""
-        past = list(self.past)
-        if not past:
-            return "unknown", "no earlier session on this connector to compare with"
+    def sessions(self) -> list[PlugSession]:
+        """The finished sessions kept, oldest first, then the current one."""
+        return [*self.past, *([self.current] if self.current else [])]
+
+    def verdict(self, rule: str, elsewhere: Iterable[ConnectorSessions] = ()) -> tuple[str, str]:
+        """('charger' | 'vehicle' | 'unknown', why) for `rule` raised now; `elsewhere`:
+        the station's other connectors (a fault that moves with the vehicle)."""
         me = self.current.vehicle if self.current else None
-        hits = [p for p in past if rule in p.faults]
-        others = [p for p in hits if p.vehicle is None or p.vehicle != me]
-        if others:
+        if me is None:
+            return "unknown", "the vehicle's identity is not known"
+        past = list(self.past)
+        hit = [p for p in past if rule in p.faults and p.other_vehicle(me)]
+        if hit:
             return "charger", (
-                f"also raised in {len(hits)} of the last {len(past)} sessions, with other vehicles"
+                f"also raised with {len({p.vehicle for p in hit})} other vehicle(s) "
+                f"on this connector"
             )
-        if hits:
-            return "vehicle", f"raised only with vehicle {me}, in {len(hits)} earlier session(s)"
-        if len(past) >= 2:
-            return "vehicle", f"not raised in the last {len(past)} sessions with other vehicles"
-        return "unknown", "only one earlier session to compare with"
+        worked = [p for p in past if p.charged and rule not in p.faults and p.other_vehicle(me)]
+        if worked:
+            return "vehicle", (
+                f"this connector charged {len({p.vehicle for p in worked})} other vehicle(s) "
+                f"without it; raised with vehicle {me}"
+            )
+        moved = [
+            p
+            for other in elsewhere
+            for p in other.sessions()
+            if p.vehicle == me and rule in p.faults
+        ]
+        if moved:
+            return "vehicle", f"vehicle {me} had the same fault on another connector"
+        return "unknown", "no other vehicle to compare with on this connector"

@@ -19,6 +19,7 @@ over `restored_faults` (the diagnosis service's), applied at start like a FaultR
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import metadata
@@ -65,6 +66,9 @@ log = structlog.get_logger(__name__)
 __all__ = ["CommandRefused", "SessionEngine", "fault_event_types"]
 
 _EVSE_QUANTITIES = frozenset({"cp_state", "charger_state", "cable_state"})
+# Tokens that are the same for every car (free vend) or new for every session (a payment
+# reference, a technician's start): no vehicle identity for the diagnosis' sides.
+_NOT_A_VEHICLE = frozenset({AuthMethod.FREE_VEND, AuthMethod.PAYMENT, AuthMethod.CLI})
 RESTORE_WAIT_S = 30.0  # how long run() waits for the diagnosis' restored faults
 
 
@@ -499,6 +503,21 @@ class SessionEngine:
     def effective_limit(self, connector: int) -> float:
         """The current the connector may offer now, in A (see set_limit)."""
         return self._conn(connector).effective_limit()
+
+    # The diagnosis' ConnectorFacts (agent/diagnosis/facts.py) ---------------------------
+
+    def charging_disabled_since(self, connector: int) -> datetime | None:
+        """When this engine switched the connector's EVSE off and read it back (None: on)."""
+        c = self.connectors.get(connector)
+        return None if c is None else c.evse.disabled_since
+
+    def vehicle(self, connector: int) -> str | None:
+        """The vehicle charging now, as a short hash of its id token (never the token);
+        None where the token names no driver (free vend, a payment, a technician)."""
+        c = self.connectors.get(connector)
+        if c is None or c.session is None or c.session.row.auth_method in _NOT_A_VEHICLE:
+            return None
+        return hashlib.sha256(c.session.token.id.encode()).hexdigest()[:8]
 
     async def fault(self, connector: int, fault_id: str, active: bool, detail: str = "") -> None:
         """Raise/clear a fault that stops charging (the hook FaultRaised events use)."""

@@ -10,8 +10,12 @@ report a vendor charging state instead (Keba) are mapped to the IEC 61851 letter
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 import structlog
 
+from agent.events import utcnow
 from drivers.device import Device
 
 log = structlog.get_logger(__name__)
@@ -38,14 +42,27 @@ def cp_from_vendor(charger_state: str | None, cable_state: str | None) -> str | 
 
 
 class EvseControl:
-    """Enable/disable and current setpoint of one EVSE controller."""
+    """Enable/disable and current setpoint of one EVSE controller.
 
-    def __init__(self, device: Device):
+    It also knows since when charging is off for sure (`disabled_since`): the disable was
+    written and read back equal. From then on no current may flow through the contactor,
+    whatever the pilot shows; diagnosis needs that fact to see a welded contactor on a
+    controller that has no contactor feedback.
+    """
+
+    def __init__(self, device: Device, clock: Callable[[], datetime] = utcnow):
         self.device = device
+        self.clock = clock
         writable = {r.quantity for r in device.profile.registers if r.writable}
+        readable = {r.quantity for r in device.profile.readable()}
         self.has_setpoint = "offered_current_a" in writable
         self.has_enable = "charging_enabled" in writable
-        self.reads_cp = any(r.quantity == "cp_state" for r in device.profile.readable())
+        self.reads_cp = "cp_state" in readable
+        # Device.write compares the read-back only when the written register itself is
+        # readable: a write-only switch (Keba) is never "confirmed off".
+        switch = "charging_enabled" if self.has_enable else "offered_current_a"
+        self.confirms_disable = switch in writable and switch in readable
+        self.disabled_since: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -54,6 +71,7 @@ class EvseControl:
 
     async def enable(self, current_a: float) -> None:
         """Offer `current_a` and allow charging (setpoint first: the car sees it at once)."""
+        self.disabled_since = None  # from the first write on, current may flow
         if self.has_setpoint:
             await self.device.write("offered_current_a", float(current_a))
         if self.has_enable:
@@ -65,6 +83,10 @@ class EvseControl:
             await self.device.write("charging_enabled", False)
         elif self.has_setpoint:
             await self.device.write("offered_current_a", 0.0)
+        # Device.write raised if the read-back differed; a repeated disable keeps the
+        # first confirmation time.
+        if self.confirms_disable and self.disabled_since is None:
+            self.disabled_since = self.clock()
 
     async def set_current(self, current_a: float) -> None:
         """Change the offered current during a session (6 A or more; 0 A suspends)."""

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 class Driver(Protocol):
     """The actions a scenario takes on a station."""
 
-    async def plug_in(self, connector: int, amps: float | None = None, phases: int = 3) -> None:
-        """A vehicle plugs in (amps: what it can draw)."""
+    async def plug_in(
+        self, connector: int, amps: float | None = None, phases: int = 3, vehicle: str | None = None
+    ) -> None:
+        """A vehicle plugs in (amps: what it can draw; vehicle: its identity, if known)."""
         ...
 
     async def authorize(self, connector: int, amps: float = 32.0) -> None:

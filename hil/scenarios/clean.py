@@ -1,8 +1,10 @@
 """Normal charging sessions, varied the way real ones are: the clean-run workload.
 
-Cars differ (1 or 3 phases, 6..32 A), drivers differ (short and long stays), cars pause
-and resume on their own, the agent changes the offered current mid-session. Run on a rig
-with realistic noise (hil.models.Noise.realistic) not a single fault may be raised.
+Cars differ (their identity, 1 or 3 phases, 6..32 A), drivers differ (short and long
+stays), cars pause and resume on their own, the agent changes the offered current
+mid-session and switches charging off at the end (the welded-contactor check watches
+every stop). Run on a rig with realistic noise (hil.models.Noise.realistic) not a single
+fault may be raised.
 """
 
 from __future__ import annotations
@@ -19,12 +21,21 @@ CARS = (  # (max current A, phases)
     (11.0, 3),
     (6.0, 1),
 )
+FLEET = 40  # vehicles that come back now and then, each with its own identity and car
 
 
-async def normal_session(d: Driver, rng: random.Random, connector: int = 1) -> None:
-    """One plug-in cycle: arrive, authorize, charge (maybe pause, maybe re-limit), leave."""
-    amps, phases = rng.choice(CARS)
-    await d.plug_in(connector, amps, phases)
+def vehicle(rng: random.Random) -> tuple[str, float, int]:
+    """(identity, max current A, phases) of the next vehicle to arrive."""
+    n = rng.randrange(FLEET)
+    amps, phases = CARS[n % len(CARS)]
+    return f"EV{n:03d}", amps, phases
+
+
+async def normal_session(d: Driver, rng: random.Random, connector: int = 1) -> str:
+    """One plug-in cycle: arrive, authorize, charge (maybe pause, maybe re-limit), leave;
+    returns the vehicle's identity."""
+    ident, amps, phases = vehicle(rng)
+    await d.plug_in(connector, amps, phases, vehicle=ident)
     await d.wait(rng.uniform(1, 4))  # the driver presents a card
     offered = rng.choice((32.0, 16.0, 10.0))
     await d.authorize(connector, offered)
@@ -41,3 +52,4 @@ async def normal_session(d: Driver, rng: random.Random, connector: int = 1) -> N
     await d.wait(rng.uniform(1, 5))
     await d.unplug(connector)
     await d.wait(rng.uniform(2, 10))
+    return ident

@@ -17,7 +17,7 @@ from agent.config import StationConfig
 from agent.diagnosis.facts import ManualFacts
 from agent.events import FaultCleared, FaultRaised, utcnow
 from agent.runtime import Agent
-from hil.scenarios.rig import set_charging
+from hil.scenarios.rig import ScenarioConnectors
 from hil.station import SimStation
 
 
@@ -37,6 +37,9 @@ class RealtimeStation:
         self.facts = ManualFacts()
         # The station's real clock / disk say what this host says; scenarios set them.
         self.agent.diagnosis.engine.facts = self.facts
+        # No session engine here: the scenario switches the EVSEs, on the wall clock.
+        self.connectors = ScenarioConnectors(cfg, self.agent.station.devices, utcnow)
+        self.agent.diagnosis.engine.connectors = self.connectors
         self.faults = self.agent.bus.subscribe(FaultRaised, FaultCleared)
         self.driver = RealtimeDriver(self)
 
@@ -68,21 +71,21 @@ class RealtimeDriver:
     def __init__(self, station: RealtimeStation):
         self.s = station
 
-    def _evse(self, connector: int):
-        c = next(c for c in self.s.cfg.connector if c.id == connector)
-        return self.s.agent.station.devices[c.evse or ""]
-
-    async def plug_in(self, connector: int, amps: float | None = None, phases: int = 3) -> None:
+    async def plug_in(
+        self, connector: int, amps: float | None = None, phases: int = 3, vehicle: str | None = None
+    ) -> None:
         self.s.sim.plug_in(connector, amps, phases)
+        self.s.connectors.plugged(connector, vehicle)
 
     async def authorize(self, connector: int, amps: float = 32.0) -> None:
-        await set_charging(self._evse(connector), True, amps)
+        await self.s.connectors.switch(connector, True, amps)
 
     async def stop(self, connector: int) -> None:
-        await set_charging(self._evse(connector), False)
+        await self.s.connectors.switch(connector, False)
 
     async def unplug(self, connector: int) -> None:
         self.s.sim.unplug(connector)
+        self.s.connectors.plugged(connector, None)
 
     async def suspend(self, connector: int, suspended: bool) -> None:
         self.s.sim.ev_suspend(connector, suspended)

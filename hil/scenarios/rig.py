@@ -68,7 +68,10 @@ class SimRig:
         self.facts.cloud.since = self.t0
         profiles = {n: d.profile for n, d in self.station.devices.items()}
         rules = load_rules(cfg.diagnosis.rules_dir)
-        self.engine = DiagnosisEngine(cfg, rules, profiles, self.facts, self.now, cfg.diagnosis)
+        self.connectors = ScenarioConnectors(cfg, self.station.devices, self.now)
+        self.engine = DiagnosisEngine(
+            cfg, rules, profiles, self.facts, self.now, cfg.diagnosis, self.connectors
+        )
         self.fault_log = fault_log
         self._sub = self.bus.subscribe(Reading, DeviceHealth)
         self.events: list[FaultRaised | FaultLatch | FaultCleared] = []
@@ -189,20 +192,24 @@ class RigDriver:
     def __init__(self, rig: SimRig):
         self.rig = rig
 
-    async def plug_in(self, connector: int, amps: float | None = None, phases: int = 3) -> None:
+    async def plug_in(
+        self, connector: int, amps: float | None = None, phases: int = 3, vehicle: str | None = None
+    ) -> None:
         self.rig.sim.plug_in(connector, amps, phases)
+        self.rig.connectors.plugged(connector, vehicle)
         await self.rig.step()
 
     async def authorize(self, connector: int, amps: float = 32.0) -> None:
-        await set_charging(self.rig.evse(connector), True, amps)
+        await self.rig.connectors.switch(connector, True, amps)
         await self.rig.step()
 
     async def stop(self, connector: int) -> None:
-        await set_charging(self.rig.evse(connector), False)
+        await self.rig.connectors.switch(connector, False)
         await self.rig.step()
 
     async def unplug(self, connector: int) -> None:
         self.rig.sim.unplug(connector)
+        self.rig.connectors.plugged(connector, None)
         await self.rig.step()
 
     async def suspend(self, connector: int, suspended: bool) -> None:
@@ -226,17 +233,44 @@ class RigDriver:
         await self.rig.run(seconds)
 
 
-async def set_charging(evse: Device, on: bool, amps: float = 32.0, attempts: int = 3) -> None:
-    """Enable (offer `amps`) or disable an EVSE the way the session engine does; a switch
-    whose answer is lost is tried again, as a controlling agent does (writes are idempotent)."""
-    control = EvseControl(evse)
-    for attempt in range(attempts):
-        try:
-            await (control.enable(amps) if on else control.disable())
-            return
-        except ModbusFailure:
-            if attempt == attempts - 1:
-                raise
+class ScenarioConnectors:
+    """The diagnosis' ConnectorFacts in a scenario run: the scenario switches the EVSEs
+    through the session engine's own EvseControl (on the run's clock, so "charging off
+    since" is virtual time in a SimRig) and names the vehicle it plugs in."""
+
+    def __init__(
+        self, cfg: StationConfig, devices: dict[str, Device], clock: Callable[[], datetime]
+    ):
+        self.controls = {c.id: EvseControl(devices[c.evse], clock) for c in cfg.connector if c.evse}
+        self.vehicles: dict[int, str] = {}
+
+    def plugged(self, connector: int, vehicle: str | None) -> None:
+        """A vehicle (its identity, if the scenario gives one) plugged in; None: it left."""
+        if vehicle is None:
+            self.vehicles.pop(connector, None)
+        else:
+            self.vehicles[connector] = vehicle
+
+    async def switch(self, connector: int, on: bool, amps: float = 32.0, attempts: int = 3) -> None:
+        """Enable (offer `amps`) or disable an EVSE the way the session engine does; a
+        switch whose answer is lost is tried again (writes are idempotent)."""
+        control = self.controls[connector]
+        for attempt in range(attempts):
+            try:
+                await (control.enable(amps) if on else control.disable())
+                return
+            except ModbusFailure:
+                if attempt == attempts - 1:
+                    raise
+
+    def charging_disabled_since(self, connector: int) -> datetime | None:
+        """When the scenario switched the connector off (read back), None while on."""
+        control = self.controls.get(connector)
+        return None if control is None else control.disabled_since
+
+    def vehicle(self, connector: int) -> str | None:
+        """The identity the scenario gave the plugged vehicle."""
+        return self.vehicles.get(connector)
 
 
 @contextlib.asynccontextmanager
