@@ -14,8 +14,8 @@
     vehicles: identities, max currents, phases; pauses, re-limits, the switch-off at the
     end that the welded-contactor check watches) on the simulated station over real
     Modbus with realistic noise (voltage ±3 %, current ripple ±2 %, answer jitter,
-    one-off lost answers with no retry, poll jitter), `--jobs` stations in parallel processes; every FaultRaised is a false
-    alarm. Goal: 0 per 1,000 sessions.
+    one-off lost answers with no retry, poll jitter), `--jobs` stations in parallel
+    processes; every FaultRaised is a false alarm. Goal: 0 per 1,000 sessions.
 
 Usage: .venv/bin/python bench/fault_latency.py [--reps 3] [--parallel 6] [--sessions 1000]
        [--jobs 2] [--only RULE ...] [--skip-latency] [--skip-clean]
