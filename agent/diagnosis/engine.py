@@ -301,7 +301,7 @@ class DiagnosisEngine:
             inst.env = env
             evidence = inst.rule.evidence_expr
             if inst.latch is not None and evidence is not None:
-                ev_env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, charging, now)
+                ev_env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, session, now)
                 inst.track_evidence(evidence(ev_env), now)
                 inst.evidence_env = ev_env
         out: list[Event] = []
