@@ -46,7 +46,6 @@ from agent.sessions.store import SessionStore
 from agent.sessions.times import from_us, to_us
 from agent.store.db import open_db, open_readonly
 from agent.store.readings import select_health, select_latest
-from agent.support.bundle import build_bundle
 from agent.tickets.create import TicketError, create_ticket
 from agent.tickets.model import ReportRequest, Ticket
 from agent.tickets.store import TicketStore
@@ -568,6 +567,10 @@ class Ops:
 
     async def diagnostics_bundle(self) -> DiagnosticsBundle:
         """The support bundle (agent/support/bundle.py), base64 in the answer."""
+        # Imported here: the bundle builder brings the CLI's modules (typer, rich), which the
+        # daemon needs only when a technician asks for a bundle.
+        from agent.support.bundle import build_bundle
+
         data: bytes = await asyncio.to_thread(build_bundle, self.cfg, self.agent.store)
         stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
         return DiagnosticsBundle(

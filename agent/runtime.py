@@ -6,25 +6,31 @@ import asyncio
 import faulthandler
 import inspect
 import signal
+from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.api.server import ApiServer
 from agent.bus import EventBus
 from agent.config import StationConfig
 from agent.diagnosis.service import DiagnosisService
-from agent.driver.service import DriverService
 from agent.kpi.history import FaultHistory
-from agent.mqtt.service import MqttService
-from agent.ocpp.service import HardReset, OcppService
 from agent.ops import Ops
 from agent.sdnotify import Notifier
-from agent.sessions.engine import SessionEngine
 from agent.station import Station, build_station
 from agent.store.db import Store
 from agent.store.writer import StoreWriter
 from agent.tasks import cancel_and_wait, supervise
 from agent.watchdog import Liveness, Watchdog
+
+# The services of optional config sections ([ocpp], [mqtt], [api], [driver], [billing]) are
+# imported only when their section is there: a daemon without OCPP or MQTT does not carry
+# the ocpp/websockets/paho stacks in memory (issue 16: RSS on a small controller).
+if TYPE_CHECKING:
+    from agent.api.server import ApiServer
+    from agent.driver.service import DriverService
+    from agent.mqtt.service import MqttService
+    from agent.ocpp.service import OcppService
+    from agent.sessions.engine import SessionEngine
 
 log = structlog.get_logger(__name__)
 
@@ -49,14 +55,18 @@ class Agent:
         )
         # OCPP (issue 5) comes first: constructing it runs each profile's setup, where the
         # transactions profile registers the online authorizer the session engine asks.
-        self.ocpp = OcppService(cfg, self.bus) if cfg.ocpp else None
+        self.ocpp: OcppService | None = None
+        if cfg.ocpp:
+            from agent.ocpp.service import OcppService
+
+            self.ocpp = OcppService(cfg, self.bus)
         online = self.ocpp.ctx.parts.get("online_authorizer") if self.ocpp else None
         # Sessions and billing run only when the config has a [billing] section.
-        self.sessions = (
-            SessionEngine(cfg, self.bus, self.station.devices, online=online)
-            if cfg.billing
-            else None
-        )
+        self.sessions: SessionEngine | None = None
+        if cfg.billing:
+            from agent.sessions.engine import SessionEngine
+
+            self.sessions = SessionEngine(cfg, self.bus, self.station.devices, online=online)
         if self.ocpp is not None and self.sessions is not None:
             self.ocpp.attach_sessions(self.sessions)
         profiles = {name: d.profile for name, d in self.station.devices.items()}
@@ -80,10 +90,22 @@ class Agent:
             self.sessions.derate_limits = self.diagnosis.derate_limits()
             self.sessions.restored_faults = self.diagnosis.restored_faults  # after a restart
         # Driver displays and problem reports (issue 7) run when the config has [driver].
-        self.driver = DriverService(cfg, self.bus, self.sessions) if cfg.driver else None
+        self.driver: DriverService | None = None
+        if cfg.driver:
+            from agent.driver.service import DriverService
+
+            self.driver = DriverService(cfg, self.bus, self.sessions)
         self.ops = Ops(self)
-        self.api = ApiServer(cfg.api, self.ops) if cfg.api else None
-        self.mqtt = MqttService(cfg, self.bus, self.ops) if cfg.mqtt else None
+        self.api: ApiServer | None = None
+        if cfg.api:
+            from agent.api.server import ApiServer
+
+            self.api = ApiServer(cfg.api, self.ops)
+        self.mqtt: MqttService | None = None
+        if cfg.mqtt:
+            from agent.mqtt.service import MqttService
+
+            self.mqtt = MqttService(cfg, self.bus, self.ops)
         if self.diagnosis is not None and self.mqtt is not None:  # rule mqtt_billing_refused
             stats = self.mqtt.publisher.stats
             self.diagnosis.facts.mqtt_billing_refused = lambda: stats.refused_kept
@@ -106,6 +128,8 @@ class Agent:
         if self.sessions is not None:
             self._tasks.append(asyncio.create_task(self.sessions.run(), name="sessions"))
         if self.ocpp is not None:
+            from agent.ocpp.service import HardReset
+
             # Supervised: a failure reconnects after a back-off while metering and sessions go
             # on (a restart of the process would end a suspended session as PowerLoss). Only
             # a hard reset ends the agent (exit 75).

@@ -11,6 +11,9 @@ secret is, not the secret).
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from agent.sessions.model import mask
 
 SECRET_WORDS = frozenset(
     {"password", "passwd", "passphrase", "secret", "token", "key", "psk", "pin", "credentials"}
@@ -29,3 +32,29 @@ def is_secret_name(name: str) -> bool:
     if not words or words[-1] in LOCATION_WORDS or "public" in words:
         return False
     return bool(SECRET_WORDS & set(words))
+
+
+MASK = "********"
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]+:)[^/@\s]+@", re.IGNORECASE)
+
+
+def mask_secrets(data: Any, key: str = "", parent: str = "") -> Any:
+    """A copy of `data` (the config as JSON-ready values) with every secret masked."""
+    if isinstance(data, dict):
+        out = {k: mask_secrets(v, k, key) for k, v in data.items()}
+        # OCPP configuration entries name the key in a field: {"key": "AuthorizationKey",
+        # "value": ...} (GetConfiguration.conf, ChangeConfiguration.req).
+        if isinstance(data.get("key"), str) and is_secret_name(data["key"]) and "value" in data:
+            out["value"] = MASK
+        return out
+    if isinstance(data, list):
+        return [mask_secrets(v, key, parent) for v in data]
+    if data is None or isinstance(data, bool):
+        return data
+    if is_secret_name(key):
+        return MASK
+    if parent == "local_list" and key == "id":
+        return mask(str(data))
+    if isinstance(data, str):
+        return _URL_PASSWORD.sub(r"\g<head>***@", data)
+    return data

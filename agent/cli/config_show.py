@@ -21,34 +21,12 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli.common import DEFAULT_CONFIG, emit_json, load_or_exit
-from agent.secretnames import is_secret_name
-from agent.sessions.model import mask
 
-MASK = "********"
+# mask_secrets lives with the secret names: the daemon masks its bundles without the CLI.
+from agent.secretnames import MASK as MASK
+from agent.secretnames import mask_secrets as mask_secrets
+
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s]+:)[^/@\s]+@", re.IGNORECASE)
-
-
-def mask_secrets(data: Any, key: str = "", parent: str = "") -> Any:
-    """A copy of `data` (the config as JSON-ready values) with every secret masked."""
-    if isinstance(data, dict):
-        out = {k: mask_secrets(v, k, key) for k, v in data.items()}
-        # OCPP configuration entries name the key in a field: {"key": "AuthorizationKey",
-        # "value": ...} (GetConfiguration.conf, ChangeConfiguration.req).
-        if isinstance(data.get("key"), str) and is_secret_name(data["key"]) and "value" in data:
-            out["value"] = MASK
-        return out
-    if isinstance(data, list):
-        return [mask_secrets(v, key, parent) for v in data]
-    if data is None or isinstance(data, bool):
-        return data
-    if is_secret_name(key):
-        return MASK
-    if parent == "local_list" and key == "id":
-        return mask(str(data))
-    if isinstance(data, str):
-        return _URL_PASSWORD.sub(r"\g<head>***@", data)
-    return data
 
 
 def toml_lines(data: dict[str, Any], path: tuple[str, ...] = ()) -> list[str]:

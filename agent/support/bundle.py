@@ -12,7 +12,7 @@ A tar.gz with one JSON (or text) member per topic:
     journal.txt     the evedge unit's journal in the window, where journalctl can read it
 
 The same bytes serve OCPP GetDiagnostics, MQTT and `evedge bundle --out FILE`. Masking is
-`evedge config show`'s (agent/cli/config_show.py `mask_secrets`): values of secret-named
+`evedge config show`'s (agent/secretnames.py `mask_secrets`): values of secret-named
 fields, passwords in URLs, local list tokens; *_file / *_dir / *_path values are locations
 and no file is ever read. It is applied to the config, the OCPP keys, the faults, the log
 events (already redacted when logged, agent/logsetup.py) and the journal text.
@@ -31,10 +31,10 @@ from datetime import datetime
 from importlib import metadata
 from typing import Any
 
-from agent.cli.config_show import mask_secrets
 from agent.config import StationConfig
 from agent.diagnosis.store import FaultRecord
 from agent.events import FaultCleared, FaultRaised, utcnow
+from agent.secretnames import mask_secrets
 from agent.sessions.times import to_us
 from agent.store.db import Store
 from agent.support.logring import RING
