@@ -102,6 +102,8 @@ class DeviceState:
     health: DeviceHealth | None = None
     health_t: float = 0.0
     health_hist: deque[HealthSample] = field(default_factory=deque)
+    # Engine time the current run of clean cycles (every request answered) began.
+    clean_since: float | None = None
 
     def ingest_reading(self, r: Reading, t: float) -> None:
         """Take one reading that arrived at engine time `t`."""
@@ -126,6 +128,12 @@ class DeviceState:
     def ingest_health(self, h: DeviceHealth, t: float) -> None:
         """Take one health report that arrived at engine time `t`."""
         self.health, self.health_t = h, t
+        # A cycle with an error: DEGRADED, or aborted (which leaves OK standing until the
+        # device counts as offline).
+        if h.state != HealthState.OK or h.consecutive_failures:
+            self.clean_since = None
+        elif self.clean_since is None:
+            self.clean_since = t
         self.health_hist.append(
             HealthSample(t, h.polls, h.timeouts, h.crc_errors, dict(h.exceptions))
         )
@@ -165,6 +173,8 @@ class DeviceState:
             return h.consecutive_failures
         if name == "latency_ms":
             return h.latency_ms
+        if name == "clean_s":
+            return 0.0 if self.clean_since is None else round(now - self.clean_since, 3)
         first, last = self.health_hist[0], self.health_hist[-1]
         # The sample in force at the start of the window is the baseline; a history younger
         # than the window counts from zero, as the poller's counters start with the agent.

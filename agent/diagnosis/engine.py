@@ -10,7 +10,10 @@ raised again within FLAP_WINDOW_S of its last clear waits twice as long to clear
 Root cause: rule A `explains` rule B (transitively). When A is active on a scope that
 shares a device with B's scope, B is suppressed (no FaultRaised of its own), and an
 already raised B is cleared with reason "explained". A due symptom waits while one of its
-explainers is already true but not yet due, so the cause is raised first. The raised
+explainers is already true but not yet due, so the cause is raised first. When the cause
+clears, a symptom it held back starts over on data its devices report after that moment:
+at the end of a bus outage a device the poller has not asked again yet still shows the
+outage's failures, which are not a fault of its own. The raised
 fault lists the symptoms it explains; they raise its confidence.
 
 Latching (rules with clear = evidence / manual, see rules.py): when such a fault's
@@ -100,6 +103,9 @@ class Instance:
     retry_at: float | None = None
     evidence_since: float | None = None
     evidence_env: ScopeEnv | None = None
+    # Released by its cause at this engine time: the condition counts again once every
+    # device of the scope has reported after it (see the module docstring).
+    fresh_after: float | None = None
     expr: Expr = field(init=False)
 
     def __post_init__(self) -> None:
@@ -107,7 +113,7 @@ class Instance:
 
     def reset(self) -> None:
         """Back to idle: the fault is over (or handed to its root cause)."""
-        self.status, self.root = "idle", None
+        self.status, self.root, self.fresh_after = "idle", None, None
         self.latch, self.attempts, self.retry_at = None, 0, None
         self.evidence_since, self.evidence_env = None, None
 
@@ -297,7 +303,13 @@ class DiagnosisEngine:
         session = self._session_facts(now_dt)
         for inst in self.instances:
             env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, session, now)
-            inst.track(inst.expr(env), now)
+            value = inst.expr(env)
+            if inst.fresh_after is not None:
+                if not self._reported_since(inst.scope, inst.fresh_after):
+                    value = None  # stale: what it shows is its cause's doing
+                else:
+                    inst.fresh_after = None
+            inst.track(value, now)
             inst.env = env
             evidence = inst.rule.evidence_expr
             if inst.latch is not None and evidence is not None:
@@ -333,6 +345,8 @@ class DiagnosisEngine:
                     inst.root = root
                     continue
                 inst.status, inst.root = "idle", None
+                inst.true_since, inst.fresh_after = None, now
+                continue
             if not due:
                 continue
             if root is not None:
@@ -449,6 +463,12 @@ class DiagnosisEngine:
             and i.rule.clear == "manual"
             and (connector is None or connector in i.raised.connectors)
         ]
+
+    def _reported_since(self, scope: Scope, t: float) -> bool:
+        """Every device of `scope` has sent a health report after engine time `t`."""
+        return all(
+            d.health_t > t for name in scope.devices if (d := self.devices.get(name)) is not None
+        )
 
     def _explainer(self, inst: Instance, active: bool) -> Instance | None:
         """An active explainer of `inst` (active=True), or a pending one (False)."""

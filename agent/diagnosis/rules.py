@@ -87,6 +87,9 @@ HEALTH_FIELDS: dict[str, Kind] = {
     "failing": "bool",  # the last poll failed
     "consecutive_failures": "num",
     "latency_ms": "num",
+    # seconds the device has answered every request of every cycle (0: the last had an
+    # error): window counters tell what happened, this tells that it is over
+    "clean_s": "num",
     "polls": "num",  # polls in the health window
     "no_answer": "num",  # timeouts and gateway "no response" (0x0A/0x0B) in the window
     "frame_errors": "num",  # CRC / framing / garbage in the window
