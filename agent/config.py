@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.api.config import ApiConfig
 from agent.diagnosis.config import DiagnosisConfig
 from agent.driver.config import DriverConfig
+from agent.kpi.config import KpiConfig
 from agent.mqtt.config import MqttConfig
 from agent.ocpp.config import OcppConfig
 from agent.sessions.config import AuthConfig, BillingConfig, SessionsConfig
@@ -112,6 +113,7 @@ class StationConfig(_Section):
     api: ApiConfig | None = None  # absent: no local API (the CLI reads the store)
     ocpp: OcppConfig | None = None  # absent: no OCPP connection
     mqtt: MqttConfig | None = None  # absent: no MQTT cloud sync
+    kpi: KpiConfig = Field(default_factory=KpiConfig)  # availability KPIs (agent/kpi)
 
     def bus_by_name(self, name: str) -> BusConfig:
         return next(b for b in self.bus if b.name == name)

@@ -32,6 +32,7 @@ class FaultSpan:
 
     fault_id: str
     rule: str
+    scope: str  # connector:1, device:meter1, bus:rs485, station
     raised_us: int
     cleared_us: int | None
     connectors: tuple[int, ...]
@@ -44,8 +45,12 @@ class FaultSpan:
     title: str
 
     def covers(self, connector: int, device: str | None = None) -> bool:
-        """True when the fault is on `connector` (or on `device`)."""
-        return connector in self.connectors or (device is not None and device in self.devices)
+        """True when the fault is on `connector` (or on `device`, or station-wide)."""
+        return (
+            connector in self.connectors
+            or self.scope == "station"
+            or (device is not None and device in self.devices)
+        )
 
     def ref(self) -> FaultRef:
         """The fault as the billing review names it."""
@@ -61,6 +66,7 @@ def _span(payload: str, raised_us: int, cleared_us: int | None) -> FaultSpan:
     return FaultSpan(
         fault_id=str(p.get("fault_id", "")),
         rule=str(p.get("rule", "")),
+        scope=str(p.get("scope", "")),
         raised_us=raised_us,
         cleared_us=cleared_us,
         connectors=tuple(int(c) for c in p.get("connectors") or ()),
@@ -90,6 +96,58 @@ def fault_spans(c: sqlite3.Connection, t0_us: int, t1_us: int) -> list[FaultSpan
         (t1_us, t0_us),
     ).fetchall()
     return [_span(p, r, cl) for p, r, cl in rows]
+
+
+@dataclass(frozen=True)
+class SessionFact:
+    """A closed session as the KPIs count it."""
+
+    id: str
+    connector: int
+    started_us: int
+    ended_us: int
+    token: str
+    energy_wh: int
+    stop_reason: str
+
+
+def closed_sessions(c: sqlite3.Connection, t0_us: int, t1_us: int) -> list[SessionFact]:
+    """Sessions started in [t0_us, t1_us) and closed, oldest first."""
+    if not has_table(c, "sessions"):
+        return []
+    rows = c.execute(
+        "SELECT id, connector, started_ts, ended_ts, id_token, billed_wh, "
+        "COALESCE(stop_reason, '') FROM sessions WHERE state = 'closed' AND started_ts >= ? "
+        "AND started_ts < ? ORDER BY started_ts, id",
+        (t0_us, t1_us),
+    ).fetchall()
+    return [SessionFact(*r) for r in rows]
+
+
+def status_spans(
+    c: sqlite3.Connection, connector: int, t0_us: int, t1_us: int
+) -> list[tuple[int, int, str]]:
+    """(start, end, status) of the connector within [t0_us, t1_us), from the status the
+    session engine recorded with each transition; the last one lasts until t1_us. Time
+    before the first recorded status is left out (unknown, not counted as an outage)."""
+    if not has_table(c, "session_events"):
+        return []
+    before = c.execute(
+        "SELECT ts, status FROM session_events WHERE connector = ? AND status != '' AND ts < ? "
+        "ORDER BY ts DESC, id DESC LIMIT 1",
+        (connector, t0_us),
+    ).fetchall()
+    rows = c.execute(
+        "SELECT ts, status FROM session_events WHERE connector = ? AND status != '' "
+        "AND ts >= ? AND ts < ? ORDER BY ts, id",
+        (connector, t0_us, t1_us),
+    ).fetchall()
+    points = [(max(ts, t0_us), st) for ts, st in [*before, *rows]]
+    out = []
+    for (ts, st), nxt in zip(points, [*points[1:], (t1_us, "")], strict=True):
+        if nxt[0] > ts:
+            out.append((ts, nxt[0], st))
+    return out
 
 
 class FaultHistory:

@@ -403,6 +403,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE faults ADD COLUMN latch TEXT;
         """,
     ),
+    Migration(
+        10,
+        "kpi: scheduled maintenance windows",
+        """
+        -- Scheduled maintenance a technician set (agent/kpi/maintenance.py): outage time
+        -- inside a window is excluded from the NEVI uptime. connector NULL: the whole
+        -- station. Times: µs UTC, [start_ts, end_ts).
+        CREATE TABLE kpi_maintenance (
+            id INTEGER PRIMARY KEY,
+            connector INTEGER,
+            start_ts INTEGER NOT NULL,
+            end_ts INTEGER NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            created_ts INTEGER NOT NULL,
+            CHECK (end_ts > start_ts)
+        );
+        CREATE INDEX kpi_maintenance_start ON kpi_maintenance (start_ts);
+        """,
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version
