@@ -39,6 +39,8 @@ from agent.events import (
     TicketCreated,
     utcnow,
 )
+from agent.kpi.model import KpiReport
+from agent.kpi.station import station_kpis
 from agent.sessions.engine import CommandRefused
 from agent.sessions.model import AuthStatus, IdToken, mask
 from agent.sessions.report import ReportError, build_report, default_range
@@ -564,6 +566,14 @@ class Ops:
             if engine is None:
                 store.close()
         return ReportResult(period=period, by=by, timezone=tz, rows=[r.to_json() for r in rows])
+
+    async def kpi(self, months: int | None = None) -> KpiReport:
+        """Availability KPIs (agent/kpi) of the last `months` months ([kpi] months)."""
+        if months is not None and not 1 <= months <= 36:
+            raise OpError("bad_request", f"months must be 1..36, got {months}")
+        return await asyncio.to_thread(
+            station_kpis, self.cfg, self.agent.store.reading, months=months
+        )
 
     async def diagnostics_bundle(self) -> DiagnosticsBundle:
         """The support bundle (agent/support/bundle.py), base64 in the answer."""

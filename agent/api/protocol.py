@@ -56,6 +56,10 @@ class ReportArgs(_Args):
     end: date | None = None
 
 
+class KpiArgs(_Args):
+    months: int | None = Field(default=None, ge=1, le=36)
+
+
 class ReadingsArgs(_Args):
     device: str | None = None
 
@@ -96,6 +100,7 @@ OPERATIONS: dict[str, Operation] = {
     "faults": Operation("active_faults", NoArgs, control=False),
     "readings": Operation("readings", ReadingsArgs, control=False),
     "report": Operation("report", ReportArgs, control=False),
+    "kpi": Operation("kpi", KpiArgs, control=False),
     "diagnose": Operation("diagnose", DiagnoseArgs, control=False),
     # Driver-facing: a display controller or kiosk process (not in the control group) shows
     # the screen in the driver's language and files the driver's report. A report changes

@@ -134,6 +134,10 @@ class _Main(LazyGroup):
             "agent.cli.tickets_cmd:app",
             "Drivers' problem reports (tickets) with their diagnostic snapshot.",
         ),
+        "maintenance": Lazy(
+            "agent.cli.maintenance_cmd:app",
+            "Scheduled maintenance windows (excluded from the uptime KPI).",
+        ),
     }
 
 

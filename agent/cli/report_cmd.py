@@ -1,5 +1,9 @@
 """`evedge report`: usage per day, week or month — sessions, kWh, revenue, idle time,
-utilization, fault downtime — as a table, CSV or JSON, optionally plotted."""
+utilization, fault downtime — as a table, CSV or JSON, optionally plotted.
+
+`evedge report --kpi`: availability KPIs per connector and month (agent/kpi): NEVI uptime,
+attempts, first-try success, sessions ended by faults; from the running service when it
+answers, else read-only from the store."""
 
 from __future__ import annotations
 
@@ -14,8 +18,13 @@ from zoneinfo import ZoneInfo
 import typer
 from rich.table import Table
 
-from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail
+from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.service import read, store_note
 from agent.cli.store_open import config_and_store
+from agent.kpi import render
+from agent.kpi.model import KpiReport
+from agent.kpi.render import PlotError
+from agent.kpi.station import station_kpis
 from agent.sessions.report import ReportError, build_report, default_range, plot_report
 
 
@@ -75,8 +84,17 @@ def report(
         Path, typer.Option("--config", "-c", help="station config (TOML)")
     ] = DEFAULT_CONFIG,
     json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
+    kpi: Annotated[
+        bool, typer.Option("--kpi", help="availability KPIs (NEVI uptime, attempts) instead")
+    ] = False,
+    months: Annotated[
+        int | None, typer.Option("--months", min=1, max=36, help="--kpi: months shown")
+    ] = None,
 ) -> None:
     """Usage report from the charge records (buckets in the station's timezone)."""
+    if kpi:
+        _kpi(config, FormatOpt.json if json else fmt, plot, months)
+        return
     cfg, store = config_and_store(config)
     tz = cfg.billing.timezone if cfg.billing else "UTC"
     today = datetime.now(ZoneInfo(tz)).date()
@@ -124,3 +142,34 @@ def report(
         console.print(table)
     if plot is not None and fmt == FormatOpt.table and not json:
         console.print(f"plot written to {plot}")
+
+
+def _kpi(config: Path, fmt: FormatOpt, plot: Path | None, months: int | None) -> None:
+    """`--kpi`: from the service (API) when it answers, else from the store, read-only."""
+    cfg = load_or_exit(config)
+    result = read(cfg, "kpi", months=months)
+    if result is not None:
+        rep = KpiReport.model_validate(result)
+    else:
+        _, store = config_and_store(config)
+        store_note(cfg)
+        with store:
+            rep = station_kpis(cfg, store.reading, months=months)
+    if plot is not None:
+        try:
+            render.plot(rep, str(plot))
+        except PlotError as e:
+            raise fail(str(e), Exit.USAGE) from None
+    if fmt == FormatOpt.json:
+        emit_json(rep.model_dump(mode="json"))
+    elif fmt == FormatOpt.csv:
+        w = csv.DictWriter(sys.stdout, fieldnames=render.CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(render.csv_rows(rep))
+    else:
+        table, notes = render.table(rep)
+        console.print(table)
+        for line in notes:
+            console.print(line, highlight=False)
+        if plot is not None:
+            console.print(f"plot written to {plot}")

@@ -195,6 +195,8 @@ class CommandHandler:
                 return await ops.report(a.period, a.by, a.start, a.end)
             case "diagnostics_bundle":
                 return await ops.diagnostics_bundle()
+            case "get_kpi":
+                return await ops.kpi(a.months)
             case "report_problem":
                 return await ops.report_problem(
                     a.connector, a.text, a.category, a.source, a.lang, a.contact

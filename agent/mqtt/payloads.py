@@ -23,6 +23,7 @@ from agent.events import (
     SessionEvent,
     TicketCreated,
 )
+from agent.kpi.model import KpiReport
 from agent.ops import (
     CommandResult,
     DiagnoseReport,
@@ -151,6 +152,15 @@ class TicketMessage(Envelope):
     ticket: Ticket
 
 
+class KpiMessage(Envelope):
+    """`kpi` (retained): the availability KPIs (NEVI uptime per connector and month,
+    attempts, faults that ended sessions), daily ([kpi] publish_interval_s); command
+    `get_kpi` answers the same report on request."""
+
+    stream: Literal["kpi"] = "kpi"
+    report: KpiReport
+
+
 # ---------------------------------------------------------------------- commands
 
 
@@ -215,6 +225,10 @@ class ReportArgs(_Model):
     end: date | None = Field(default=None, description="inclusive")
 
 
+class KpiArgs(_Model):
+    months: int | None = Field(default=None, ge=1, le=36, description="null: [kpi] months")
+
+
 class CommandError(_Model):
     """Why a command was not executed (or failed)."""
 
@@ -261,6 +275,7 @@ COMMANDS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "usage_report": (ReportArgs, ReportResult),
     "diagnostics_bundle": (NoArgs, DiagnosticsBundle),
     "report_problem": (ReportProblemArgs, TicketCreated),
+    "get_kpi": (KpiArgs, KpiReport),
 }
 
 # Stream name -> its message model.
@@ -276,6 +291,7 @@ MESSAGES: dict[str, type[Envelope]] = {
         ChargeRecordMessage,
         DisplayMessage,
         TicketMessage,
+        KpiMessage,
         CommandReply,
     )
 }

@@ -137,6 +137,7 @@ class MqttService:
             self._event_loop(),
             self._command_loop(),
             self._ticket_loop(),
+            self._kpi_loop(),
         ]
         tasks = [asyncio.create_task(c, name=f"mqtt {c.__name__}") for c in loops]
         try:
@@ -336,6 +337,24 @@ class MqttService:
         while True:
             await asyncio.sleep(self.ticket_poll_s)
             await self._enqueue_tickets()
+
+    async def _kpi_loop(self) -> None:
+        """The KPI report on the `kpi` stream at every multiple of [kpi] publish_interval_s
+        (wall clock, UTC: daily at midnight by default), whatever the restarts in between."""
+        every = self.cfg.kpi.publish_interval_s
+        while True:
+            now = utcnow().timestamp()
+            await asyncio.sleep(every - now % every)
+            await self.publish_kpi()
+
+    async def publish_kpi(self) -> None:
+        """Compute the KPI report now and queue it on the `kpi` stream."""
+        try:
+            report = await self.ops.kpi()
+        except Exception:  # a store problem must not end MQTT sync
+            log.exception("mqtt.kpi_failed")
+            return
+        await self._commit([Outgoing(Stream.KPI, {"report": report})])
 
     # ------------------------------------------------------------------ commands
 

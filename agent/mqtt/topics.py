@@ -23,6 +23,7 @@ class Stream(StrEnum):
     BILLING_RECORDS = "billing/records"
     DISPLAY = "display"
     TICKETS = "tickets"
+    KPI = "kpi"
     REPLIES = "replies"
 
 
@@ -30,7 +31,7 @@ class Stream(StrEnum):
 BULK_STREAMS: tuple[Stream, ...] = (Stream.TELEMETRY, Stream.HEALTH)
 # Retained topics: the broker keeps the last message for late subscribers.
 RETAINED_STREAMS: frozenset[Stream] = frozenset(
-    {Stream.STATUS, Stream.FAULTS_ACTIVE, Stream.DISPLAY}
+    {Stream.STATUS, Stream.FAULTS_ACTIVE, Stream.DISPLAY, Stream.KPI}
 )
 
 

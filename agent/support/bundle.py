@@ -8,6 +8,7 @@ A tar.gz with one JSON (or text) member per topic:
     config.json     the validated station config, secrets masked (no file is ever read)
     ocpp_config.json  OCPP configuration keys the CSMS set, secret-named ones masked
     store.json      store file size, schema version, rows per table
+    kpi.json        availability KPIs per connector and month (agent/kpi)
     logs.jsonl      recent log events from this process (agent/support/logring.py)
     journal.txt     the evedge unit's journal in the window, where journalctl can read it
 
@@ -34,6 +35,7 @@ from typing import Any
 from agent.config import StationConfig
 from agent.diagnosis.store import FaultRecord
 from agent.events import FaultCleared, FaultRaised, utcnow
+from agent.kpi.station import station_kpis
 from agent.secretnames import mask_secrets
 from agent.sessions.times import to_us
 from agent.store.db import Store
@@ -66,6 +68,7 @@ def build_bundle(
         "config.json": _json(mask_secrets(cfg.model_dump(mode="json"))),
         "ocpp_config.json": _json(_ocpp_keys(store)),
         "store.json": _json(_store_stats(cfg, store)),
+        "kpi.json": _json(_kpis(cfg, store, now)),
         "logs.jsonl": "".join(
             json.dumps(mask_secrets(e), default=str) + "\n" for e in RING.events(since, until)
         ).encode(),
@@ -137,6 +140,16 @@ def _faults(store: Store | None, since: datetime | None, until: datetime | None)
         "active": [mask_secrets(r.as_json()) for r in records if r.active],
         "recent": [mask_secrets(r.as_json()) for r in records if not r.active],
     }
+
+
+def _kpis(cfg: StationConfig, store: Store | None, now: datetime) -> dict[str, Any]:
+    """The KPI report; a failure is reported in the member, never fails the bundle."""
+    if store is None:
+        return {"error": "no store"}
+    try:
+        return station_kpis(cfg, store.reading, now=now).model_dump(mode="json")
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _ocpp_keys(store: Store | None) -> dict[str, str]:
