@@ -153,6 +153,18 @@ keys = {{ MeterValueSampleInterval = "1", TransactionMessageRetryInterval = "1" 
     return st.path, st.control
 
 
+def session_counts(db: Path) -> tuple[int, int]:
+    """(active, closed) sessions in the store (read-only, while the agent writes)."""
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = dict(c.execute("SELECT state, count(*) FROM sessions GROUP BY state").fetchall())
+    except sqlite3.OperationalError:
+        return 0, 0
+    finally:
+        c.close()
+    return rows.get("active", 0), rows.get("closed", 0)
+
+
 def queued(db: Path) -> int:
     """Transaction messages not delivered yet (read-only, while the agent writes)."""
     c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
