@@ -37,6 +37,11 @@ API (stable; the OCPP tests of issue 5 and `python -m hil.csms` use it):
 - `await call(cp_id, payload, timeout=10, validate=True)`: send a CSMS -> CP call (an
   `ocpp.v16.call.*` dataclass); returns the `call_result` dataclass, raises the CALLERROR as
   an OCPPError; `validate=False` skips the schema check of the request and its answer.
+- `await send_raw(cp_id, frame, timeout=10) -> list`: send a frame exactly as given (str, or
+  bytes as a binary frame; bad-input and fuzz tests) and return the charge point's next
+  CALLRESULT/CALLERROR as parsed JSON; TimeoutError if none came. One at a time per charge
+  point, and not while a `call()` to it is waiting. `await send_only(cp_id, frame)`: send a
+  frame that expects no answer.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class _Peer(_CentralSide):
     def __init__(self, csms: TestCsms, cp_id: str, connection: ServerConnection):
         super().__init__(cp_id, connection, response_timeout=10)
         self.csms = csms
+        self.raw_reply: asyncio.Future[list] | None = None  # a send_raw() waiting
 
     async def route_message(self, raw_msg: Any) -> None:
         try:
@@ -93,6 +99,9 @@ class _Peer(_CentralSide):
         except OCPPError:
             return
         if msg.message_type_id != MessageType.Call:
+            if self.raw_reply is not None and not self.raw_reply.done():
+                self.raw_reply.set_result(json.loads(raw_msg))
+                return
             await super().route_message(raw_msg)
             return
         await self.csms._record(self.id, msg)
@@ -261,6 +270,26 @@ class TestCsms:
             raise ConnectionError(f"charge point {cp_id} is not connected")
         peer._response_timeout = timeout
         return await peer.call(payload, suppress=False, skip_schema_validation=not validate)
+
+    async def send_raw(self, cp_id: str, frame: str | bytes, timeout: float = 10) -> list:
+        """Send `frame` as is; return the charge point's next CALLRESULT/CALLERROR (parsed)."""
+        peer = self._peer(cp_id)
+        peer.raw_reply = asyncio.get_running_loop().create_future()
+        try:
+            await peer._connection.send(frame)
+            return await asyncio.wait_for(asyncio.shield(peer.raw_reply), timeout)
+        finally:
+            peer.raw_reply = None
+
+    async def send_only(self, cp_id: str, frame: str | bytes) -> None:
+        """Send `frame` as is, expecting no answer (a CALLRESULT/CALLERROR)."""
+        await self._peer(cp_id)._connection.send(frame)
+
+    def _peer(self, cp_id: str) -> _Peer:
+        peer = self._peers.get(cp_id)
+        if peer is None:
+            raise ConnectionError(f"charge point {cp_id} is not connected")
+        return peer
 
     # ------------------------------------------------------------------ records
 

@@ -75,6 +75,7 @@ log = structlog.get_logger(__name__)
 #: (SetChargingProfile: frame, payload, profile, schedule, periods, period) has 6.
 MAX_FRAME_DEPTH = 16
 # The unique id of a frame we will not parse: `[2, "<id>"` at its start.
+_RESULT_OR_ERROR = re.compile(r"\s*\[\s*[34](?:\.0*)?\s*[,\]]")
 _LEADING_ID = re.compile(r'\s*\[\s*\d+\s*,\s*"([^"\\]{0,36})"')
 
 
@@ -117,14 +118,14 @@ def _unique_id(raw: Any) -> str:
     except (TypeError, ValueError, RecursionError):
         return "-1"
     if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str):
-        return msg[1][:36]
+        return msg[1]  # as sent, like the library's answers (the spec allows 36 characters)
     return "-1"
 
 
 def _is_call(raw: Any) -> bool:
     """Does the frame (maybe unparseable) expect an answer? CALLRESULT/CALLERROR do not."""
-    head = raw.lstrip()[:8].replace(" ", "") if isinstance(raw, str) else ""
-    return not head.startswith(("[3,", "[4,"))
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return not (isinstance(text, str) and _RESULT_OR_ERROR.match(text))
 
 
 def _finite(text: str) -> float:
@@ -225,11 +226,8 @@ class EvedgeChargePoint(
                 )
             return
         if msg.message_type_id == MessageType.Call and not isinstance(msg.action, str):
-            await self._send(
-                CallError(
-                    str(msg.unique_id)[:36], "ProtocolError", "Action must be a string", {}
-                ).to_json()
-            )
+            error = CallError(msg.unique_id, "ProtocolError", "Action must be a string", {})
+            await self._send(error.to_json())
             return
         await super().route_message(raw_msg)
 
@@ -240,6 +238,8 @@ class EvedgeChargePoint(
 
     async def _handle_call(self, msg: Call) -> Any:
         try:
+            if not isinstance(msg.payload, dict):  # a handler without schema check gets **it
+                raise TypeConstraintViolationError(details={"cause": "payload: not an object"})
             return await super()._handle_call(msg)
         except OCPPError as e:
             error = _classify(msg, e)

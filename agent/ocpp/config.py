@@ -10,6 +10,13 @@
     cert_file = "/etc/evedge/cp.pem"          # profile 3
     key_file = "/etc/evedge/cp.key"           # profile 3
     keys = { MeterValueSampleInterval = "60" }  # OCPP configuration keys (the CSMS's win)
+    upload_allow = ["diag.csms.example.com", "*.example.net"]  # GetDiagnostics destinations
+
+`upload_allow`: host patterns (shell-style, `*` and `?`, matched against the URL's host as
+written) a GetDiagnostics upload may go to. Empty (the default): any host whose addresses are
+all public; loopback, private, link-local and other non-global addresses are refused unless
+a pattern lists the host. The CSMS's `retries` and `retryInterval` are clamped to
+`upload_retries_max` and `upload_retry_interval_min_s`..`upload_retry_interval_max_s`.
 
 Security profiles per the OCA "Improved security for OCPP 1.6-J" whitepaper. The files are
 checked (present, readable, password mode) when the service starts, since `config check`
@@ -21,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.ocpp.config_keys import check_file_keys
 
@@ -65,6 +72,26 @@ class OcppConfig(BaseModel):
     keys: dict[str, str] = Field(
         default_factory=dict, description="OCPP configuration keys; the CSMS's changes win"
     )
+    upload_allow: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="host patterns GetDiagnostics may upload to (empty: public hosts only)",
+    )
+    upload_retries_max: int = Field(default=3, ge=0, le=10, description="GetDiagnostics retries")
+    upload_retry_interval_min_s: float = Field(default=30.0, ge=0, le=3600)
+    upload_retry_interval_max_s: float = Field(default=600.0, ge=0, le=86_400)
+    upload_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="one attempt")
+
+    @field_validator("upload_allow")
+    @classmethod
+    def _host_patterns(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            if not p or len(p) > 253 or any(c in p for c in "/@[] \t"):
+                raise ValueError(
+                    f"upload_allow: {p!r} is not a host pattern (a host name or address, "
+                    "IPv6 without brackets, `*` and `?` allowed; no scheme, path or user)"
+                )
+        return [p.lower() for p in patterns]
 
     @model_validator(mode="after")
     def _consistent(self) -> OcppConfig:
@@ -85,6 +112,10 @@ class OcppConfig(BaseModel):
             raise ValueError(f"security_profile {self.security_profile} needs {', '.join(missing)}")
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if self.upload_retry_interval_min_s > self.upload_retry_interval_max_s:
+            raise ValueError(
+                "upload_retry_interval_min_s must not exceed upload_retry_interval_max_s"
+            )
         if "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
             raise ValueError("url must not carry credentials; use password_file")
         problems = check_file_keys(self.keys)

@@ -226,6 +226,7 @@ class OcppService:
                 self.reconnects += 1
         finally:
             await cancel_and_wait([watcher, *parts])
+            await self._cancel_uploads()
 
     async def _connection(self) -> bool:
         """One WebSocket connection from connect to close; True if the boot was accepted."""
@@ -404,6 +405,7 @@ class OcppService:
 
     async def _do_reset(self, kind: str) -> None:
         reason = StopReason.HARD_RESET if kind == ResetType.hard else StopReason.SOFT_RESET
+        await self._cancel_uploads()
         eng = self.ctx.sessions
         if eng is not None:
             for cid in sorted(eng.connectors):
@@ -415,6 +417,12 @@ class OcppService:
         ws = self._ws
         if ws is not None:
             await ws.close(1000, f"{kind} reset")
+
+    async def _cancel_uploads(self) -> None:
+        """A GetDiagnostics upload does not outlive a Reset or the service."""
+        diagnostics = self.ctx.parts.get("diagnostics")
+        if diagnostics is not None:
+            await cancel_and_wait(diagnostics.cancel())
 
     # ------------------------------------------------------------------ status, flush
 

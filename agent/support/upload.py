@@ -11,6 +11,15 @@ The location is a directory URL; the file goes into it under `filename`.
 - ftp://[user:password@]host[:port]/dir/ — passive mode, binary STOR, anonymous login
   when the URL names no user; the path is walked segment by segment (RFC 1738).
 
+Destinations (`check_location`, before the upload and again at each attempt and redirect):
+with an allow-list (`[ocpp] upload_allow`, shell-style host patterns) only hosts it names;
+without one, only hosts whose every address is global: loopback, private, link-local,
+shared, reserved and multicast addresses are refused, whatever the host is written as
+(`localhost`, `2130706433`, `0x7f.1`, `[::ffff:127.0.0.1]` all resolve to 127.0.0.1).
+An HTTP redirect is followed only to an https URL that passes the same check; the
+Authorization header is not sent to another host. (The check resolves the name, the
+connection resolves it again: a DNS answer that changes in between is not caught.)
+
 Blocking (urllib / ftplib): call from a worker thread. Errors are `UploadError` with a
 message a technician can act on; URLs in messages and logs never carry the password.
 """
@@ -18,15 +27,21 @@ message a technician can act on; URLs in messages and logs never carry the passw
 from __future__ import annotations
 
 import base64
+import fnmatch
 import ftplib
 import io
+import ipaddress
+import socket
 import ssl
 import uuid
+from collections.abc import Sequence
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
-from urllib.request import Request, urlopen
+from urllib.request import HTTPRedirectHandler, HTTPSHandler, Request, build_opener
 
 SCHEMES = ("http", "https", "ftp")
+REDIRECT_SCHEMES = ("https",)  # never downgrade to plain HTTP on a redirect
 _FALLBACK_TO_POST = (405, 501)
 
 
@@ -34,16 +49,42 @@ class UploadError(Exception):
     """The upload failed; the message says where and why (without credentials)."""
 
 
-def check_location(location: str) -> str | None:
-    """Why `location` cannot be uploaded to (None: it can be tried)."""
+def check_location(location: str, allow: Sequence[str] = ()) -> str | None:
+    """Why `location` cannot be uploaded to (None: it can be tried). Resolves the host
+    (blocking) unless `allow` names it."""
     try:
         u = urlsplit(location)
+        host = u.hostname
+        u.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError as e:
         return f"not a URL: {e}"
     if u.scheme.lower() not in SCHEMES:
         return f"scheme {u.scheme or '(none)'!r} is not supported; use {', '.join(SCHEMES)}"
-    if not u.hostname:
+    if not host:
         return "the URL names no host"
+    return check_host(host, allow)
+
+
+def check_host(host: str, allow: Sequence[str] = ()) -> str | None:
+    """Why `host` is not a destination (None: it is); see the module docstring."""
+    host = host.lower().rstrip(".")
+    if allow:
+        if any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allow):
+            return None
+        return f"host {host} is not in [ocpp] upload_allow"
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        return f"host {host} does not resolve: {e}"
+    for *_, sockaddr in infos:
+        addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if not addr.is_global or addr.is_multicast:
+            return (
+                f"host {host} is {addr}, not a public address: list it in [ocpp] "
+                "upload_allow to upload there"
+            )
     return None
 
 
@@ -55,19 +96,52 @@ def public_url(location: str) -> str:
     return urlunsplit((u.scheme, netloc, u.path, u.query, ""))
 
 
-def upload(data: bytes, location: str, filename: str, *, timeout: float = 60) -> None:
-    """Put `data` as `filename` into the directory URL `location`; UploadError on failure."""
-    reason = check_location(location)
+def upload(
+    data: bytes,
+    location: str,
+    filename: str,
+    *,
+    timeout: float = 60,
+    allow: Sequence[str] = (),
+) -> None:
+    """Put `data` as `filename` into the directory URL `location`; UploadError on failure
+    (also for a destination or redirect `check_location` refuses)."""
+    reason = check_location(location, allow)
     if reason is not None:
         raise UploadError(f"{public_url(location)}: {reason}")
     u = urlsplit(location)
     if u.scheme.lower() == "ftp":
         _ftp(data, location, filename, timeout)
     else:
-        _http(data, location, filename, timeout)
+        _http(data, location, filename, timeout, allow)
 
 
-def _http(data: bytes, location: str, filename: str, timeout: float) -> None:
+class _CheckedRedirects(HTTPRedirectHandler):
+    """Follows a redirect only to an allowed https destination, without the credentials
+    when it leaves the host."""
+
+    def __init__(self, allow: Sequence[str]):
+        self.allow = allow
+
+    def redirect_request(
+        self, req: Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Request | None:
+        where = public_url(newurl)
+        if urlsplit(newurl).scheme.lower() not in REDIRECT_SCHEMES:
+            raise UploadError(f"{req.get_method()} {req.full_url}: redirect to {where} refused "
+                              f"(only {', '.join(REDIRECT_SCHEMES)})")  # fmt: skip
+        reason = check_location(newurl, self.allow)
+        if reason is not None:
+            raise UploadError(
+                f"{req.get_method()} {req.full_url}: redirect to {where} refused: {reason}"
+            )
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+def _http(data: bytes, location: str, filename: str, timeout: float, allow: Sequence[str]) -> None:
     u = urlsplit(location)
     headers = {}
     if u.username is not None:
@@ -83,7 +157,7 @@ def _http(data: bytes, location: str, filename: str, timeout: float) -> None:
         headers={**headers, "Content-Type": "application/gzip"},
     )
     try:
-        _send(put, timeout)
+        _send(put, timeout, allow)
         return
     except HTTPError as e:
         if e.code not in _FALLBACK_TO_POST:
@@ -104,14 +178,16 @@ def _http(data: bytes, location: str, filename: str, timeout: float) -> None:
         headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     try:
-        _send(post, timeout)
+        _send(post, timeout, allow)
     except HTTPError as e:
         raise UploadError(f"POST {directory}: HTTP {e.code} {e.reason}") from None
 
 
-def _send(req: Request, timeout: float) -> None:
+def _send(req: Request, timeout: float, allow: Sequence[str]) -> None:
+    opener = build_opener(HTTPSHandler(context=ssl.create_default_context()),
+                          _CheckedRedirects(allow))  # fmt: skip
     try:
-        with urlopen(req, timeout=timeout, context=ssl.create_default_context()) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             resp.read()
     except HTTPError:
         raise

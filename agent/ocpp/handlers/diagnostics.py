@@ -6,6 +6,12 @@ the context (it outlives a reconnect): DiagnosticsStatusNotification Uploading, 
 tried 1 + `retries` times `retryInterval` apart, then Uploaded or UploadFailed. A
 TriggerMessage meanwhile reports Uploading, otherwise Idle. Firmware updates are not
 implemented: FirmwareStatusNotification is always Idle.
+
+Bounded (issue 17): one upload at a time (another request meanwhile gets no fileName);
+`retries` and `retryInterval` clamped to the [ocpp] upload_* settings; a destination
+`[ocpp] upload_allow` does not allow gets no fileName; Reset (soft or hard) and the end of
+the service cancel the upload (an attempt already in its worker thread ends by its timeout,
+and its result is dropped).
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_RETRIES = 2  # GetDiagnostics without `retries`: the charge point decides
 DEFAULT_RETRY_INTERVAL_S = 30
-UPLOAD_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class UploadJob:
     location: str
     file_name: str
     retries: int
-    retry_interval_s: int
+    retry_interval_s: float
     since: datetime | None
     until: datetime | None
 
@@ -52,6 +57,14 @@ class DiagnosticsState:
     uploading: bool = False
     pending: UploadJob | None = None  # answered, to start after the conf went out
     tasks: set[asyncio.Task] = field(default_factory=set)
+
+    def cancel(self) -> list[asyncio.Task]:
+        """Stop the upload (Reset, the service's end); returns its tasks to await."""
+        tasks = list(self.tasks)
+        for t in tasks:
+            t.cancel()
+        self.uploading, self.pending = False, None
+        return tasks
 
 
 def _time(value: str | None) -> datetime | None:
@@ -73,6 +86,8 @@ async def run_upload(ctx: OcppContext, state: DiagnosticsState, job: UploadJob) 
     """Build the bundle and upload it per `job`, with the status notifications; True when
     it arrived."""
     where = public_url(job.location)
+    ocfg = ctx.cfg.ocpp
+    assert ocfg is not None  # the OCPP service runs only with [ocpp]
     await _notify(ctx, DiagnosticsStatus.uploading)
     ok = False
     try:
@@ -82,7 +97,12 @@ async def run_upload(ctx: OcppContext, state: DiagnosticsState, job: UploadJob) 
         for attempt in range(1, job.retries + 2):
             try:
                 await asyncio.to_thread(
-                    upload, data, job.location, job.file_name, timeout=UPLOAD_TIMEOUT_S
+                    upload,
+                    data,
+                    job.location,
+                    job.file_name,
+                    timeout=ocfg.upload_timeout_s,
+                    allow=ocfg.upload_allow,
                 )
             except UploadError as e:
                 log.warning("ocpp.diagnostics_upload_failed", attempt=attempt, error=str(e))
@@ -127,15 +147,19 @@ class DiagnosticsMixin(OcppMixin):
 
     def _job(self, location: str, retries: Any, retry_interval: Any, start_time: Any,
              stop_time: Any) -> UploadJob:  # fmt: skip
+        """The request as a job, its retries and interval clamped to the [ocpp] bounds."""
+        ocfg = self.ctx.cfg.ocpp
+        assert ocfg is not None  # the OCPP service runs only with [ocpp]
         stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
         cp_id = self.ctx.parts.get("charge_point_id") or self.ctx.cfg.station.id
+        retries = DEFAULT_RETRIES if retries is None else retries
+        interval = DEFAULT_RETRY_INTERVAL_S if retry_interval is None else retry_interval
+        low, high = ocfg.upload_retry_interval_min_s, ocfg.upload_retry_interval_max_s
         return UploadJob(
             location=location,
             file_name=f"{cp_id}-diagnostics-{stamp}.tar.gz",
-            retries=DEFAULT_RETRIES if retries is None else max(0, retries),
-            retry_interval_s=(
-                DEFAULT_RETRY_INTERVAL_S if retry_interval is None else max(0, retry_interval)
-            ),
+            retries=min(max(0, retries), ocfg.upload_retries_max),
+            retry_interval_s=min(max(low, interval), high),
             since=_time(start_time),
             until=_time(stop_time),
         )
@@ -150,9 +174,10 @@ class DiagnosticsMixin(OcppMixin):
         stop_time: str | None = None,
     ) -> call_result.GetDiagnostics:
         state = self._diagnostics()
-        reason = check_location(location)
-        if reason is None and state.uploading:
-            reason = "an upload is already running"
+        reason = "an upload is already running" if state.uploading else None
+        if reason is None:
+            allow = self.ctx.cfg.ocpp.upload_allow if self.ctx.cfg.ocpp else ()
+            reason = await asyncio.to_thread(check_location, location, allow)  # resolves
         if reason is None:
             try:
                 job = self._job(location, retries, retry_interval, start_time, stop_time)

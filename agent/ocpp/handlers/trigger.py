@@ -13,7 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from ocpp.exceptions import FormationViolationError, TypeConstraintViolationError
+from ocpp.exceptions import (
+    FormationViolationError,
+    OccurenceConstraintViolationError,
+    TypeConstraintViolationError,
+)
 from ocpp.routing import after, on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action, MessageTrigger, TriggerMessageStatus
@@ -35,6 +39,8 @@ class TriggerMixin(OcppMixin):
         """What to answer and what to send; raises the CALLERROR for a malformed request."""
         if extra:
             raise FormationViolationError(details={"cause": f"unknown fields {sorted(extra)}"})
+        if requested_message is None:
+            raise OccurenceConstraintViolationError(details={"cause": "requestedMessage: missing"})
         if not isinstance(requested_message, str):
             raise TypeConstraintViolationError(details={"cause": "requestedMessage: a string"})
         if connector_id is not None and (
@@ -92,7 +98,11 @@ class TriggerMixin(OcppMixin):
     ) -> None:
         try:
             _, sends = self._trigger_plan(requested_message, connector_id, extra)
-        except (FormationViolationError, TypeConstraintViolationError):
+        except (
+            FormationViolationError,
+            OccurenceConstraintViolationError,
+            TypeConstraintViolationError,
+        ):
             return  # answered with a CALLERROR already
         for send in sends:
             try:
