@@ -114,6 +114,9 @@ class StatusReport(BaseModel):
     tariff: dict[str, str | None] | None = Field(
         default=None, description="the tariff in force: id, source (config|remote), file, reason"
     )
+    api: dict[str, Any] | None = Field(
+        default=None, description="the local API: connections, refused by the limits, errors"
+    )
 
 
 class FaultList(BaseModel):
@@ -427,6 +430,7 @@ class Ops:
             backlog=backlog,
             faults=await asyncio.to_thread(store.active_faults),
             tariff=None if engine is None else engine.tariff_choice.as_json(),
+            api=None if self.agent.api is None else self.agent.api.state(),
         )
 
     async def active_faults(self) -> FaultList:

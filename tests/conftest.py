@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from agent.config import StationConfig, parse_config
@@ -73,3 +78,13 @@ def serial_pair():
         yield pair
     finally:
         pair.stop()
+
+
+@pytest.fixture
+def sockdir():
+    """A short directory in /tmp everyone may enter, for Unix sockets (a socket path is at
+    most 107 bytes, pytest's tmp_path can be longer; an unprivileged peer must reach it)."""
+    d = Path(tempfile.mkdtemp(prefix="evapi-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

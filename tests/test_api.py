@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,15 +20,6 @@ from agent.config import StationConfig
 
 NOBODY = 65534
 IS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture
-def sockdir():
-    # Short: a Unix socket path is at most 107 bytes, pytest's tmp_path can be longer.
-    d = Path(tempfile.mkdtemp(prefix="evapi-", dir="/tmp"))
-    os.chmod(d, 0o755)  # the unprivileged peer must reach the socket inside
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def with_api(cfg: StationConfig, sock: Path, mode: int = 0o666) -> StationConfig:

@@ -75,6 +75,15 @@ def test_notify_watchdog_restart_and_stop_timeout(unit):
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
+def test_descriptor_limit_leaves_room_beyond_the_local_api(unit):
+    from agent.api.config import ApiConfig
+
+    (limit,) = unit["Service"]["LimitNOFILE"]
+    # The API's connections all together take at most max_connections descriptors: the
+    # store, Modbus, OCPP and MQTT keep the rest (tests/test_api_limits.py floods it).
+    assert int(limit) >= 4 * ApiConfig().max_connections
+
+
 def test_user_directories_and_serial_ports(unit):
     svc = unit["Service"]
     assert (svc["User"], svc["Group"]) == (["evedge"], ["evedge"])

@@ -4,6 +4,9 @@
 socket = "/run/evedge/api.sock"
 group = "evedge"     # members (and root) may use control operations
 mode = 0o660         # or "0660"
+max_connections_per_uid = 16   # more from one local user are refused (busy)
+max_connections = 256          # from everyone together
+idle_timeout_s = 300           # a connection silent this long is closed
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ class ApiConfig(BaseModel):
     socket: Path = Path("/run/evedge/api.sock")
     group: str = Field(default="evedge", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     mode: int = Field(default=0o660, description="permission bits of the socket file")
+    max_connections_per_uid: int = Field(
+        default=16, ge=1, le=4096, description="open connections one peer uid may hold"
+    )
+    max_connections: int = Field(default=256, ge=1, le=16384, description="all peers together")
+    idle_timeout_s: float = Field(
+        default=300, gt=0, le=86400, description="a connection silent this long is closed"
+    )
 
     @field_validator("mode", mode="before")
     @classmethod

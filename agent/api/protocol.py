@@ -7,7 +7,9 @@
 A connection may carry any number of requests, answered in order. `OPERATIONS` names every
 operation, whether it only reads or controls (control needs root or the [api] group), and
 the pydantic model of its arguments. Error codes are `agent.ops.OpError`'s plus
-`bad_request` (not JSON, unknown op, invalid arguments), `forbidden` and `internal`.
+`bad_request` (not JSON, unknown op, invalid arguments, nested deeper than 64 levels),
+`forbidden`, `busy` (too many open connections: the connection is closed) and `internal`
+(an unexpected exception: counted in `evedge status` under `api`).
 """
 
 from __future__ import annotations

@@ -7,12 +7,21 @@ it says — to be root, the service's own user, or a member of the [api] group.
 The socket's directory is created when missing. A socket file left by a crashed agent is
 replaced; one a live agent still answers on is not (two agents on one station is an error);
 anything that is not a socket is never removed. The file is removed at stop.
+
+Limits, so a local user cannot starve the agent of file descriptors (OCPP, MQTT, the store
+and root's own `evedge` commands need them too): at most `max_connections_per_uid` open
+connections per peer uid and `max_connections` in all — one more is answered `busy` and
+closed at once; a connection silent for `idle_timeout_s` is closed. When accept() fails for
+want of descriptors (EMFILE/ENFILE) the accept loop backs off (0.1 s doubling to 5 s) and
+logs at most once a minute. An unexpected exception in an operation is answered
+`internal`, counted and logged rate-limited (agent/walls.py); the agent runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import os
 import pwd
@@ -30,10 +39,14 @@ from pydantic import BaseModel, ValidationError
 from agent.api.config import ApiConfig
 from agent.api.protocol import MAX_LINE, OPERATIONS, Request, Response, encode
 from agent.ops import OpError, Ops
+from agent.walls import MAX_JSON_DEPTH, RateLimited, Wall, json_too_deep
 
 log = structlog.get_logger(__name__)
 
 DISCARD_TIMEOUT_S = 5.0  # how long an oversized request may keep sending before we hang up
+BACKLOG = 128
+ACCEPT_BACKOFF_S = (0.1, 5.0)  # after accept() ran out of descriptors: first, longest wait
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class ApiStartError(RuntimeError):
@@ -50,9 +63,14 @@ class Peer:
     groups: frozenset[int]
 
 
+def peer_cred(sock: socket.socket) -> tuple[int, int, int]:
+    """The connecting process's (pid, uid, gid), kernel-checked (SO_PEERCRED)."""
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+
+
 def peer_of(sock: socket.socket) -> Peer:
     """The connecting process's credentials (kernel-checked) and its supplementary groups."""
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    pid, uid, gid = peer_cred(sock)
     return Peer(pid, uid, gid, frozenset({gid, *_groups(pid, uid, gid)}))
 
 
@@ -87,8 +105,25 @@ class ApiServer:
         self.ops = ops
         self.path = cfg.socket
         self.gid = group_id(cfg.group)
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task | None = None
         self._handlers: set[asyncio.Task] = set()
+        self._per_uid: dict[int, int] = {}
+        self.wall = Wall("api")
+        self.refused_connections = 0  # over a limit: answered busy and closed
+        self.idle_closed = 0
+        self.accept_failures = 0  # accept() out of descriptors
+        self._warn = RateLimited(log.warning)
+
+    def state(self) -> dict[str, Any]:
+        """For `evedge status`: open connections, what the limits refused, internal errors."""
+        return {
+            "connections": sum(self._per_uid.values()),
+            "refused_connections": self.refused_connections,
+            "idle_closed": self.idle_closed,
+            "accept_failures": self.accept_failures,
+            **self.wall.state(),
+        }
 
     def allowed(self, peer: Peer) -> bool:
         """May this peer use control operations?"""
@@ -99,12 +134,19 @@ class ApiServer:
         await self._clear_stale()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._server = await asyncio.start_unix_server(
-                self._serve, path=str(self.path), limit=MAX_LINE
-            )
-            os.chmod(self.path, self.cfg.mode)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(str(self.path))
+                os.chmod(self.path, self.cfg.mode)
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
         except OSError as e:
             raise ApiStartError(f"cannot serve the local API on {self.path}: {e}") from None
+        self._sock = sock
+        self._accepting = asyncio.create_task(self._accept_loop(), name="api accept")
         if self.gid is None:
             log.warning(
                 "api.no_group",
@@ -136,27 +178,79 @@ class ApiServer:
 
     async def stop(self) -> None:
         """Stop accepting, end open connections, remove the socket file."""
-        if self._server is None:
+        if self._sock is None:
             return
-        self._server.close()
+        assert self._accepting is not None
+        self._accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._accepting
+        self._sock.close()
+        self._sock = None
         for t in list(self._handlers):
             t.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
         self.path.unlink(missing_ok=True)
         log.info("api.stop", socket=str(self.path))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
+    async def _accept_loop(self) -> None:
+        """Accept connections; out of descriptors: back off and log rate-limited (asyncio's
+        own server would log a traceback per attempt)."""
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        delay = ACCEPT_BACKOFF_S[0]
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as e:
+                if e.errno not in OUT_OF_RESOURCES:
+                    continue  # the peer gave up before we accepted (ECONNABORTED, ...)
+                self.accept_failures += 1
+                self._warn("accept", "api.accept_failed", error=e.strerror, retry_in_s=delay,
+                           hint="the process is out of file descriptors (LimitNOFILE)")  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, ACCEPT_BACKOFF_S[1])
+                continue
+            delay = ACCEPT_BACKOFF_S[0]
+            self._admit(conn)
+
+    def _admit(self, conn: socket.socket) -> None:
+        """Serve `conn`, or answer busy and close it when its uid or everyone is at the limit."""
         try:
-            peer = peer_of(writer.get_extra_info("socket"))
+            pid, uid, _ = peer_cred(conn)  # cheap; the groups are looked up once admitted
+        except OSError:
+            conn.close()
+            return
+        held = self._per_uid.get(uid, 0)
+        if held >= self.cfg.max_connections_per_uid or (
+            sum(self._per_uid.values()) >= self.cfg.max_connections
+        ):
+            self.refused_connections += 1
+            self._warn(f"limit:{uid}", "api.connection_refused", uid=uid, pid=pid, held=held,
+                       limit=self.cfg.max_connections_per_uid)  # fmt: skip
+            busy = Response.failure(
+                "busy", f"too many open connections (uid {uid} holds {held}); close some"
+            )
+            with contextlib.suppress(OSError):
+                conn.send(encode(busy))  # non-blocking: a full buffer just loses the answer
+            conn.close()
+            return
+        self._per_uid[uid] = held + 1
+        task = asyncio.create_task(self._serve(conn, uid), name="api connection")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _serve(self, conn: socket.socket, uid: int) -> None:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            peer = peer_of(conn)
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_LINE)
             while True:
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), self.cfg.idle_timeout_s)
+                except TimeoutError:
+                    self.idle_closed += 1
+                    break
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write(encode(Response.failure("bad_request", "request line too long")))
                     await writer.drain()
@@ -171,16 +265,30 @@ class ApiServer:
                 if line.strip():
                     writer.write(encode(await self.handle(line, peer)))
                     await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
+        except (OSError, asyncio.CancelledError):
             pass
         finally:
-            self._handlers.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            self._per_uid[uid] -= 1
+            if not self._per_uid[uid]:
+                del self._per_uid[uid]
+            if writer is None:
+                conn.close()
+            else:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
     async def handle(self, line: bytes, peer: Peer) -> Response:
-        """Answer one request line."""
+        """Answer one request line; an unexpected exception is answered `internal`."""
+        try:
+            return await self._handle(line, peer)
+        except Exception as e:  # the wall: answered, counted, logged rate-limited
+            self.wall.caught(e, uid=peer.uid)
+            return Response.failure("internal", f"{type(e).__name__}: {e}"[:500])
+
+    async def _handle(self, line: bytes, peer: Peer) -> Response:
+        if json_too_deep(line):
+            return Response.failure("bad_request", f"nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             req = Request.model_validate_json(line)
         except ValidationError as e:
@@ -207,9 +315,6 @@ class ApiServer:
             result = await method(**_kwargs(args))
         except OpError as e:
             return Response.failure(e.code, e.message)
-        except Exception as e:  # a bug answers "internal" and is logged; the agent runs on
-            log.exception("api.internal_error", op=req.op)
-            return Response.failure("internal", f"{type(e).__name__}: {e}")
         return Response(ok=True, result=result.model_dump(mode="json"))
 
 
