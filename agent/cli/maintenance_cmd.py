@@ -15,10 +15,11 @@ import typer
 from rich.table import Table
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.store_open import writable_store
 from agent.config import StationConfig
 from agent.events import utcnow
 from agent.kpi.maintenance import add_window, windows
-from agent.store.db import Store, StoreError
+from agent.store.db import Store
 
 app = typer.Typer(help="Scheduled maintenance windows (excluded from the uptime KPI).")
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
@@ -37,13 +38,7 @@ def _when(text: str, what: str) -> datetime:
 
 
 def _open(cfg: StationConfig, config: Path) -> Store:
-    path = cfg.store.path
-    if not path.exists():
-        raise fail(f"no store at {path}: the agent has not run with {config} yet", Exit.UNREACHABLE)
-    try:
-        return Store(path)
-    except StoreError as e:
-        raise fail(str(e), Exit.CHECK_FAILED) from None
+    return writable_store(cfg, config, Store)
 
 
 @app.command("add")

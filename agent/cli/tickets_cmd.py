@@ -19,9 +19,9 @@ from rich.table import Table
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
 from agent.cli.service import read
+from agent.cli.store_open import writable_store
 from agent.config import StationConfig
 from agent.logsetup import setup_logging
-from agent.store.db import StoreError
 from agent.tickets.create import TicketError, create_ticket, report_from_link
 from agent.tickets.model import Category, ReportRequest
 from agent.tickets.store import StoredTicket, TicketStore
@@ -34,13 +34,7 @@ CATEGORIES = get_args(Category)
 
 
 def _open(cfg: StationConfig, config: Path) -> TicketStore:
-    path = cfg.store.path
-    if not path.exists():
-        raise fail(f"no store at {path}: the agent has not run with {config} yet", Exit.UNREACHABLE)
-    try:
-        return TicketStore(path)
-    except StoreError as e:
-        raise fail(str(e), Exit.UNREACHABLE) from None
+    return writable_store(cfg, config, TicketStore)
 
 
 def _queued(t: StoredTicket) -> str:
