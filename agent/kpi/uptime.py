@@ -15,6 +15,7 @@ script a month in virtual time.
 from __future__ import annotations
 
 import sqlite3
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,7 +175,8 @@ def _connector(
     t1: int,
 ) -> ConnectorKpi:
     outage, excluded = _outages(cid, cfg, status, faults, maint, t1)
-    mine = [s for s in sessions if s.connector == cid]
+    mine = sorted((s for s in sessions if s.connector == cid), key=lambda s: s.started_us)
+    starts = [s.started_us for s in mine]
     ok = {s.id: _succeeded(s, cfg) for s in mine}
     first_tries = _first_tries(mine, ok, cfg.retry_window_s * US)
     here = [f for f in faults if f.covers(cid) and f.faulted]
@@ -191,7 +193,7 @@ def _connector(
         net.append(out_min - excl_min)
         minutes = _minutes(m.end_us - m.start_us)
         trailing = sum(net[-TRAILING:])
-        in_month = [s for s in mine if m.start_us <= s.started_us < m.end_us]
+        in_month = mine[bisect_left(starts, m.start_us) : bisect_left(starts, m.end_us)]
         visits = [first_tries[s.id] for s in in_month if s.id in first_tries]
         rows.append(
             MonthKpi(
