@@ -112,8 +112,9 @@ async def test_fault_history_port_names_faults_on_the_connector_or_its_meter(tmp
         codes = events.FaultCodes(error_code="PowerMeterFailure", vendor_id="x",
                                   vendor_error_code="", info="", component=component,
                                   variable="Problem")  # fmt: skip
+        scope = "connector:1" if connectors or devices else "station"
         return events.FaultRaised(
-            ts=ts, fault_id=fid, rule=rule, scope="x", title={"en": rule}, root_cause={},
+            ts=ts, fault_id=fid, rule=rule, scope=scope, title={"en": rule}, root_cause={},
             severity="error", connectors=connectors, devices=devices, evidence=[],
             confidence=0.9, codes=codes, faulted=True, driver_message={}, technician_steps={},
         )  # fmt: skip
@@ -126,6 +127,8 @@ async def test_fault_history_port_names_faults_on_the_connector_or_its_meter(tmp
         log.record(raised("A", "energy_register_frozen", [1], ["meter1"], "FiscalMetering", t0))
         log.record(raised("B", "device_not_answering", [], ["meter1"], "FiscalMetering", t0))
         log.record(raised("C", "energy_register_jump", [2], ["meter2"], "FiscalMetering", t0))
+        # Station-wide (the billing store, not the meter): not a doubt on this energy.
+        log.record(raised("S", "billing_tamper_detected", [], [], "FiscalMetering", t0))
         late = raised("D", "energy_register_jump", [1], ["meter1"], "FiscalMetering",
                       t0 + timedelta(hours=2))  # fmt: skip
         log.record(late)

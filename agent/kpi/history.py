@@ -45,12 +45,12 @@ class FaultSpan:
     title: str
 
     def covers(self, connector: int, device: str | None = None) -> bool:
-        """True when the fault is on `connector` (or on `device`, or station-wide)."""
-        return (
-            connector in self.connectors
-            or self.scope == "station"
-            or (device is not None and device in self.devices)
-        )
+        """True when the fault is on `connector` (or on `device`)."""
+        return connector in self.connectors or (device is not None and device in self.devices)
+
+    def affects(self, connector: int) -> bool:
+        """True when the fault is on `connector` or station-wide (the CSMS unreachable)."""
+        return self.covers(connector) or self.scope == "station"
 
     def ref(self) -> FaultRef:
         """The fault as the billing review names it."""

@@ -139,7 +139,7 @@ def _outages(
 ) -> tuple[list[iv.Span], dict[str, list[iv.Span]]]:
     """The connector's outage spans, and the excluded spans per cause (disjoint, in the
     order of `Excluded`)."""
-    here = [f for f in faults if f.covers(cid)]
+    here = [f for f in faults if f.affects(cid)]
 
     def spans(pick) -> list[iv.Span]:
         return iv.union((f.raised_us, f.cleared_us or t1) for f in here if pick(f))
@@ -179,7 +179,7 @@ def _connector(
     starts = [s.started_us for s in mine]
     ok = {s.id: _succeeded(s, cfg) for s in mine}
     first_tries = _first_tries(mine, ok, cfg.retry_window_s * US)
-    here = [f for f in faults if f.covers(cid) and f.faulted]
+    here = [f for f in faults if f.affects(cid) and f.faulted]
     ended = {
         s.id: _ending_faults(s, here) for s in mine if s.stop_reason in cfg.failed_stop_reasons
     }
