@@ -147,3 +147,22 @@ async def test_fault_history_port_names_faults_on_the_connector_or_its_meter(tmp
         store.close()
     # Not C (another connector and meter), not D (raised after the session).
     assert sorted(f.fault_id for f in got) == ["A", "B", "E"]
+
+
+async def test_silent_billing_meter_flags_the_record_with_its_fault(tmp_path):
+    cfg = billed_config(
+        tmp_path,
+        diagnosis="[diagnosis.rule.device_not_answering]\nraise_after_s = 0.5\n",
+    )
+    async with running(cfg) as rig:
+        await rig.card_charging()
+        await asyncio.sleep(0.5)
+        fid = rig.sim.inject({"kind": "no_response", "device": "meter1"})
+        rec = await rig.record(timeout=30)  # the meter's fault stops the session
+        rig.sim.clear(fid)
+    b = body(rec)
+    review = b["review"]
+    assert review["required"] is True
+    assert "device_not_answering" in [f["rule"] for f in review["faults"]]
+    assert all(f["component"] == "FiscalMetering" for f in review["faults"])
+    assert b["energy_wh"] == b["meter"]["end_wh"] - b["meter"]["start_wh"]
