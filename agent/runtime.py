@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import inspect
 import signal
 from typing import TYPE_CHECKING
@@ -147,7 +148,17 @@ class Agent:
         if self.driver is not None:
             self._tasks.append(asyncio.create_task(self.driver.run(), name="driver"))
         if self.mqtt is not None:
-            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
+            # Supervised like OCPP; a failure is counted with the commands' (status: mqtt
+            # commands.internal_errors) and logged with task="mqtt".
+            m = self.cfg.mqtt
+            mqtt = supervise(
+                "mqtt",
+                self.mqtt.run,
+                min_s=m.reconnect_min_s,
+                max_s=m.reconnect_max_s,
+                on_failure=functools.partial(self.mqtt.commands.wall.caught, task="mqtt"),
+            )
+            self._tasks.append(asyncio.create_task(mqtt, name="mqtt"))
 
     async def flush(self, budget_s: float = STOP_FLUSH_BUDGET_S) -> None:
         """Let every service with an outbox send what it can, `budget_s` in all.
@@ -201,8 +212,8 @@ class Agent:
         log.info("agent.stop", written=self.writer.stats.written)
 
     async def wait(self) -> None:
-        """Return when any task ends (a crash is re-raised; the OCPP task restarts itself and
-        ends only on a hard reset)."""
+        """Return when any task ends (a crash is re-raised; the OCPP and MQTT tasks restart
+        themselves, OCPP ends only on a hard reset)."""
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
             t.result()

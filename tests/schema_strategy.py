@@ -4,7 +4,8 @@ hypothesis-jsonschema 0.23.1 does not run with current Hypothesis (it calls a pr
 `many.more()` that Hypothesis removed), so the fuzz suites generate from the schemas here:
 `type`, `properties`, `required`, `additionalProperties`, `enum`, `maxLength`, `minLength`,
 `minimum`, `maximum`, `multipleOf`, `items`, `minItems`, `maxItems`, `format` (date-time,
-uri) and local `$ref`s. Every generated value is valid against its schema.
+uri) and local `$ref`s. Every generated value is valid against its schema; integers stay in
+32 bits (OCPP's integer type).
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ def _string(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy:
 
 
 def _integer(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy:
-    low, high = schema.get("minimum"), schema.get("maximum")
+    # OCPP's integer type is 32-bit (a schema says only "integer").
+    low, high = schema.get("minimum", -(2**31)), schema.get("maximum", 2**31 - 1)
     # Small values (connector ids, intervals) find handler paths; big ones find overflows.
-    small = st.integers(min_value=max(low, -2) if low is not None else -2,
-                        max_value=min(high, 5) if high is not None else 5)  # fmt: skip
+    small = st.integers(min_value=max(low, -2), max_value=min(high, 5))
     return st.one_of(small, st.integers(min_value=low, max_value=high))
 
 

@@ -73,8 +73,18 @@ WALL_FRAMES = [
     (
         "w14",
         '[2,"w14","GetCompositeSchedule",{"connectorId":1,"duration":' + "9" * 40 + "}]",
+        "TypeConstraintViolation",
+    ),  # OCPP 1.6 integers are 32-bit
+    (
+        "w16",
+        '[2,"w16","GetCompositeSchedule",{"connectorId":1,"duration":2000000000}]',
         None,
     ),  # Rejected: not a schedule it can report
+    (
+        "w17",
+        '[2,"w17","CancelReservation",{"reservationId":9223372036854775808}]',
+        "TypeConstraintViolation",
+    ),  # beyond SQLite's integers too
     ("w15", set_profile("w15", "1e20"), None),  # valid JSON and schema: Rejected (> 10 MW)
 ]
 
@@ -98,7 +108,7 @@ async def test_hostile_frames_get_a_callerror_and_the_session_goes_on(tmp_path):
                     assert reply[:2] == [3, want_id], (uid, reply)
                 else:
                     assert reply[:3] == [4, want_id, code], (uid, reply)
-            assert statuses["w14"] == "Rejected" and statuses["w15"] == "Rejected"
+            assert statuses["w16"] == "Rejected" and statuses["w15"] == "Rejected"
             # Same connection, same session, still answering; nothing unexpected was counted.
             reply = await raw.ask('[2,"ok","GetConfiguration",{"key":["HeartbeatInterval"]}]')
             assert reply[:2] == [3, "ok"]

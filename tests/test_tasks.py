@@ -1,12 +1,20 @@
-"""agent/tasks.py: `supervise` restarts a failing task with back-off and lets fatal ones out."""
+"""agent/tasks.py: `supervise` restarts a failing task with back-off and lets fatal ones out;
+the agent's MQTT task under it (the OCPP one: tests/test_ocpp_wall.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
+from mqtt_helpers import Backend, Broker
+from test_mqtt_connection import bare
+from test_mqtt_sync import STATION
 
+from agent.mqtt.service import MqttService
+from agent.runtime import Agent
 from agent.tasks import supervise
+from hil.procs import until
 
 
 class Flaky:
@@ -43,3 +51,41 @@ async def test_a_fatal_exception_ends_supervision():
     with pytest.raises(Fatal):
         await asyncio.wait_for(supervise("fatal", flaky.run, fatal=(Fatal,), min_s=0.01), 10)
     assert len(flaky.starts) == 1
+
+
+async def test_a_failing_mqtt_task_restarts_without_a_second_connection(tmp_path, monkeypatch):
+    """MQTT's run() fails (injected into one of its loops): the supervisor starts it again,
+    the threads of the first run go on (one publisher, one network thread), commands are
+    answered and the failure is counted in the MQTT status."""
+    real = MqttService._ticket_loop
+    failed = []
+
+    async def fails_once(self):
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("injected: an MQTT loop failed")
+        await real(self)
+
+    monkeypatch.setattr(MqttService, "_ticket_loop", fails_once)
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    backend = Backend(broker, protocol="3.1.1").connect()  # replies on cmd/<name>/reply
+    agent = Agent(bare(tmp_path, port=broker.port, tls=False, protocol="3.1.1"))
+    await agent.start()
+    try:
+        errors = lambda: agent.mqtt.state()["commands"]["internal_errors"]  # noqa: E731
+        await until(lambda: errors() == 1, 10, "the failure counted")
+        await until(lambda: agent.mqtt.connection.connected, 10, "connected")
+        cid, _ = await asyncio.to_thread(backend.command, STATION, "get_active_faults")
+        await asyncio.to_thread(
+            backend.wait, lambda ms: backend.on("cmd/get_active_faults/reply"), 10, "the reply"
+        )
+        assert backend.on("cmd/get_active_faults/reply")[0].json()["command_id"] == cid
+        names = [t.name for t in threading.enumerate()]
+        assert names.count("mqtt-publish") == 1 and names.count("mqtt-net") == 1
+        assert not [t.get_name() for t in agent._tasks if t.done()]
+        assert "injected" in agent.mqtt.state()["commands"]["last_internal_error"]
+    finally:
+        await agent.stop()
+        backend.close()
+        broker.stop()

@@ -119,8 +119,11 @@ class MqttService:
         """Connect, catch up on charge records, then forward events and serve commands."""
         self._loop = asyncio.get_running_loop()
         self._active = {f.fault_id: f for f in (await self.ops.active_faults()).faults}
-        self.publisher.start()
-        self.connection.start()
+        # Restartable (agent/runtime.py supervises run()): a thread still alive from the
+        # previous run goes on; a dead one is started anew.
+        for part in (self.publisher, self.connection):
+            if part.thread is None or not part.thread.is_alive():
+                part.start()
         self._started = True
         log.info(
             "mqtt.start",

@@ -19,7 +19,8 @@ The wall (issue 17): no frame from the CSMS ends the connection or the process.
 - Before the library parses a frame: nesting deeper than MAX_FRAME_DEPTH (the deepest 1.6
   payload nests 6 inside the frame; Python's json and the library recurse), NaN/Infinity (not
   JSON, RFC 8259), numbers that overflow a double and integers with more digits than Python
-  converts are FormationViolation. Numbers reach the handlers finite.
+  converts are FormationViolation; integers beyond 32 bits (OCPP 1.6's integer type) are
+  TypeConstraintViolation. Numbers reach the handlers finite and ids fit SQLite.
 - A schema constraint the validator cannot evaluate (1e308 against `multipleOf 0.1` overflows
   the Decimal context) is PropertyConstraintViolation.
 - Any other unexpected exception (a handler, an `@after` hook, the library) is counted and
@@ -139,6 +140,17 @@ def _not_json(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+class _OutOfRange(ValueError):
+    """An integer beyond OCPP 1.6's 32-bit integer type."""
+
+
+def _int32(text: str) -> int:
+    value = int(text)  # ValueError beyond Python's 4300 digits
+    if not -(2**31) <= value < 2**31:
+        raise _OutOfRange(f"integer {text[:24]} is beyond OCPP's 32-bit integer type")
+    return value
+
+
 def frame_problem(raw: Any) -> OCPPError | None:
     """Why the library must not parse this frame (None: let it). See the module docstring."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
@@ -147,9 +159,11 @@ def frame_problem(raw: Any) -> OCPPError | None:
             details={"cause": f"the frame nests more than {MAX_FRAME_DEPTH} arrays/objects"}
         )
     try:
-        json.loads(raw, parse_float=_finite, parse_constant=_not_json)
+        json.loads(raw, parse_float=_finite, parse_constant=_not_json, parse_int=_int32)
     except json.JSONDecodeError:
         return None  # the library answers it (not JSON)
+    except _OutOfRange as e:
+        return TypeConstraintViolationError(details={"cause": str(e)})
     except (ValueError, RecursionError) as e:
         return FormationViolationError(details={"cause": str(e)[:200]})
     return None
