@@ -82,8 +82,9 @@ class Agent:
         if self.diagnosis is not None and outbox is not None:  # rule ocpp_tx_undelivered
             self.diagnosis.facts.tx_exhausted = lambda: outbox.exhausted_now
         # Billing follows diagnosis: the faults during a session, for its record's review.
-        self.fault_history = FaultHistory(self.store.reading, self.bus)
+        self.fault_history: FaultHistory | None = None
         if self.sessions is not None:
+            self.fault_history = FaultHistory(self.store.reading, self.bus)
             self.sessions.faults_during = self.fault_history
         if self.diagnosis is not None and self.sessions is not None:
             # rule billing_tamper_detected; rules with derate_a
@@ -207,7 +208,8 @@ class Agent:
         if self.mqtt is not None:  # after the tasks: publishes `offline`, then disconnects
             await self.mqtt.close()
         self.ops.close()
-        self.fault_history.close()
+        if self.fault_history is not None:
+            self.fault_history.close()
         self.store.close()
         log.info("agent.stop", written=self.writer.stats.written)
 
