@@ -159,7 +159,7 @@ def test_afir_price_lines_before_the_start():
 
     parts = price_parts(display_prices(no_vat, at, tz="UTC"))
     assert [render(p, cat, "en") for p in parts] == [
-        "Prices without VAT, VAT not known here.",
+        "Prices incl. VAT:",  # OCPI 2.2.1: vat omitted = no VAT applicable
         "0.05 EUR per minute charging",
     ]
     free = tariff_parts(None, at, "UTC", free_vend=True)

@@ -375,7 +375,9 @@ def test_excl_bound_without_incl_bound_leaves_incl_unknown():
     assert any("min_price" in n for n in r.notes)
 
 
-def test_vat_omitted_is_not_vat_zero():
+def test_vat_omitted_means_no_vat_applicable():
+    # OCPI 2.2.1 PriceComponent.vat: "If omitted, no VAT is applicable. Not providing a VAT
+    # is different from 0% VAT": the totals agree, the component says which it was.
     start = datetime(2024, 1, 1, tzinfo=UTC)
     none = quote(
         tariff(el(comp("ENERGY", "0.40"))), 10000, start, start + timedelta(hours=1), tz="UTC"
@@ -388,9 +390,21 @@ def test_vat_omitted_is_not_vat_zero():
         tz="UTC",
     )
     assert none.total_excl_vat == zero.total_excl_vat == D("4.00")
-    assert none.total_incl_vat is None and none.dimensions[0].vat is None and none.notes
-    assert zero.total_incl_vat == D("4.00") and zero.dimensions[0].vat == 0
-    assert zero.dimensions[0].vat_amount == 0 and not zero.notes
+    assert none.total_incl_vat == zero.total_incl_vat == D("4.00")
+    assert none.dimensions[0].vat is None and "no VAT applicable" in none.notes[0]
+    assert zero.dimensions[0].vat == 0 and zero.dimensions[0].vat_amount == 0 and not zero.notes
+
+
+def test_vat_omitted_on_one_component_still_gives_an_incl_total():
+    # A parking fee without VAT beside energy with 19 %: incl. = 11.90 + 3.00.
+    t = tariff(el(comp("ENERGY", "0.50", vat="19"), comp("PARKING_TIME", "6.00", step=60)))
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    r = quote(t, 20000, start, start + timedelta(hours=1), 1800, tz="UTC")
+    assert (r.total_excl_vat, r.total_incl_vat) == (D("13.00"), D("14.90"))
+    assert dim(r, "PARKING_TIME").incl_vat == dim(r, "PARKING_TIME").excl_vat == D("3.00")
+    shown = display_prices(t, start, tz="UTC")
+    assert shown.parking is not None and shown.parking.incl_vat == D("6.00")
+    assert shown.parking.incl_vat_per_minute == D("0.1")
 
 
 def test_free_component_without_vat_does_not_make_incl_unknown():
@@ -535,7 +549,10 @@ def test_price_bounds_accept_ocpi_and_long_field_names():
     )
     assert a.min_price == b.min_price
     assert tariff(el(comp("FLAT", "1"))).warnings() == [
-        ("elements[0].price_components[0].vat", "omitted: incl. VAT unknown")
+        (
+            "elements[0].price_components[0].vat",
+            "omitted: no VAT applicable (incl. = excl.); set it if VAT is due",
+        )
     ]
     night_only = tariff(el(comp("ENERGY", "1", vat="19"), start_time="22:00", end_time="06:00"))
     assert "no unrestricted fallback for ENERGY" in night_only.warnings()[0][1]
@@ -707,3 +724,91 @@ def test_cli_quote_bad_arguments_exit_2():
         app, [*base, "--start", "2024-05-02T08:00", "--end", "2024-05-02T09:00", "--tz", "Nowhere"]
     )
     assert res.exit_code == 2 and "unknown timezone" in res.output
+
+
+# ---------------------------------------------------------------- quote --session
+
+
+def _cdr(periods: list[tuple[str, dict[str, str]]], end: str) -> dict:
+    return {
+        "start_date_time": periods[0][0],
+        "end_date_time": end,
+        "charging_periods": [
+            {"start_date_time": at, "dimensions": [{"type": k, "volume": v} for k, v in d.items()]}
+            for at, d in periods
+        ],
+    }
+
+
+def _quote_session(tmp_path, tariff_doc: dict, session: dict) -> tuple[int, dict | str]:
+    t, s = tmp_path / "t.json", tmp_path / "s.json"
+    t.write_text(json.dumps(tariff_doc))
+    s.write_text(json.dumps(session))
+    res = runner.invoke(
+        app, ["quote", str(t), "--session", str(s), "--json"], env={"COLUMNS": "300"}
+    )
+    return res.exit_code, json.loads(res.stdout) if res.exit_code == 0 else res.output
+
+
+POWER_TARIFF = {
+    "id": "OCPI-MAX-POWER",
+    "currency": "EUR",
+    "elements": [
+        {"price_components": [{"type": "ENERGY", "price": "0.20", "vat": 20}],
+         "restrictions": {"max_power": 16.00}},
+        {"price_components": [{"type": "ENERGY", "price": "0.35", "vat": 20}],
+         "restrictions": {"max_power": 32.00}},
+        {"price_components": [{"type": "ENERGY", "price": "0.50", "vat": 20}]},
+    ],
+}  # fmt: skip
+
+
+def test_quote_session_prices_the_ocpi_max_power_case_from_its_charging_periods(tmp_path):
+    # OCPI 2.2.1 max_power example: 1 kWh at 6 kW, 40 kWh at 48 kW, 0.5 kWh at 4 kW.
+    cdr = _cdr(
+        [
+            ("2024-01-01T00:00:00Z", {"ENERGY": "1", "MAX_POWER": "6"}),
+            ("2024-01-01T00:10:00Z", {"ENERGY": "40", "MAX_POWER": "48"}),
+            ("2024-01-01T01:00:00Z", {"ENERGY": "0.5", "MAX_POWER": "4"}),
+        ],
+        "2024-01-01T01:07:30Z",
+    )
+    code, r = _quote_session(tmp_path, POWER_TARIFF, cdr)
+    assert code == 0, r
+    assert [p["energy_wh"] for p in r["periods"]] == [1000, 40000, 500]
+    assert [p["lines"][0]["unit_price"] for p in r["periods"]] == ["0.20", "0.50", "0.20"]
+    assert (r["total_excl_vat"], r["total_incl_vat"]) == ("20.30", "24.36")
+
+
+def test_quote_session_takes_current_parking_and_leaves_reservations_out(tmp_path):
+    t = {
+        "id": "CUR",
+        "currency": "EUR",
+        "elements": [
+            {"price_components": [{"type": "ENERGY", "price": "0.30"}],
+             "restrictions": {"max_current": 20}},
+            {"price_components": [{"type": "ENERGY", "price": "0.40"},
+                                  {"type": "PARKING_TIME", "price": "6.00", "step_size": 60}]},
+        ],
+    }  # fmt: skip
+    cdr = _cdr(
+        [
+            ("2024-01-01T09:50:00Z", {"RESERVATION_TIME": "0.1666"}),
+            ("2024-01-01T10:00:00Z", {"ENERGY": "5", "CURRENT": "16"}),
+            ("2024-01-01T11:00:00Z", {"ENERGY": "10", "CURRENT": "32"}),
+            ("2024-01-01T12:00:00Z", {"PARKING_TIME": "0.5"}),
+        ],
+        "2024-01-01T12:30:00Z",
+    )
+    code, r = _quote_session(tmp_path, t, cdr)
+    assert code == 0, r
+    # 5 kWh x 0.30 + 10 kWh x 0.40 + 0.5 h x 6.00; no VAT given: incl. = excl.
+    assert (r["total_excl_vat"], r["total_incl_vat"]) == ("8.50", "8.50")
+    assert r["start"] == "2024-01-01T10:00:00Z" and r["parking_s"] == "1800"
+    assert any("reservation time is not priced" in n for n in r["notes"])
+    bad = _cdr([("2024-01-01T10:00:00Z", {"PARKING_TIME": "1"}),
+                ("2024-01-01T11:00:00Z", {"ENERGY": "1"})], "2024-01-01T12:00:00Z")  # fmt: skip
+    code, out = _quote_session(tmp_path, t, bad)
+    assert code == 2 and "charging after parking is not supported" in out
+    code, out = _quote_session(tmp_path, t, {"kwh": 3})
+    assert code == 2 and "no charging_periods" in out

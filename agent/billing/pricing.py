@@ -30,9 +30,10 @@ Per dimension: excl. VAT = sum of its lines (quantity x price) rounded half-up t
 currency's minor unit; incl. VAT = sum of its lines x (1 + vat/100), i.e. VAT per component,
 then rounded half-up the same way. Subtotals are sums of those rounded dimension amounts, so a
 bill always adds up. min_price/max_price then bound the excl. and incl. totals independently
-(OCPI: "they both apply"). A component without `vat` has unknown incl. VAT (not 0 %): any
-non-zero such line makes its dimension's and the session's incl. VAT `None`; likewise when an
-excl. bound applied and the tariff gave no incl. bound. Per-line amounts are shown unrounded
+(OCPI: "they both apply"). A component without `vat` has no VAT applicable (OCPI 2.2.1:
+"if omitted, no VAT is applicable"; shown as vat None, not 0 %): its incl. VAT is its excl.
+amount. The incl. total is `None` only when an excl. bound applied and the tariff gave no
+incl. bound. Per-line amounts are shown unrounded
 (at most 6 decimals) and are informative only.
 """
 
@@ -110,9 +111,9 @@ class PriceLine(_Out):
     quantity: Decimal
     billed_quantity: Decimal  # incl. this line's share of the step_size round-up
     unit_price: Decimal  # excl. VAT per kWh, per hour or per session
-    vat: Decimal | None  # percent; None = not given (incl. VAT unknown), not 0 %
+    vat: Decimal | None  # percent; None = omitted: no VAT applicable (incl. = excl.), not 0 %
     excl_vat: Decimal
-    incl_vat: Decimal | None
+    incl_vat: Decimal
 
 
 class Period(_Out):
@@ -134,11 +135,11 @@ class DimensionCost(_Out):
     billed_quantity: Decimal
     step_size: int | None  # the step that was applied, None if none
     unit_price: Decimal | None  # None when periods had different prices
-    vat: Decimal | None  # None when not given, or when vat_mixed
+    vat: Decimal | None  # None when omitted (no VAT applicable), or when vat_mixed
     vat_mixed: bool
     excl_vat: Decimal
-    vat_amount: Decimal | None
-    incl_vat: Decimal | None
+    vat_amount: Decimal
+    incl_vat: Decimal
 
 
 class CostResult(_Out):
@@ -168,7 +169,7 @@ class DisplayPrice(_Out):
     price_unit: str  # kWh, h or session
     excl_vat: Decimal
     vat: Decimal | None
-    incl_vat: Decimal | None  # None: the tariff gives no VAT for it
+    incl_vat: Decimal  # = excl_vat when the tariff gives no VAT for it (none applicable)
     incl_vat_per_minute: Decimal | None  # TIME and PARKING_TIME, 4 decimals half-up
     step_size: int
 
@@ -463,15 +464,15 @@ def _excl(ln: _Line) -> Fraction:
     return Fraction(ln.comp.price) * ln.billed / UNITS[ln.dim][2]
 
 
-def _incl(ln: _Line) -> Fraction | None:
+def _incl(ln: _Line) -> Fraction:
     x = _excl(ln)
     if ln.comp.vat is None:
-        return None if x else Fraction(0)  # nothing to tax: unknown VAT does not matter
+        return x  # OCPI 2.2.1: vat omitted = no VAT applicable to this component
     return x * (1 + Fraction(ln.comp.vat) / 100)
 
 
 def _price_line(ln: _Line, cur: str) -> PriceLine:
-    inc, keep = _incl(ln), MINOR_UNITS.get(cur, 2)
+    keep = MINOR_UNITS.get(cur, 2)
     return PriceLine(
         dimension=ln.dim,
         element=ln.element,
@@ -480,14 +481,13 @@ def _price_line(ln: _Line, cur: str) -> PriceLine:
         unit_price=ln.comp.price,
         vat=ln.comp.vat,
         excl_vat=_dec(_excl(ln), keep=keep),
-        incl_vat=None if inc is None else _dec(inc, keep=keep),
+        incl_vat=_dec(_incl(ln), keep=keep),
     )
 
 
 def _dimension(dim: Dimension, lines: list[_Line], step: int | None, cur: str) -> DimensionCost:
     excl = round_money(sum((_excl(ln) for ln in lines), Fraction(0)), cur)
-    incs = [_incl(ln) for ln in lines]
-    incl = None if None in incs else round_money(sum(incs, Fraction(0)), cur)
+    incl = round_money(sum((_incl(ln) for ln in lines), Fraction(0)), cur)
     prices = {ln.comp.price for ln in lines}
     vats = {ln.comp.vat for ln in lines}
     return DimensionCost(
@@ -501,7 +501,7 @@ def _dimension(dim: Dimension, lines: list[_Line], step: int | None, cur: str) -
         vat=vats.pop() if len(vats) == 1 else None,
         vat_mixed=len(vats) > 1,
         excl_vat=excl,
-        vat_amount=None if incl is None else incl - excl,
+        vat_amount=incl - excl,
         incl_vat=incl,
     )
 
@@ -527,18 +527,21 @@ def price_session(
     *,
     tz: str | tzinfo,
     changes: Sequence[tuple[datetime, Tariff]] = (),
+    in_force_only: bool = True,
 ) -> CostResult:
     """Price a session timeline; `tz` is the station's timezone for local-time restrictions.
 
     `changes`: (from, tariff) when the station's tariff changed mid-session; each change
     starts a new period priced by the new tariff (step_size still once per dimension over the
-    session, FLAT once, min/max price from the tariff the session started with)."""
+    session, FLAT once, min/max price from the tariff the session started with).
+    `in_force_only`: refuse a tariff whose validity period does not hold the session start
+    (False: price by it anyway, e.g. the session engine, which flags the record)."""
     zone = _zone(tz)
     t0, t_ce, t1 = _us(session.start), _us(session.charging_end), _us(session.end)
     if not t0 <= t_ce <= t1:
         raise PricingError("need start <= charging_end <= end")
     _check_samples(session.samples)
-    if not tariff.is_valid_at(session.start):
+    if in_force_only and not tariff.is_valid_at(session.start):
         raise PricingError(f"tariff {tariff.id} is not in force at {session.start.isoformat()}")
     schedule = [(t0, tariff)]
     for at, t in sorted(changes, key=lambda c: _us(c[0])):
@@ -559,8 +562,7 @@ def price_session(
         if any(ln.dim == d for ln in lines)
     ]
     sub_excl = sum((d.excl_vat for d in dims), round_money(0, cur))
-    incls = [d.incl_vat for d in dims]
-    sub_incl = None if None in incls else sum(incls, round_money(0, cur))
+    sub_incl: Decimal | None = sum((d.incl_vat for d in dims), round_money(0, cur))
     lo, hi = tariff.min_price, tariff.max_price
     total_excl, limit_excl = _bound(sub_excl, lo and lo.excl_vat, hi and hi.excl_vat, cur)
     total_incl, limit_incl = _bound(sub_incl, lo and lo.incl_vat, hi and hi.incl_vat, cur)
@@ -569,8 +571,8 @@ def price_session(
         # The excl. total was bounded but there is no incl. bound to match it.
         total_incl = None
         notes.append(f"{limit_excl} applied but has no incl_vat: total incl. VAT unknown")
-    if sub_incl is None:
-        notes.append("a billed price component has no vat: total incl. VAT unknown")
+    if any(ln.comp.vat is None and _excl(ln) for ln in lines):
+        notes.append("a billed price component has no vat: no VAT applicable to it (OCPI)")
     by_period: dict[int, list[PriceLine]] = {}
     for ln in lines:
         by_period.setdefault(ln.period, []).append(_price_line(ln, cur))
@@ -697,9 +699,9 @@ def display_prices(
         if dim not in active:
             return None
         i, c = active[dim]
-        incl = None if c.vat is None else c.price * (1 + c.vat / 100)
+        incl = c.price if c.vat is None else c.price * (1 + c.vat / 100)
         per_min = None
-        if incl is not None and dim in (Dimension.TIME, Dimension.PARKING_TIME):
+        if dim in (Dimension.TIME, Dimension.PARKING_TIME):
             per_min = (incl / 60).quantize(Decimal("0.0001"), ROUND_HALF_UP)
         return DisplayPrice(
             dimension=dim,

@@ -133,7 +133,8 @@ class PriceComponent(_Model):
 
     type: Dimension
     price: Money
-    # None = "no VAT applicable / not given", which is not 0 %: incl. VAT is then unknown.
+    # None = omitted: "no VAT is applicable" (OCPI 2.2.1), which the spec keeps apart from
+    # 0 %; either way incl. VAT = excl. VAT for this component.
     vat: Annotated[Decimal, BeforeValidator(_no_float), Field(ge=0, le=100)] | None = None
     # Wh for ENERGY, seconds for TIME/PARKING_TIME, ignored for FLAT; 0 is read as "no rounding".
     step_size: int = Field(default=1, ge=0)
@@ -333,7 +334,10 @@ class Tariff(_Model):
             for j, c in enumerate(el.price_components):
                 if c.vat is None and c.price > 0:
                     out.append(
-                        (f"elements[{i}].price_components[{j}].vat", "omitted: incl. VAT unknown")
+                        (
+                            f"elements[{i}].price_components[{j}].vat",
+                            "omitted: no VAT applicable (incl. = excl.); set it if VAT is due",
+                        )
                     )
             if el.restrictions is not None and el.restrictions.reservation is not None:
                 out.append((f"elements[{i}]", "reservation element: not priced by evedge"))

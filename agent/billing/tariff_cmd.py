@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import typer
 from rich.table import Table
 
-from agent.billing.pricing import CostResult, PricingError, quote
+from agent.billing.pricing import CostResult, PricingError, price_session, quote
+from agent.billing.session_file import load_session
 from agent.billing.tariff import (
     PriceComponent,
     Tariff,
@@ -19,18 +20,32 @@ from agent.billing.tariff import (
     TariffRestrictions,
     load_tariff,
 )
-from agent.cli.common import Exit, console, emit_json, err_console, fail
+from agent.billing.usable import TariffLimits, check_usable
+from agent.cli.common import Exit, console, emit_json, err_console, fail, load_or_exit
+from agent.events import utcnow
 
 app = typer.Typer(help="Check OCPI 2.2.1 tariff files and quote sessions.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 FileArg = Annotated[Path, typer.Argument(help="tariff file (.json or .toml, OCPI 2.2.1 Tariff)")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="station config whose [billing.tariff_limits] apply"),
+]
 
 
-def _load(file: Path, as_json: bool) -> Tariff:
-    """Load the tariff or print every problem (field path first) and exit 2."""
+def _limits(config: Path | None) -> TariffLimits:
+    if config is None:
+        return TariffLimits()
+    billing = load_or_exit(config).billing
+    return TariffLimits() if billing is None else billing.tariff_limits
+
+
+def _load(file: Path, as_json: bool, limits: TariffLimits, in_force: bool) -> Tariff:
+    """Load the tariff and check it is usable (check_usable; its validity period too when
+    `in_force`), or print every problem (field path first) and exit 2."""
     try:
-        return load_tariff(file)
+        return check_usable(load_tariff(file), limits, utcnow() if in_force else None, file.name)
     except TariffError as e:
         if as_json:
             problems = [{"path": p, "message": m} for p, m in e.problems]
@@ -44,7 +59,7 @@ def _load(file: Path, as_json: bool) -> Tariff:
 def _component(c: PriceComponent) -> str:
     unit = {"ENERGY": "/kWh", "TIME": "/h charging", "PARKING_TIME": "/h parking"}
     step = {"ENERGY": f"per {c.step_size} Wh", "FLAT": ""}.get(c.type, f"per {c.step_size} s")
-    vat = "VAT not given" if c.vat is None else f"+{c.vat}% VAT"
+    vat = "no VAT applicable" if c.vat is None else f"+{c.vat}% VAT"
     return " ".join(x for x in (c.type.value, f"{c.price}{unit.get(c.type, '')}", vat, step) if x)
 
 
@@ -71,9 +86,11 @@ def _restrictions(r: TariffRestrictions | None) -> str:
 
 
 @app.command("check")
-def check(file: FileArg, json: JsonOpt = False) -> None:
-    """Validate a tariff file: every problem with its field path, exit 2 if any."""
-    tariff = _load(file, json)
+def check(file: FileArg, config: ConfigOpt = None, json: JsonOpt = False) -> None:
+    """Validate a tariff file for use now: shape, validity period, price ceilings and step
+    sizes ([billing.tariff_limits] of --config, else the defaults), a fallback element;
+    every problem with its field path, exit 2 if any."""
+    tariff = _load(file, json, _limits(config), in_force=True)
     warnings = tariff.warnings()
     if json:
         emit_json(
@@ -179,9 +196,19 @@ def _cost_table(r: CostResult, tz: ZoneInfo) -> Table:
 @app.command("quote")
 def quote_cmd(
     file: FileArg,
-    energy_wh: Annotated[int, typer.Option("--energy-wh", min=0, help="energy to charge (Wh)")],
-    start: Annotated[str, typer.Option("--start", help="plug-in time, ISO 8601")],
-    end: Annotated[str, typer.Option("--end", help="end of charging, ISO 8601")],
+    energy_wh: Annotated[
+        int | None, typer.Option("--energy-wh", min=0, help="energy to charge (Wh)")
+    ] = None,
+    start: Annotated[str | None, typer.Option("--start", help="plug-in time, ISO 8601")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="end of charging, ISO 8601")] = None,
+    session: Annotated[
+        Path | None,
+        typer.Option(
+            "--session",
+            help="price this session instead: OCPI Session/CDR JSON with charging_periods "
+            "(energy, power, current per period) or an evedge charge record body",
+        ),
+    ] = None,
     parking_s: Annotated[
         int, typer.Option("--parking-s", min=0, help="seconds plugged in after charging")
     ] = 0,
@@ -192,19 +219,36 @@ def quote_cmd(
     tz: Annotated[
         str, typer.Option("--tz", help="station timezone; times without offset are local")
     ] = "UTC",
+    config: ConfigOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Price a planned session: ENERGY, TIME, PARKING_TIME and FLAT, with VAT and totals."""
+    """Price a planned session (--energy-wh, --start, --end) or a past one (--session):
+    ENERGY, TIME, PARKING_TIME and FLAT, with VAT and totals."""
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise fail(f"--tz: unknown timezone {tz!r}", Exit.USAGE) from None
-    tariff = _load(file, json)
-    t0, t1 = _when(start, zone, "--start"), _when(end, zone, "--end")
+    planned = (energy_wh, start, end)
+    if (session is None) == (None in planned):
+        raise fail("give --session FILE, or all of --energy-wh, --start, --end", Exit.USAGE)
+    tariff = _load(file, json, _limits(config), in_force=False)
+    notes: list[str] = []
     try:
-        result = quote(tariff, energy_wh, t0, t1, parking_s, tz=zone, max_power_w=max_power_w)
+        if session is not None:
+            read = load_session(session)
+            notes = read.notes
+            if not tariff.is_valid_at(read.session.start):
+                notes.append(f"tariff {tariff.id} was not in force at the session start")
+            # A past session is priced by the tariff it had, in force or not (its record
+            # says which): the result must be the record's.
+            result = price_session(tariff, read.session, tz=zone, in_force_only=False)
+        else:
+            assert energy_wh is not None and start is not None and end is not None
+            t0, t1 = _when(start, zone, "--start"), _when(end, zone, "--end")
+            result = quote(tariff, energy_wh, t0, t1, parking_s, tz=zone, max_power_w=max_power_w)
     except PricingError as e:
         raise fail(str(e), Exit.USAGE) from None
+    result = result.model_copy(update={"notes": [*notes, *result.notes]})
     if json:
         emit_json(result.to_json())
         return

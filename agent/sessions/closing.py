@@ -246,6 +246,8 @@ class ClosingMixin:
             charging_end = s.charging_end_us if s.charging_end_us is not None else s.row.started_ts
         charging_end = max(s.row.started_ts, min(charging_end, stop_us))
         s.cost = self._cost(s, charging_end, stop_us)
+        if (why := self.pricing_review(s)) is not None:
+            s.tracker.reviews.append(why)
         # The end record holds the tariff-change and end readings; the begin reading is in the
         # begin record (verifiers pair the two and refuse a second begin reading).
         readings = [*s.readings[1:], self._ocmf_reading(end_read_us, tx, end_wh)]

@@ -14,10 +14,19 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.billing.atomic import write_atomic
-from agent.billing.tariff import Tariff, TariffError, TariffRestrictions, load_tariff
+from agent.billing.tariff import Tariff, TariffError, load_tariff
+from agent.billing.usable import TariffLimits, check_usable
 
 
 def _no_float(v: object) -> object:
@@ -80,6 +89,8 @@ class PaymentConfig(_Section):
 class BillingConfig(_Section):
     """How sessions are priced, signed and kept."""
 
+    # Before `tariff`: its validator checks the file against these.
+    tariff_limits: TariffLimits = TariffLimits()
     tariff: Path | None = Field(
         default=None,
         description="OCPI 2.2.1 tariff file (JSON or TOML); never written: a tariff set "
@@ -109,9 +120,10 @@ class BillingConfig(_Section):
 
     @field_validator("tariff")
     @classmethod
-    def _tariff_loads(cls, v: Path | None) -> Path | None:
-        if v is not None:
-            load_billing_tariff(v)
+    def _tariff_loads(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        limits = info.data.get("tariff_limits")
+        if v is not None and limits is not None:
+            load_billing_tariff(v, limits)
         return v
 
     @model_validator(mode="after")
@@ -119,7 +131,7 @@ class BillingConfig(_Section):
         if self.tariff is None and not self.free_vend:
             raise ValueError("tariff: required unless free_vend = true")
         if self.tariff is not None and self.currency is not None:
-            t = load_billing_tariff(self.tariff)
+            t = load_billing_tariff(self.tariff, self.tariff_limits)
             if t.currency != self.currency:
                 raise ValueError(
                     f"currency: tariff {t.id} is in {t.currency}, the station bills {self.currency}"
@@ -129,35 +141,15 @@ class BillingConfig(_Section):
         return self
 
 
-def load_billing_tariff(path: Path) -> Tariff:
-    """Load a tariff for billing; ValueError (one line per problem) if it is invalid or if
-    some priced dimension has no unrestricted fallback element (a session could then find no
-    matching element and go unpriced: refused at load, not at the end of a session)."""
+def load_billing_tariff(path: Path, limits: TariffLimits) -> Tariff:
+    """Load a tariff for billing; ValueError (one line per problem) if it is invalid or not
+    usable (agent/billing/usable.py: absurd prices or steps, no fallback element). Its
+    validity period is not checked here: a tariff that expired is still the one the station
+    has (sessions priced by it are flagged for review), and CLI commands must still load."""
     try:
-        tariff = load_tariff(path)
+        return check_usable(load_tariff(path), limits, None, str(path))
     except TariffError as e:
         raise ValueError("; ".join(f"{path}: {p}: {m}" for p, m in e.problems)) from None
-    return check_billable(tariff, str(path))
-
-
-def check_billable(tariff: Tariff, path: str) -> Tariff:
-    """`tariff` if every priced dimension has an unrestricted fallback element, else
-    ValueError naming `path` (a session could find no matching element: refuse it now)."""
-    missing = []
-    for dim in sorted({c.type for el in tariff.elements for c in el.price_components}):
-        fallback = any(
-            (el.restrictions is None or el.restrictions == TariffRestrictions())
-            and el.component(dim) is not None
-            for el in tariff.elements
-        )
-        if not fallback:
-            missing.append(dim.value)
-    if missing:
-        raise ValueError(
-            f"{path}: tariff {tariff.id} cannot price every session: no unrestricted fallback "
-            f"element for {', '.join(missing)} (add one last, as OCPI recommends)"
-        )
-    return tariff
 
 
 class SessionsConfig(_Section):
@@ -291,11 +283,14 @@ def choose_tariff(billing: BillingConfig, store_path: Path, base: str | None) ->
     remote = remote_tariff_path(store_path)
     if not remote.exists():
         return TariffChoice(
-            load_billing_tariff(config), "config", config, "no tariff was set remotely"
+            load_billing_tariff(config, billing.tariff_limits),
+            "config",
+            config,
+            "no tariff was set remotely",
         )
     why = None
     try:
-        tariff = load_billing_tariff(remote)
+        tariff = load_billing_tariff(remote, billing.tariff_limits)
         if billing.currency is not None and tariff.currency != billing.currency:
             why = f"it is in {tariff.currency}, the station bills {billing.currency}"
         elif base is not None and base != file_sha256(config):
@@ -304,7 +299,10 @@ def choose_tariff(billing: BillingConfig, store_path: Path, base: str | None) ->
         why = f"it cannot be used: {e}"
     if why is not None:
         return TariffChoice(
-            load_billing_tariff(config), "config", config, f"remote tariff {remote} ignored: {why}"
+            load_billing_tariff(config, billing.tariff_limits),
+            "config",
+            config,
+            f"remote tariff {remote} ignored: {why}",
         )
     return TariffChoice.remote(tariff, remote, config)
 

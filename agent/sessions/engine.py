@@ -32,6 +32,7 @@ from agent import events
 from agent.billing import ocmf
 from agent.billing.keys import PrivateKey, load_or_create_key, public_key_hex
 from agent.billing.tariff import Tariff, TariffError, parse_tariff
+from agent.billing.usable import check_usable
 from agent.bus import EventBus
 from agent.config import StationConfig
 from agent.events import DeviceHealth, HealthState, Reading, utcnow
@@ -40,7 +41,6 @@ from agent.sessions.clock import clock_status
 from agent.sessions.config import (
     REMOTE_TARIFF_BASE_KEY,
     TariffChoice,
-    check_billable,
     choose_tariff,
     file_sha256,
     remote_tariff_path,
@@ -460,7 +460,8 @@ class SessionEngine:
 
     async def set_tariff(self, tariff: Tariff | str) -> str:
         """Replace the station's tariff (an OCPI 2.2.1 Tariff, or its JSON text): validated
-        like the tariff file at load (CommandRefused naming the field), kept atomically in
+        like the tariff file at load and refused unless in force now (check_usable;
+        CommandRefused naming the field), kept atomically in
         the state directory beside the store (remote_tariff_path; the config's [billing]
         tariff file is never written), in force at once and after a restart. A running
         session gets a new charging period from now on, priced by the new tariff (OCMF
@@ -470,11 +471,9 @@ class SessionEngine:
             raise CommandRefused("no [billing] tariff: this station runs free vend")
         try:
             new = tariff if isinstance(tariff, Tariff) else parse_tariff(tariff, "tariff", "json")
-            check_billable(new, "new tariff")
+            check_usable(new, self.billing.tariff_limits, utcnow())
         except TariffError as e:
             raise CommandRefused("; ".join(f"{p}: {m}" for p, m in e.problems)) from None
-        except ValueError as e:
-            raise CommandRefused(str(e)) from None
         currency = self.billing.currency or (self.tariff.currency if self.tariff else None)
         if currency is not None and new.currency != currency:
             raise CommandRefused(

@@ -81,6 +81,7 @@ class Live:
     last_progress: float = 0.0
     cost: CostResult | None = None
     notes: list[str] = field(default_factory=list)
+    unpriced: str | None = None  # why the last pricing failed (None: it did not)
     changes: list[tuple[datetime, Tariff]] = field(default_factory=list)  # tariff changes
 
     @property
@@ -221,16 +222,38 @@ class MeteringMixin:
         # (the car's standby, the ramp-down after a stop) belongs to the charge.
         pts.append(MeterSample(from_us(ce), s.tracker.billed_wh, self._power()))
         try:
-            return price_session(
+            cost = price_session(
                 s.tariff,
                 Session(from_us(start), from_us(ce), from_us(max(end_us, ce)), pts),
                 tz=self.eng.billing.timezone,
                 changes=s.changes,
+                in_force_only=False,  # pricing_review flags it: the driver saw these prices
             )
         except PricingError as e:
-            s.notes.append(f"not priced: {e}")
-            self.log.error("session.pricing_failed", session=s.id[:8], error=str(e))
+            if s.unpriced != str(e):
+                self.log.error("session.pricing_failed", session=s.id[:8], error=str(e))
+            s.unpriced = str(e)
             return None
+        s.unpriced = None
+        return cost
+
+    def pricing_review(self, s: Live) -> str | None:
+        """Why the session's record needs a person's review for its price, if it does: it
+        could not be priced, or its tariff was not in force when it started (the station
+        keeps charging and prices by the tariff it has: the driver was shown those prices)."""
+        if s.tariff is None:
+            return None
+        if s.cost is None:
+            return f"not priced: {s.unpriced or 'no cost computed'}"
+        start = from_us(s.row.started_ts)
+        if not s.tariff.is_valid_at(start):
+            t = s.tariff
+            window = f"[{t.start_date_time or '…'}, {t.end_date_time or '…'})"
+            return (
+                f"tariff {t.id} was not in force when the session started (valid {window}): "
+                "priced by it anyway; set a current tariff"
+            )
+        return None
 
     async def _check_limits(self, s: Live) -> None:
         lim = s.limits
