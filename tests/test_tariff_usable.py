@@ -106,31 +106,37 @@ def test_the_config_file_refuses_absurd_tariffs_at_start(tmp_path):
     assert load_config(toml).billing.tariff_limits.price_ceilings["EUR"].energy > Decimal("1e30")
 
 
-async def test_mqtt_and_api_set_tariff_refuse_expired_and_absurd_tariffs(tmp_path, broker):
+async def test_mqtt_set_tariff_refuses_an_expired_tariff(tmp_path, broker):
     from mqtt_helpers import Backend
 
-    sockdir = Path(tempfile.mkdtemp(prefix="evuse-", dir="/tmp"))
-    sock = sockdir / "api.sock"
-    cfg = with_mqtt(with_api(billed_config(tmp_path), sock), broker)
     backend = Backend(broker).connect()
     try:
-        async with running(cfg) as rig:
+        async with running(with_mqtt(billed_config(tmp_path), broker)) as rig:
             await rig.until(lambda: rig.agent.mqtt.connection.connected, 10, "connected")
             expired = doc(end_date_time="2020-01-01T00:00:00Z")
             got = await Cloud(backend).run("set_tariff", {"tariff": expired})
             assert not got["ok"] and got["error"]["code"] == "refused"
             assert "end_date_time: expired at 2020-01-01" in got["error"]["message"]
+            assert rig.engine.tariff.id == "EVEDGE-SIMPLE-039"
+    finally:
+        backend.close()
+
+
+async def test_api_set_tariff_refuses_absurd_and_future_tariffs(tmp_path):
+    sockdir = Path(tempfile.mkdtemp(prefix="evuse-", dir="/tmp"))
+    sock = sockdir / "api.sock"
+    try:
+        async with running(with_api(billed_config(tmp_path), sock)) as rig:
             later = doc(start_date_time=(datetime.now(UTC) + timedelta(days=9)).isoformat())
             lines = [json.dumps({"op": "set_tariff", "args": {"document": d}}).encode() + b"\n"
                      for d in (doc(price="1e30"), doc(step=2**63), later)]  # fmt: skip
-            answers = await raw(sock, *lines)
+            answers = await asyncio.wait_for(raw(sock, *lines), 20)
             assert [a["error"]["code"] for a in answers] == ["refused"] * 3, answers
             assert "above the ceiling" in answers[0]["error"]["message"]
             assert "above the largest step" in answers[1]["error"]["message"]
             assert "not in force until" in answers[2]["error"]["message"]
             assert rig.engine.tariff.id == "EVEDGE-SIMPLE-039"
     finally:
-        backend.close()
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
