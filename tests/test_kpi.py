@@ -98,3 +98,19 @@ def test_intervals(a, b, both, minus):
 def test_config_refuses_what_is_not_a_rule_id():
     with pytest.raises(ValueError, match="not a rule id"):
         KpiConfig(grid_rules=("Supply Outage",))
+
+
+def test_kpi_section_of_the_station_config():
+    from pathlib import Path
+
+    from conftest import station_config
+
+    from agent.config import ConfigError
+
+    example = (Path(__file__).parents[1] / "config" / "station.example.toml").read_text()
+    block = "\n".join(ln[2:] for ln in example[example.index("# [kpi]") :].splitlines())
+    assert station_config(extra=block).kpi == KpiConfig()  # the documented defaults
+    with pytest.raises(ConfigError, match=r"kpi\.months"):
+        station_config(extra="[kpi]\nmonths = 0\n")
+    with pytest.raises(ConfigError, match=r"kpi\.grid_rule"):
+        station_config(extra="[kpi]\ngrid_rule = ['supply_outage']\n")  # a typo: refused
