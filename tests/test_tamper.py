@@ -9,7 +9,7 @@ import sqlite3
 from datetime import UTC, datetime
 
 import pytest
-from sessions_helpers import copy_store, record_sessions, running
+from sessions_helpers import billed_config, copy_store, plug_sessions, record_sessions, running
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
@@ -18,6 +18,7 @@ from agent.billing.checkpoint import Head, checkpoint_path
 from agent.cli.main import app
 from agent.events import FaultRaised
 from agent.sessions.integrity import head_problems
+from agent.sessions.store import SessionStore
 
 runner = CliRunner()
 SESSION_TABLES = ("meter_samples", "session_events", "sessions")
@@ -181,3 +182,20 @@ async def test_the_agent_raises_a_security_event_and_a_fault_at_start(tmp_path):
     found = [e for e in logs if e["event"] == "security.tamper_detected"]
     assert len(found) == 1 and found[0]["security_event"] == "TamperDetectionActivated"
     assert "charge_records_immutable was dropped" in found[0]["findings"][0]
+
+
+async def test_a_checkpoint_that_cannot_be_written_does_not_stop_billing(tmp_path):
+    # The second copy must never cost a record: its write fails (a directory where its
+    # temporary file goes), the session still closes with its record, the failure is logged.
+    cfg = billed_config(tmp_path, billing="free_vend = true")
+    cp = checkpoint_path(cfg.store.path)
+    (cp.parent / f".{cp.name}.tmp").mkdir(parents=True)
+    with capture_logs() as logs:
+        async with running(cfg) as rig:
+            await plug_sessions(rig, 1)
+            assert rig.engine.integrity.findings == []
+    assert not cp.exists()
+    failed = [e for e in logs if e["event"] == "security.checkpoint_not_written"]
+    assert len(failed) == 2 and "Is a directory" in failed[-1]["error"]  # at start, at record
+    with SessionStore(cfg.store.path) as st:
+        assert len(st.records()) == 1

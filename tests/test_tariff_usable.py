@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sessions_helpers import TARIFFS, billed_config, body, running
+from structlog.testing import capture_logs
 from test_api import raw, with_api
 from test_mqtt_commands import Cloud
 from test_mqtt_sync import with_mqtt
@@ -146,11 +147,15 @@ async def test_a_tariff_that_expired_in_force_prices_and_flags_each_session(tmp_
     shipped = json.loads((TARIFFS / "simple-energy.json").read_text())
     shipped["end_date_time"] = "2020-01-01T00:00:00Z"
     tariff = write(tmp_path, shipped)
-    async with running(billed_config(tmp_path, tariff=tariff)) as rig:
-        await rig.card_charging()
-        await asyncio.sleep(0.5)
-        rig.sim.unplug(1)
-        rec = await rig.record()
+    with capture_logs() as logs:
+        async with running(billed_config(tmp_path, tariff=tariff)) as rig:
+            await rig.card_charging()
+            await asyncio.sleep(0.5)
+            rig.sim.unplug(1)
+            rec = await rig.record()
+    assert [e["tariff"] for e in logs if e["event"] == "sessions.tariff_not_in_force"] == [
+        "EVEDGE-SIMPLE-039"
+    ]
     b = body(rec)
     assert b["cost"]["total_excl_vat"] is not None and rec.total_excl_vat is not None
     assert b["review"]["required"] is True and rec.review == 1

@@ -163,6 +163,12 @@ class SessionEngine:
         )
         self.tariff = self.tariff_choice.tariff
         log.info("sessions.tariff_in_force", **self.tariff_choice.as_json())
+        if self.tariff is not None and not self.tariff.is_valid_at(utcnow()):
+            log.error(
+                "sessions.tariff_not_in_force", tariff=self.tariff.id,
+                start=self.tariff.start_date_time, end=self.tariff.end_date_time,
+                hint="sessions are priced by it and flagged for review: set a current tariff",
+            )  # fmt: skip
         self.terminal = terminal
         self.time_status = clock_status()
         self.measurands = set(self.billing.sampling.measurands) | {"energy_import_wh"}

@@ -190,7 +190,13 @@ class Integrity:
         return len(self.findings)
 
     def _write(self, c: sqlite3.Connection) -> None:
-        checkpoint.write(self.path, store_head(c, self.station), self.key)
+        try:
+            checkpoint.write(self.path, store_head(c, self.station), self.key)
+        except OSError as e:
+            # The record is committed; charging must not stop over its second copy. The
+            # checkpoint lags (which verify allows) until the next record or start.
+            log.error("security.checkpoint_not_written", file=str(self.path), error=str(e))
+            return
         if get_state(c, MARK_KEY) is None and c.in_transaction:
             set_state(c, MARK_KEY, "1")
 
