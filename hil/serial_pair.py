@@ -9,6 +9,7 @@ baud rate: bytes arrive at once, so the servers add wire timing themselves when 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -18,6 +19,13 @@ import time
 from pathlib import Path
 
 INSTALL_HINT = "install socat: apt-get install socat"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the forked child, before exec: the kernel sends socat SIGTERM when the process
+    (thread) that started it dies, so a simulator killed by SIGKILL leaves no socat behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class SerialPairError(RuntimeError):
@@ -66,6 +74,7 @@ class SerialPair:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                preexec_fn=_die_with_parent if os.name == "posix" else None,
             )
         deadline = time.monotonic() + self.timeout_s
         while not (agent.exists() and sim.exists()):

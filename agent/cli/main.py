@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import signal
 from pathlib import Path
 from typing import Annotated, ClassVar, NamedTuple
 
@@ -283,6 +284,8 @@ def sim(config: ConfigOpt = DEMO_CONFIG) -> None:
         f"simulating station {cfg.station.id}: {len(cfg.device)} devices; "
         f"control on 127.0.0.1:{cfg.sim.control_port}; Ctrl-C to stop"
     )
+    # SIGTERM (systemd, tests) stops like Ctrl-C: run_sim's clean-up stops its socat pairs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_sim(cfg))
