@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from leftovers import leftovers, mark_run
 
 from agent.config import StationConfig, parse_config
 from hil.procs import free_port  # noqa: F401  (tests import it from here)
@@ -88,3 +89,15 @@ def sockdir():
     os.chmod(d, 0o755)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+_RUN_TAG = mark_run()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a process a test started outlives the run (and stop it)."""
+    left = leftovers(_RUN_TAG)
+    if left:
+        lines = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in sorted(left.items()))
+        print(f"\nerror: {len(left)} process(es) started by the tests outlived them:\n{lines}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
