@@ -812,3 +812,20 @@ def test_quote_session_takes_current_parking_and_leaves_reservations_out(tmp_pat
     assert code == 2 and "charging after parking is not supported" in out
     code, out = _quote_session(tmp_path, t, {"kwh": 3})
     assert code == 2 and "no charging_periods" in out
+
+
+def test_quote_session_reproduces_an_ocpi_cdr_total_from_time_and_total_energy(tmp_path):
+    # The shape of OCPI 2.2.1's CDR example: one TIME period of 1.973 h at 2.00/h + 10 %,
+    # step 300 s, energy only as total_energy: 1 h 58 min 23 s billed as 2 h.
+    time_comp = {"type": "TIME", "price": 2.00, "vat": 10.0, "step_size": 300}
+    t = {"id": "12", "currency": "EUR", "elements": [{"price_components": [time_comp]}]}
+    cdr = {
+        **_cdr([("2015-06-29T21:39:09Z", {"TIME": "1.973"})], "2015-06-29T23:37:32Z"),
+        "total_energy": 15.342,
+        "total_cost": {"excl_vat": 4.00, "incl_vat": 4.40},
+    }
+    code, r = _quote_session(tmp_path, t, cdr)
+    assert code == 0, r
+    assert (r["total_excl_vat"], r["total_incl_vat"]) == ("4.00", "4.40")
+    assert r["energy_wh"] == 15342 and r["charging_s"] == "7103"
+    assert r["dimensions"][0]["billed_quantity"] == "7200"

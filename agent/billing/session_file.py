@@ -7,8 +7,10 @@ the session's `end_date_time`). A period with a PARKING_TIME dimension (and no E
 parking; the rest is charging, and all parking must come after all charging (the cost engine
 has one end of charging). Per period: ENERGY (kWh in the period) builds the register, POWER
 or MAX_POWER (kW) and CURRENT or MAX_CURRENT (A) are held from the period's start for power
-and current restrictions. RESERVATION_TIME periods are left out with a note (reservations
-are not priced by evedge). evedge records: `start`, `charging_end`, `end` and the periods'
+and current restrictions. When no period gives ENERGY, the document's `total_energy` (CDR)
+or `kwh` (Session) is spread evenly over the charging time. RESERVATION_TIME periods are
+left out with a note (reservations are not priced by evedge). OCPI 2.1.1's `end_datetime`
+is read as well. evedge records: `start`, `charging_end`, `end` and the periods'
 `energy_wh`; records do not keep power, so power restrictions cannot be recomputed from them.
 """
 
@@ -52,7 +54,7 @@ def _dims(period: dict[str, Any], where: str) -> dict[str, Decimal]:
 
 def _ocpi(doc: dict[str, Any]) -> SessionFile:
     periods = doc["charging_periods"]
-    end = _time(doc.get("end_date_time"), "end_date_time")
+    end = _time(doc.get("end_date_time", doc.get("end_datetime")), "end_date_time")
     starts = [_time(p.get("start_date_time"), f"charging_periods[{i}].start_date_time")
               for i, p in enumerate(periods)]  # fmt: skip
     notes, samples, charging_end = [], [], None
@@ -76,6 +78,11 @@ def _ocpi(doc: dict[str, Any]) -> SessionFile:
         raise PricingError("charging_periods: no period to price")
     start = samples[0].at
     charging_end = charging_end or end
+    total = doc.get("total_energy", doc.get("kwh"))
+    if not wh and total is not None:
+        wh = Decimal(str(total)) * 1000
+        samples = [samples[0]]  # the register then rises linearly to charging_end
+        notes.append("no ENERGY per period: the total energy is spread evenly over charging")
     samples.append(MeterSample(charging_end, int(wh), samples[-1].power_w, samples[-1].current_a))
     return SessionFile(Session(start, charging_end, end, samples), notes)
 
