@@ -9,13 +9,15 @@ the timeout test, which uses the test CSMS (hil/csms.py) in its silent mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 from conftest import station_config
 from ocpp.v16 import call
-from sessions_helpers import CARD, billed_config, running
+from sessions_helpers import CARD, Rig, billed_config, running
 from websockets.asyncio.server import ServerConnection, serve
 
 from agent.bus import EventBus
@@ -58,6 +60,18 @@ class RawCsms:
         assert self.ws is not None
         await self.ws.send(frame)
         return await asyncio.wait_for(self.replies.get(), 10)
+
+
+@contextlib.asynccontextmanager
+async def raw_station(tmp_path) -> AsyncIterator[tuple[RawCsms, Rig]]:
+    """A raw CSMS and the billed one-connector station connected to it (booted, statuses in)."""
+    raw = RawCsms()
+    async with serve(raw.handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as server:
+        port = server.sockets[0].getsockname()[1]
+        auth = f'local_list = [{{ id = "{CARD}" }}]\n[ocpp]\nurl = "ws://127.0.0.1:{port}"'
+        async with running(billed_config(tmp_path, auth=auth)) as rig:
+            await asyncio.wait_for(raw.ready.wait(), 10)
+            yield raw, rig
 
 
 BAD_FRAMES = [

@@ -6,14 +6,12 @@ it must send what no OCPP library would.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from ocpp_helpers import CP, csms_running, ocpp_config
-from sessions_helpers import CARD, billed_config, running
+from sessions_helpers import running
 from structlog.testing import capture_logs
-from test_ocpp_badinput import RawCsms
-from websockets.asyncio.server import serve
+from test_ocpp_badinput import raw_station
 
 from agent.ocpp.config_keys import ConfigKeys
 from agent.ocpp.service import OcppService
@@ -90,33 +88,28 @@ WALL_FRAMES = [
 
 
 async def test_hostile_frames_get_a_callerror_and_the_session_goes_on(tmp_path):
-    raw = RawCsms()
-    async with serve(raw.handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as server:
-        port = server.sockets[0].getsockname()[1]
-        auth = f'local_list = [{{ id = "{CARD}" }}]\n[ocpp]\nurl = "ws://127.0.0.1:{port}"'
-        async with running(billed_config(tmp_path, auth=auth)) as rig:
-            await asyncio.wait_for(raw.ready.wait(), 10)
-            await rig.card_charging()
-            session = rig.conn.session.id
-            statuses = {}
-            for uid, frame, code in WALL_FRAMES:
-                reply = await raw.ask(frame)
-                if reply[0] == 3:
-                    statuses[uid] = reply[2].get("status")
-                want_id = "-1" if uid == "w11" else uid
-                if code is None:
-                    assert reply[:2] == [3, want_id], (uid, reply)
-                else:
-                    assert reply[:3] == [4, want_id, code], (uid, reply)
-            assert statuses["w16"] == "Rejected" and statuses["w15"] == "Rejected"
-            # Same connection, same session, still answering; nothing unexpected was counted.
-            reply = await raw.ask('[2,"ok","GetConfiguration",{"key":["HeartbeatInterval"]}]')
-            assert reply[:2] == [3, "ok"]
-            assert raw.connections == 1
-            assert rig.conn.session is not None and rig.conn.session.id == session
-            assert rig.agent.ocpp is not None
-            state = rig.agent.ocpp.state()
-            assert state["connected"] and state["internal_errors"] == 0
+    async with raw_station(tmp_path) as (raw, rig):
+        await rig.card_charging()
+        session = rig.conn.session.id
+        statuses = {}
+        for uid, frame, code in WALL_FRAMES:
+            reply = await raw.ask(frame)
+            if reply[0] == 3:
+                statuses[uid] = reply[2].get("status")
+            want_id = "-1" if uid == "w11" else uid
+            if code is None:
+                assert reply[:2] == [3, want_id], (uid, reply)
+            else:
+                assert reply[:3] == [4, want_id, code], (uid, reply)
+        assert statuses["w16"] == "Rejected" and statuses["w15"] == "Rejected"
+        # Same connection, same session, still answering; nothing unexpected was counted.
+        reply = await raw.ask('[2,"ok","GetConfiguration",{"key":["HeartbeatInterval"]}]')
+        assert reply[:2] == [3, "ok"]
+        assert raw.connections == 1
+        assert rig.conn.session is not None and rig.conn.session.id == session
+        assert rig.agent.ocpp is not None
+        state = rig.agent.ocpp.state()
+        assert state["connected"] and state["internal_errors"] == 0
 
 
 async def test_a_failing_handler_is_answered_counted_and_logged_once(tmp_path, monkeypatch):
@@ -126,26 +119,33 @@ async def test_a_failing_handler_is_answered_counted_and_logged_once(tmp_path, m
     def broken(self, keys=None):
         raise KeyError("injected bug")
 
-    raw = RawCsms()
-    async with serve(raw.handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as server:
-        port = server.sockets[0].getsockname()[1]
-        auth = f'local_list = [{{ id = "{CARD}" }}]\n[ocpp]\nurl = "ws://127.0.0.1:{port}"'
-        async with running(billed_config(tmp_path, auth=auth)) as rig:
-            await asyncio.wait_for(raw.ready.wait(), 10)
-            monkeypatch.setattr(ConfigKeys, "configuration", broken)
-            with capture_logs() as logs:
-                for i in range(20):
-                    reply = await raw.ask(f'[2,"b{i}","GetConfiguration",{{}}]')
-                    assert reply[:3] == [4, f"b{i}", "InternalError"]
-            monkeypatch.undo()
-            reply = await raw.ask('[2,"ok","GetConfiguration",{"key":["HeartbeatInterval"]}]')
-            assert reply[:2] == [3, "ok"]
-            state = rig.agent.ocpp.state()
-            assert state["internal_errors"] == 20
-            assert "KeyError" in state["last_internal_error"]
-            walled = [e for e in logs if e["event"] == "ocpp.internal_error"]
-            assert len(walled) == 1 and walled[0]["stage"] == "handler"
-            assert raw.connections == 1
+    async with raw_station(tmp_path) as (raw, rig):
+        monkeypatch.setattr(ConfigKeys, "configuration", broken)
+        with capture_logs() as logs:
+            for i in range(20):
+                reply = await raw.ask(f'[2,"b{i}","GetConfiguration",{{}}]')
+                assert reply[:3] == [4, f"b{i}", "InternalError"]
+        monkeypatch.undo()
+        reply = await raw.ask('[2,"ok","GetConfiguration",{"key":["HeartbeatInterval"]}]')
+        assert reply[:2] == [3, "ok"]
+        state = rig.agent.ocpp.state()
+        assert state["internal_errors"] == 20
+        assert "KeyError" in state["last_internal_error"]
+        walled = [e for e in logs if e["event"] == "ocpp.internal_error"]
+        assert len(walled) == 1 and walled[0]["stage"] == "handler"
+        assert raw.connections == 1
+
+
+async def test_a_repeated_bad_frame_is_answered_every_time_and_logged_once(tmp_path):
+    async with raw_station(tmp_path) as (raw, _):
+        with capture_logs() as logs:
+            for i in range(10):
+                reply = await raw.ask(f'[2,"r{i}","ClearCache",[]]')
+                assert reply[:3] == [4, f"r{i}", "TypeConstraintViolation"]
+                reply = await raw.ask(f'[2,"n{i}", NaN]')
+                assert reply[:3] == [4, f"n{i}", "FormationViolation"]
+    events = [e["event"] for e in logs]
+    assert events.count("ocpp.call_refused") == 1 and events.count("ocpp.bad_frame") == 1
 
 
 async def test_a_failing_ocpp_task_restarts_and_the_session_goes_on(tmp_path, monkeypatch):

@@ -68,7 +68,7 @@ from agent.ocpp.handlers.reservation import ReservationMixin
 from agent.ocpp.handlers.smart_charging import SmartChargingMixin
 from agent.ocpp.handlers.transactions import TransactionsMixin
 from agent.ocpp.handlers.trigger import TriggerMixin
-from agent.walls import Wall, json_too_deep
+from agent.walls import RateLimited, Wall, json_too_deep
 
 log = structlog.get_logger(__name__)
 
@@ -200,6 +200,8 @@ class EvedgeChargePoint(
         self.ctx = ctx
         # One wall per service (ctx), so its count survives reconnects.
         self.wall: Wall = ctx.parts.setdefault("wall", Wall("ocpp"))
+        # A CSMS repeating a bad frame is logged once a minute per action and error code.
+        self._refusals: RateLimited = ctx.parts.setdefault("refusals", RateLimited(log.warning))
         self._replied = False  # the CALL being routed got its CALLRESULT/CALLERROR
         cp_id = ctx.parts.get("charge_point_id") or ctx.cfg.station.id
         super().__init__(
@@ -232,7 +234,7 @@ class EvedgeChargePoint(
             msg = unpack(raw_msg)
         except OCPPError as e:
             code = _code(e)
-            log.warning("ocpp.bad_frame", code=code, cause=_details(e).get("cause"))
+            self._refusals(code, "ocpp.bad_frame", code=code, cause=_details(e).get("cause"))
             # An unparseable CALLRESULT/CALLERROR has nobody to answer to: its call times out.
             if _is_call(raw_msg):
                 await self._send(
@@ -262,9 +264,11 @@ class EvedgeChargePoint(
                 raise  # after the answer: the wall counts it
             # Validation could not evaluate a constraint (e.g. 1e308 vs multipleOf 0.1).
             error = _unexpected(e)
-        log.warning(
+        action = str(msg.action)[:50]
+        self._refusals(
+            f"{action} {error.code}",
             "ocpp.call_refused",
-            action=str(msg.action)[:50],
+            action=action,
             unique_id=str(msg.unique_id)[:36],
             code=error.code,
             cause=_details(error).get("cause"),
