@@ -119,26 +119,21 @@ BAD_FRAMES = [
 
 
 async def test_bad_frames_get_the_right_callerror_and_the_session_goes_on(tmp_path):
-    raw = RawCsms()
-    async with serve(raw.handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as server:
-        port = server.sockets[0].getsockname()[1]
-        auth = f'local_list = [{{ id = "{CARD}" }}]\n[ocpp]\nurl = "ws://127.0.0.1:{port}"'
-        async with running(billed_config(tmp_path, auth=auth)) as rig:
-            await asyncio.wait_for(raw.ready.wait(), 10)
-            await rig.card_charging()
-            session = rig.conn.session.id
-            for frame, code, uid in BAD_FRAMES:
-                reply = await raw.ask(frame)
-                assert reply[:3] == [4, uid, code], frame
-                assert isinstance(reply[3], str) and isinstance(reply[4], dict)
-            # Still connected, still answering, the session untouched.
-            reply = await raw.ask('[2, "ok1", "GetConfiguration", {"key": ["HeartbeatInterval"]}]')
-            assert reply[0] == 3 and reply[1] == "ok1"
-            assert reply[2]["configurationKey"][0]["value"] == "300"
-            assert raw.connections == 1
-            assert rig.conn.session is not None and rig.conn.session.id == session
-            assert rig.conn.status.value == "Charging"
-            assert rig.agent.ocpp is not None and rig.agent.ocpp.state()["connected"]
+    async with raw_station(tmp_path) as (raw, rig):
+        await rig.card_charging()
+        session = rig.conn.session.id
+        for frame, code, uid in BAD_FRAMES:
+            reply = await raw.ask(frame)
+            assert reply[:3] == [4, uid, code], frame
+            assert isinstance(reply[3], str) and isinstance(reply[4], dict)
+        # Still connected, still answering, the session untouched.
+        reply = await raw.ask('[2, "ok1", "GetConfiguration", {"key": ["HeartbeatInterval"]}]')
+        assert reply[0] == 3 and reply[1] == "ok1"
+        assert reply[2]["configurationKey"][0]["value"] == "300"
+        assert raw.connections == 1
+        assert rig.conn.session is not None and rig.conn.session.id == session
+        assert rig.conn.status.value == "Charging"
+        assert rig.agent.ocpp is not None and rig.agent.ocpp.state()["connected"]
 
 
 async def test_a_csms_that_never_answers_makes_the_call_time_out(tmp_path):
