@@ -170,7 +170,7 @@ async def test_a_failing_ocpp_task_restarts_and_the_session_goes_on(tmp_path, mo
             session = rig.conn.session.id
             monkeypatch.setattr(OcppService, "_connection", fails_once)
             await csms.disconnect(CP)  # the next connection attempt fails
-            await csms.wait_for("BootNotification", CP, count=2, timeout=20)
+            await csms.wait_for("BootNotification", CP, count=2, timeout=60)
             assert failures == [1]
             assert not [t.get_name() for t in rig.agent._tasks if t.done()]  # nothing ended
             assert rig.conn.session is not None and rig.conn.session.id == session
