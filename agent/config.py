@@ -6,11 +6,10 @@ Errors name the file, the field path and the problem, e.g.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.api.config import ApiConfig
 from agent.diagnosis.config import DiagnosisConfig
@@ -19,7 +18,10 @@ from agent.kpi.config import KpiConfig
 from agent.mqtt.config import MqttConfig
 from agent.ocpp.config import OcppConfig
 from agent.sessions.config import AuthConfig, BillingConfig, SessionsConfig
+from drivers import tomlfile
 from drivers.profile import ProfileError, load_profile
+
+check_file_path = tomlfile.check_path
 
 
 class ConfigError(ValueError):
@@ -80,6 +82,17 @@ class StoreConfig(_Section):
     path: Path = Path("/var/lib/evedge/evedge.db")
     readings_max_rows: int = Field(default=500_000, ge=1000, description="readings ring size")
     readings_max_age_days: float = Field(default=14, gt=0)
+    min_free_disk_mb: float = Field(
+        default=50, ge=0, le=1e6, description="below this free, telemetry stops: room for billing"
+    )
+    reserve_mb: float = Field(
+        default=8, ge=0, le=1e4, description="billing reserve file, released when the disk fills"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _usable_path(cls, v: Path) -> Path:
+        return Path(check_file_path(str(v)))
 
 
 class LogConfig(_Section):
@@ -208,18 +221,35 @@ def _cross_check(cfg: StationConfig) -> list[tuple[str, str]]:
     return problems
 
 
+def _nul_strings(value: object, loc: tuple) -> list[tuple]:
+    """Locations of strings holding a NUL (legal in TOML escapes, never meaningful here,
+    and fatal to any path or name passed to the OS)."""
+    if isinstance(value, str):
+        return [loc] if "\x00" in value else []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nul_strings(v, (*loc, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nul_strings(v, (*loc, i))]
+    return []
+
+
 def parse_config(text: str, file: str = "station.toml") -> StationConfig:
     """Parse and validate config text; raises ConfigError naming `file`."""
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(file, [("(syntax)", f"not valid TOML: {e}")]) from None
+        data = tomlfile.loads(text, file)
+    except tomlfile.TomlFileError as e:
+        raise ConfigError(file, [("(syntax)", str(e).removeprefix(f"{file}: "))]) from None
     try:
+        nul = [(_path(loc), "contains a NUL byte") for loc in _nul_strings(data, ())]
+        if nul:
+            raise ConfigError(file, nul)
         cfg = StationConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(
             file, [(_path(err["loc"]), _message(err)) for err in e.errors()]
         ) from None
+    except RecursionError:
+        raise ConfigError(file, [("(top)", "values nested too deeply")]) from None
     problems = _cross_check(cfg)
     if problems:
         raise ConfigError(file, problems)
@@ -230,7 +260,7 @@ def load_config(path: str | Path) -> StationConfig:
     """Load and validate a station config file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(p.name, [("(file)", f"cannot read {p}: {e.strerror}")]) from None
+        text = tomlfile.read_text(p)
+    except tomlfile.TomlFileError as e:
+        raise ConfigError(p.name, [("(file)", str(e))]) from None
     return parse_config(text, p.name)

@@ -19,6 +19,7 @@ from agent.ops import Ops
 from agent.sdnotify import Notifier
 from agent.station import Station, build_station
 from agent.store.db import Store
+from agent.store.space import configure_space
 from agent.store.writer import StoreWriter
 from agent.tasks import cancel_and_wait, supervise
 from agent.watchdog import Liveness, Watchdog
@@ -47,7 +48,11 @@ class Agent:
         self.cfg = cfg
         self.bus = bus or EventBus()
         self.station: Station = build_station(cfg, self.bus)
+        self.space = configure_space(
+            cfg.store.path, cfg.store.min_free_disk_mb, cfg.store.reserve_mb
+        )
         self.store = Store(cfg.store.path)
+        self.space.at_start()  # the billing reserve; says so if the disk is short of room
         self.writer = StoreWriter(
             self.store,
             self.bus,
@@ -81,6 +86,11 @@ class Agent:
         outbox = self.ocpp.ctx.parts.get("outbox") if self.ocpp else None
         if self.diagnosis is not None and outbox is not None:  # rule ocpp_tx_undelivered
             self.diagnosis.facts.tx_exhausted = lambda: outbox.exhausted_now
+        if self.diagnosis is not None and self.sessions is not None:  # rule store_cannot_bill
+            conns = self.sessions.connectors.values()
+            self.diagnosis.facts.records_unwritten = lambda: sum(
+                c.unwritten is not None for c in conns
+            )
         # Billing follows diagnosis: the faults during a session, for its record's review.
         self.fault_history: FaultHistory | None = None
         if self.sessions is not None:

@@ -6,16 +6,17 @@ nothing in the code names a vendor.
 
 from __future__ import annotations
 
-import tomllib
+import re
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drivers import quantities
+from drivers import quantities, tomlfile
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")  # a shipped profile's file stem
 
 Function = Literal["input", "holding", "coil", "discrete"]
 RegType = Literal["u16", "s16", "u32", "s32", "u64", "s64", "float32", "ascii", "bool", "t5", "t6"]
@@ -242,11 +243,9 @@ def _format_errors(where: str, err: ValidationError) -> str:
 def load_profile_file(path: Path) -> Profile:
     """Load and validate one profile file; ProfileError names the file and field on failure."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: no such profile file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"{path}: not valid TOML: {e}") from None
+        data = tomlfile.load(path)
+    except tomlfile.TomlFileError as e:
+        raise ProfileError(f"profile {e}") from None
     try:
         return Profile.model_validate(data)
     except ValidationError as e:
@@ -259,6 +258,11 @@ def load_profile(name: str) -> Profile:
     file by path (a name ending in .toml: site-specific or simulator-only devices)."""
     if name.endswith(".toml"):
         return load_profile_file(Path(name))
+    if not _NAME.fullmatch(name):
+        raise ProfileError(
+            f"profile {name[:80]!r}: not a shipped profile name (letters, digits, . _ -) "
+            "nor a path ending in .toml"
+        )
     path = PROFILE_DIR / f"{name}.toml"
     if not path.exists():
         raise ProfileError(f"unknown profile {name!r}; shipped: {', '.join(profile_names())}")

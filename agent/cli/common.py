@@ -26,6 +26,7 @@ from rich.text import Text
 from agent.cli.paths import DEFAULT_CONFIG as DEFAULT_CONFIG
 from agent.cli.paths import DEMO_CONFIG as DEMO_CONFIG
 from agent.config import ConfigError, StationConfig, load_config
+from agent.store.space import DiskFullError, StoreError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -39,6 +40,32 @@ class Exit(IntEnum):
     USAGE = 2  # bad arguments or an invalid config / profile file
     UNREACHABLE = 3  # the service (or the device link) could not be reached
     DENIED = 4  # not allowed: no permission on the API socket, or not in the [api] group
+    STORE = 5  # the store cannot be used: damaged, of another schema, or not an evedge store
+    DISK_FULL = 6  # the store's disk is too full to create or migrate the store
+
+
+def exit_for(e: Exception) -> int | None:
+    """For an error that escaped a command: print it like `fail` and return its exit code;
+    None for anything else (a bug: its traceback is shown)."""
+    if isinstance(e, DiskFullError):
+        return _exit(str(e), Exit.DISK_FULL)
+    if isinstance(e, StoreError):
+        return _exit(str(e), Exit.STORE)
+    if isinstance(e, ConfigError):
+        return _exit(str(e), Exit.USAGE, "invalid_config")
+    if isinstance(e, PermissionError):
+        where = f" on {e.filename}" if e.filename else ""
+        return _exit(
+            f"permission denied{where}: run this command as the service's user "
+            "(sudo -u evedge evedge ...) or as root",
+            Exit.DENIED,
+        )
+    return None
+
+
+def _exit(message: str, code: Exit, error: str | None = None) -> int:
+    """Print the error like `fail` and return the exit code (outside any Typer context)."""
+    return fail(message, code, error).exit_code
 
 
 def emit_json(obj: Any) -> None:

@@ -151,7 +151,23 @@ class _Config(LazyGroup):
     }
 
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """The evedge app: a config, store or file-permission error that escapes a command ends
+    it with its message and exit code (agent/cli/common.py exit_for), never a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as e:
+            from agent.cli.common import exit_for
+
+            code = exit_for(e)
+            if code is None:
+                raise
+            raise SystemExit(code) from None
+
+
+app = _App(
     cls=_Main,
     help="evedge — edge agent for EV charging stations.",
     no_args_is_help=True,

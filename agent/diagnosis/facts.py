@@ -97,6 +97,7 @@ class StationFacts:
         tx_exhausted: Callable[[], int | None] = lambda: None,
         billing_tamper: Callable[[], int | None] = lambda: None,
         mqtt_billing_refused: Callable[[], int | None] = lambda: None,
+        records_unwritten: Callable[[], int | None] = lambda: None,
     ):
         self.clock_synced = clock_synced
         self.disk = disk
@@ -109,6 +110,9 @@ class StationFacts:
         # Charge records / tickets the MQTT broker refused and the outbox keeps
         # (agent/mqtt/publisher.py; None: no MQTT).
         self.mqtt_billing_refused = mqtt_billing_refused
+        # Charge records a full disk refused, waiting in memory (agent/sessions/closing.py;
+        # the runtime sets it; None: no session engine).
+        self.records_unwritten = records_unwritten
 
     @classmethod
     def for_store(cls, store_path: Path, cloud: CloudStatus | None = None) -> StationFacts:
@@ -128,6 +132,7 @@ class StationFacts:
             "ocpp_tx_exhausted": self.tx_exhausted(),
             "billing_tamper": self.billing_tamper(),
             "mqtt_billing_refused": self.mqtt_billing_refused(),
+            "records_unwritten": self.records_unwritten(),
         }
 
 
@@ -142,6 +147,7 @@ class ManualFacts(StationFacts):
             "ocpp_tx_exhausted": 0,
             "billing_tamper": 0,
             "mqtt_billing_refused": 0,
+            "records_unwritten": 0,
         }
         super().__init__(
             lambda: self.values["clock_synced"],  # type: ignore[arg-type, return-value]
@@ -149,6 +155,7 @@ class ManualFacts(StationFacts):
             tx_exhausted=lambda: self.values["ocpp_tx_exhausted"],  # type: ignore[arg-type, return-value]
             billing_tamper=lambda: self.values["billing_tamper"],  # type: ignore[arg-type, return-value]
             mqtt_billing_refused=lambda: self.values["mqtt_billing_refused"],  # type: ignore[arg-type, return-value]
+            records_unwritten=lambda: self.values["records_unwritten"],  # type: ignore[arg-type, return-value]
         )
         self.set(**values)
 

@@ -118,6 +118,7 @@ STATION_FIELDS: dict[str, Kind] = {
     "ocpp_tx_exhausted": "num",
     "billing_tamper": "num",
     "mqtt_billing_refused": "num",
+    "records_unwritten": "num",
 }
 SESSION_FIELDS: dict[str, Kind] = {
     "active": "bool",  # a vehicle is plugged in (pilot B, C or D since it left A)

@@ -19,7 +19,7 @@ class MqttConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str = Field(min_length=1)
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_-]+$")
     port: int = Field(default=8883, ge=1, le=65535)
     protocol: Literal["5", "3.1.1"] = "5"
     tls: bool = True

@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 
 from agent.mqtt.outbox import Outbox, Row
 from agent.mqtt.topics import Stream
+from agent.store.space import disk_full_tolerated
 from agent.walls import RateLimited
 
 log = structlog.get_logger(__name__)
@@ -157,15 +158,17 @@ class Publisher:
                     self._refused(row)
             now = time.monotonic()
             if done and (stop or len(done) >= FETCH or now - last_flush >= ACK_FLUSH_S):
-                self.outbox.delivered(done)
-                done.clear()
+                with disk_full_tolerated("mqtt outbox: acks"):  # kept in `done`, tried again
+                    self.outbox.delivered(done)
+                    done.clear()
                 last_flush = now
             if stop:
                 return
             if cur_gen != gen and client is not None:
                 # A new connection: nothing in flight any more; start again from the oldest.
-                self.outbox.delivered(done)
-                done.clear()
+                with disk_full_tolerated("mqtt outbox: acks"):
+                    self.outbox.delivered(done)
+                    done.clear()
                 if inflight:
                     self.stats.resent_after_reconnect += len(inflight)
                 gen, inflight, after_id = cur_gen, {}, 0
@@ -256,7 +259,8 @@ class Publisher:
 
     def _housekeeping(self) -> dict[str, Any]:
         try:
-            self.outbox.thin()
+            with disk_full_tolerated("mqtt outbox: thinning"):  # deleting needs WAL room
+                self.outbox.thin()
             return self.outbox.thinned()
         except Exception:  # the disk check must never stop delivery
             log.exception("mqtt.housekeeping_failed")

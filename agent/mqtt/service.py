@@ -41,6 +41,7 @@ from agent.mqtt.publisher import Publisher
 from agent.mqtt.topics import Stream, Topics
 from agent.ops import Ops
 from agent.sessions.times import to_us
+from agent.store.space import disk_full_tolerated
 from agent.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -245,13 +246,16 @@ class MqttService:
 
     async def _commit(self, items: list[Outgoing]) -> None:
         if items:
-            await asyncio.to_thread(self.outbox.add, items)
+            with disk_full_tolerated("mqtt outbox"):
+                await asyncio.to_thread(self.outbox.add, items)
             self.publisher.wake()
 
     async def _enqueue_records(self) -> None:
-        """Copy charge records after the billing cursor into the outbox."""
-        while await asyncio.to_thread(self.outbox.add_charge_records):
-            self.publisher.wake()
+        """Copy charge records after the billing cursor into the outbox (on a full disk the
+        cursor stays: they are copied at the next ChargeRecordWritten or start)."""
+        with disk_full_tolerated("mqtt outbox: charge records"):
+            while await asyncio.to_thread(self.outbox.add_charge_records):
+                self.publisher.wake()
 
     async def _telemetry_loop(self) -> None:
         latest: dict[tuple[str, str], Reading] = {}
@@ -332,8 +336,9 @@ class MqttService:
     async def _enqueue_tickets(self) -> None:
         """Copy tickets neither delivered nor queued into the outbox (the query skips those
         already there, so the event loop and the poll never queue one twice)."""
-        while await asyncio.to_thread(self.outbox.add_tickets):
-            self.publisher.wake()
+        with disk_full_tolerated("mqtt outbox: tickets"):
+            while await asyncio.to_thread(self.outbox.add_tickets):
+                self.publisher.wake()
 
     async def _ticket_loop(self) -> None:
         """Pick up tickets written by another process (no TicketCreated on our bus)."""

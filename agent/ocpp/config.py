@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -98,6 +99,7 @@ class OcppConfig(BaseModel):
         scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
         if scheme not in ("ws", "wss"):
             raise ValueError(f"url must start with ws:// or wss://, got {self.url!r}")
+        _check_url(self.url)
         if scheme == "ws" and self.security_profile >= 2:
             raise ValueError(
                 f"security_profile {self.security_profile} uses TLS: the url must be wss://"
@@ -122,3 +124,16 @@ class OcppConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _check_url(url: str) -> None:
+    """ValueError unless `url` has a host and, if given, a port in 1..65535."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:  # "ws://[::1", "ws://h:99999"
+        raise ValueError(f"url {url!r} is not a valid URL: {e}") from None
+    if not parts.hostname:
+        raise ValueError(f"url {url!r} has no host")
+    if port == 0:
+        raise ValueError(f"url {url!r}: port must be 1..65535")

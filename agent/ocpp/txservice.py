@@ -46,6 +46,7 @@ from agent.ocpp.txjournal import TxJournal, id_tag
 from agent.sessions.auth import AuthPolicy, OnlineUnavailable
 from agent.sessions.model import AuthStatus, IdToken, StopReason, mask
 from agent.sessions.times import US, to_us
+from agent.store.space import disk_full_tolerated
 from agent.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -342,7 +343,8 @@ class TxService:
             measurands = mv.parse_measurands(",".join(self.keys.get_list("MeterValuesSampledData")))
             payload = self._payload(cid, measurands, mv.PERIODIC, now)
             if payload is not None:
-                await asyncio.to_thread(self.outbox.enqueue, s.id, cid, "MeterValues", payload)
+                with disk_full_tolerated("ocpp outbox: meter values"):
+                    await asyncio.to_thread(self.outbox.enqueue, s.id, cid, "MeterValues", payload)
         for sid in set(self._periodic) - live:
             del self._periodic[sid]
 
@@ -366,7 +368,10 @@ class TxService:
             conn = None if engine is None else engine.connectors.get(cc.id)
             s = None if conn is None else conn.session
             if s is not None:
-                await asyncio.to_thread(self.outbox.enqueue, s.id, cc.id, "MeterValues", payload)
+                with disk_full_tolerated("ocpp outbox: meter values"):
+                    await asyncio.to_thread(
+                        self.outbox.enqueue, s.id, cc.id, "MeterValues", payload
+                    )
             elif self.ctx.link.online.is_set():
                 with contextlib.suppress(OcppOffline, OcppCallError, TimeoutError):
                     await self.ctx.link.call(call.MeterValues(**camel_to_snake_case(payload)))

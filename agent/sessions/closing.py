@@ -21,8 +21,9 @@ from agent.sessions.records import RecordInput, build_body
 from agent.sessions.reviews import FaultRef, billing_faults
 from agent.sessions.session import Live, payment_json
 from agent.sessions.states import CHARGING_CP, FAULT_CP, MIN_CURRENT_A, PLUGGED, derive_status
-from agent.sessions.store import SampleRow, SessionRow
+from agent.sessions.store import RecordRow, SampleRow, SessionRow
 from agent.sessions.times import US, from_us, to_us
+from agent.store.space import DiskFullError
 
 # OCMF end reading reason per stop reason.
 END_TX = {
@@ -33,6 +34,9 @@ END_TX = {
     StopReason.EMERGENCY_STOP: ocmf.Tx.END_ABORT,
     StopReason.OTHER: ocmf.Tx.END_ABORT,
 }
+
+
+RECORD_RETRY_S = 5.0  # a charge record refused by a full disk is tried again this often
 
 
 class ClosingMixin:
@@ -301,24 +305,51 @@ class ClosingMixin:
             body = build_body(body_in)
         end_sample = self._sample(s, "end", end_read_us, end_wh, tx.value)
         end_sample.ts = max(end_read_us, s.tracker.start_us)
-        rec = await asyncio.to_thread(
-            eng.ledger.close,
-            Closing(
-                session_id=s.id,
-                connector=self.id,
-                status=status.value,
-                stop_reason=reason.value,
-                ended_us=stop_us,
-                charging_end_us=charging_end,
-                billed_wh=s.tracker.billed_wh,
-                tracker_json=json.dumps(s.tracker.to_state()),
-                end_sample=end_sample,
-                body=body,
-                sign=req,
-                ocmf_end=meter_record,
-                detail=f"{reason.value} by {by}" + (f": {detail}" if detail else ""),
-            ),
+        closing = Closing(
+            session_id=s.id,
+            connector=self.id,
+            status=status.value,
+            stop_reason=reason.value,
+            ended_us=stop_us,
+            charging_end_us=charging_end,
+            billed_wh=s.tracker.billed_wh,
+            tracker_json=json.dumps(s.tracker.to_state()),
+            end_sample=end_sample,
+            body=body,
+            sign=req,
+            ocmf_end=meter_record,
+            detail=f"{reason.value} by {by}" + (f": {detail}" if detail else ""),
         )
+        try:
+            rec = await asyncio.to_thread(eng.ledger.close, closing)
+        except DiskFullError:
+            # The session is over for the car; its record waits in memory and tick() writes
+            # it once the disk has room. New sessions are refused meanwhile (_maybe_start).
+            self.log.critical(
+                "record.not_written", session=s.id[:8],
+                hint="the store's disk is full: the charge record is retried every "
+                f"{RECORD_RETRY_S:g} s (and written by the recovery if the agent restarts); "
+                "new sessions are refused until then. Free up the disk.",
+            )  # fmt: skip
+            self.unwritten = (
+                closing,
+                lambda rec: self._closed(s, rec, status, reason, by, detail, stop_us),
+            )
+            return
+        await self._closed(s, rec, status, reason, by, detail, stop_us)
+
+    async def _closed(
+        self,
+        s: Live,
+        rec: RecordRow,
+        status: Status,
+        reason: StopReason,
+        by: str,
+        detail: str,
+        stop_us: int,
+    ) -> None:
+        """After the charge record is written: log, publish it, settle payment and status."""
+        eng = self.eng
         self.status = status
         self.last_stop = (s.id, stop_us) if reason == StopReason.EMERGENCY_STOP else None
         cost = s.cost
@@ -383,6 +414,20 @@ class ClosingMixin:
             )
             return []
         return billing_faults(found, self.eng.cfg.sessions.review_fault_components)
+
+    async def retry_record(self) -> None:
+        """Write the charge record a full disk refused (see stop()); on success, finish the
+        stop as if it had just happened."""
+        if self.unwritten is None:
+            return
+        closing, done = self.unwritten
+        try:
+            rec = await asyncio.to_thread(self.eng.ledger.close, closing)
+        except DiskFullError:
+            return  # still full: tried again at the next tick after RECORD_RETRY_S
+        self.unwritten = None
+        self.log.warning("record.written_late", session=closing.session_id[:8], record=rec.id)
+        await done(rec)
 
     async def _meter_end(self, s, tx: ocmf.Tx, at_us: int, wh: int) -> str | None:
         """The signing meter's end record, or None (no signing meter, or it failed: then the

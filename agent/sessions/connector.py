@@ -20,7 +20,7 @@ import structlog
 
 from agent.config import ConnectorConfig
 from agent.events import SessionEvent, utcnow
-from agent.sessions.closing import ClosingMixin
+from agent.sessions.closing import RECORD_RETRY_S, ClosingMixin
 from agent.sessions.evse import EvseControl, cp_from_vendor
 from agent.sessions.model import AuthMethod, IdToken, Status, StopReason
 from agent.sessions.payment import PaymentError, preauth_amount
@@ -28,6 +28,7 @@ from agent.sessions.recovery import RecoveryMixin
 from agent.sessions.session import Live, MeteringMixin, Pending, Reservation
 from agent.sessions.states import CHARGING_CP, FAULT_CP, MIN_CURRENT_A, PLUGGED, derive_status
 from agent.sessions.times import US, to_us
+from agent.store.space import STORE_FULL, disk_full_tolerated
 from drivers.transport import ModbusFailure
 
 if TYPE_CHECKING:
@@ -78,6 +79,10 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
         self.meter_serial: str | None = None
         self.needs_disable = True  # until the EVSE confirmed it is off (also after a restart)
         self._next_disable = 0.0
+        # A stopped session's charge record a full disk refused, and what finishes the stop
+        # once it is written (closing.py retry_record); no new session meanwhile.
+        self.unwritten: tuple[Any, Callable[[Any], Awaitable[None]]] | None = None
+        self._next_record_try = 0.0
         self.queue: asyncio.Queue[tuple] = asyncio.Queue()
         self.max_power_w = (
             cfg.max_current_a * cfg.phases * engine.cfg.sessions.nominal_voltage_v * 1.1
@@ -143,9 +148,11 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
                 if done:
                     getter = None
                 try:
-                    if item is not None:
-                        await self.handle(item)
-                    await self.tick()
+                    # A full disk is logged once a minute by the store, not per sample.
+                    with disk_full_tolerated(f"sessions connector {self.id}"):
+                        if item is not None:
+                            await self.handle(item)
+                        await self.tick()
                 except Exception:
                     # One bad input must not stop metering on this connector.
                     self.log.exception("session.engine_error", item=str(item)[:200])
@@ -216,6 +223,9 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
 
     async def _maybe_start(self) -> None:
         if self.faults or not self.available or self.cp not in PLUGGED:
+            return
+        if self.unwritten is not None:
+            self.log.warning("session.not_started", why=STORE_FULL)
             return
         if self.pending is not None:
             p, self.pending = self.pending, None
@@ -345,6 +355,8 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
             raise CommandRefused(f"connector is faulted ({causes}); see `evedge faults`")
         if self.cp in FAULT_CP:
             raise CommandRefused(f"connector is faulted (control pilot state {self.cp})")
+        if self.unwritten is not None:
+            raise CommandRefused(STORE_FULL)
         if not self.available:
             raise CommandRefused("connector is unavailable")
         held = self.reservation
@@ -474,6 +486,9 @@ class Connector(MeteringMixin, ClosingMixin, RecoveryMixin):
         """Timeouts and retries that need no input: pending auth, reservation, EVSE off."""
         now = to_us(utcnow())
         loop = asyncio.get_running_loop()
+        if self.unwritten is not None and loop.time() >= self._next_record_try:
+            self._next_record_try = loop.time() + RECORD_RETRY_S
+            await self.retry_record()
         if self.needs_disable and self.session is None and loop.time() >= self._next_disable:
             self._next_disable = loop.time() + EVSE_RETRY_S
             if await self._disable():

@@ -110,7 +110,7 @@ class SessionStore:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error)."""
-        with self._lock, transaction(self._conn):
+        with self._lock, transaction(self._conn, billing=True):
             yield self._conn
 
     @contextmanager

@@ -14,19 +14,31 @@ from agent.store.db import (
     transaction,
 )
 from agent.store.migrations import LATEST_VERSION, MIGRATIONS, Migration
+from agent.store.space import (
+    DiskFullError,
+    StoreSpace,
+    configure_space,
+    disk_full_tolerated,
+    space_for,
+)
 from agent.store.writer import StoreWriter, WriterStats
 
 __all__ = [
     "LATEST_VERSION",
     "MIGRATIONS",
+    "DiskFullError",
     "Migration",
     "SchemaTooNewError",
     "Store",
     "StoreCorruptError",
     "StoreError",
+    "StoreSpace",
     "StoreWriter",
     "WriterStats",
+    "configure_space",
+    "disk_full_tolerated",
     "open_db",
     "schema_version",
+    "space_for",
     "transaction",
 ]

@@ -16,15 +16,20 @@ import structlog
 from agent.events import DeviceHealth, Reading, utcnow
 from agent.store import readings as rd
 from agent.store.migrations import LATEST_VERSION, MIGRATIONS, statements
+from agent.store.space import (
+    DiskFullError,
+    StoreError,
+    StoreSpace,
+    checkpoint,
+    is_disk_full,
+    space_for,
+    wal_pages,
+)
 
 log = structlog.get_logger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """The store cannot be used; the message names the file and what to do."""
 
 
 class StoreCorruptError(StoreError):
@@ -41,6 +46,15 @@ class SchemaTooOldError(StoreError):
 
 class StoreMissingError(StoreError):
     """There is no store file at the path (the service has not run with this config)."""
+
+
+class StoreConnection(sqlite3.Connection):
+    """A writer's connection: knows the room policy of its file (see agent/store/space.py)."""
+
+    space: StoreSpace | None = None
+
+
+_QUICK_CHECKED: set[Path] = set()  # files quick_check'ed by this process (once per file)
 
 
 def open_readonly(path: str | Path, need: int = LATEST_VERSION) -> sqlite3.Connection:
@@ -93,14 +107,18 @@ def open_db(path: str | Path) -> sqlite3.Connection:
     try:
         # check_same_thread=False: Store serialises access with its own lock, and callers
         # reach it from asyncio.to_thread workers, which are not always the same thread.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, factory=StoreConnection
+        )
     except sqlite3.Error as e:
         raise StoreError(f"{path}: cannot open the store database: {e}") from e
+    conn.space = space_for(path)
     try:
         # Validate before anything that writes (WAL mode is recorded in the file header), so a
         # file we refuse is left byte-for-byte as we found it.
         _sqlite_call(path, lambda: _check(conn, path))
-        mode = _sqlite_call(path, lambda: _set_pragmas(conn))
+        _quick_check_once(conn, path)
+        mode = _sqlite_call(path, lambda: _set_pragmas(conn, path))
         if mode.lower() != "wal":
             # Still durable with synchronous=FULL; only readers block the writer. Worth a warning.
             log.warning("store.no_wal", path=str(path), journal_mode=mode)
@@ -115,13 +133,46 @@ def _sqlite_call(path: Path, fn: Callable[[], T]) -> T:
     """Run `fn`, turning low-level sqlite errors into StoreErrors that name the file."""
     try:
         return fn()
+    except DiskFullError as e:
+        raise DiskFullError(f"{path}: {e}") from e
     except sqlite3.OperationalError as e:
+        if is_disk_full(e):
+            raise DiskFullError(
+                f"{path}: cannot open the store: {_FULL_HINT}. {_NO_BILLING}"
+            ) from e
         raise StoreError(f"{path}: cannot open the store database: {e}") from e
     except sqlite3.DatabaseError as e:
         raise StoreCorruptError(
             f"{path}: not a valid SQLite database ({e}). The file was left untouched: move it "
             "aside (keep it, it may hold billing data) and restart to create a fresh store."
         ) from e
+
+
+_FULL_HINT = (
+    "the store's disk is full (database or disk is full): free up space on it (journal logs "
+    "are a common cause; never delete the store, it holds billing records)"
+)
+
+
+_NO_BILLING = "Until it has room evedge cannot record sessions or bill (exit 6: retried)."
+
+
+def _quick_check_once(conn: sqlite3.Connection, path: Path) -> None:
+    """SQLite's quick_check, the first time this process opens `path` for writing: a garbled
+    file is refused at start with a clear message, not found by a failing write later."""
+    key = path.resolve()
+    if key in _QUICK_CHECKED:
+        return
+    rows = _sqlite_call(path, lambda: conn.execute("PRAGMA quick_check(5)").fetchall())
+    problems = [str(r[0]) for r in rows]
+    if problems != ["ok"]:
+        raise StoreCorruptError(
+            f"{path}: the store database is damaged (quick_check: {'; '.join(problems)}). "
+            "The file was left untouched: stop the service, keep a copy of it (it holds "
+            "billing data), then try `sqlite3 FILE .recover` into a new file or move it aside "
+            "and restart to create a fresh store."
+        )
+    _QUICK_CHECKED.add(key)
 
 
 def _check(conn: sqlite3.Connection, path: Path) -> None:
@@ -144,10 +195,15 @@ def _check(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def _set_pragmas(conn: sqlite3.Connection) -> str:
+def _set_pragmas(conn: sqlite3.Connection, path: Path) -> str:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # SQLite checkpoints the WAL at 1000 pages (4 MB): on a small volume the WAL alone would
+    # fill the disk first, holding the whole store, with no room left to checkpoint it.
+    pages = wal_pages(path, conn.execute("PRAGMA page_size").fetchone()[0])
+    conn.execute(f"PRAGMA wal_autocheckpoint = {pages:d}")
+    conn.execute(f"PRAGMA journal_size_limit = {pages * 4096:d}")
     return mode
 
 
@@ -157,21 +213,33 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, billing: bool = False) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
 
     IMMEDIATE takes the write lock up front, so a second writer waits (busy_timeout) at
-    BEGIN instead of failing halfway through with SQLITE_BUSY.
+    BEGIN instead of failing halfway through with SQLITE_BUSY. A full disk raises
+    `DiskFullError` and is reported to the file's `StoreSpace` (which releases the billing
+    reserve); `billing`: the transaction writes billing data (sessions, charge records), whose
+    failure on a full disk blocks new sessions until one succeeds again.
     """
+    space = getattr(conn, "space", None)
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
         conn.execute("COMMIT")
-    except BaseException:
+    except BaseException as e:
         # SQLite may already have rolled back by itself (e.g. SQLITE_FULL); don't mask the cause.
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        raise
+        if not is_disk_full(e):
+            raise
+        if space is not None:
+            space.full(conn, billing)
+        if isinstance(e, DiskFullError):
+            raise
+        raise DiskFullError(_FULL_HINT) from e
+    if space is not None:
+        space.wrote(billing)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -189,6 +257,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                     conn.execute(stmt)
                 conn.execute(f"PRAGMA user_version = {m.version:d}")
         except sqlite3.Error as e:
+            if is_disk_full(e):
+                raise DiskFullError(
+                    f"{path}: cannot create the store's tables (schema migration {m.version}): "
+                    f"{_FULL_HINT}. {_NO_BILLING}"
+                ) from e
             raise StoreError(
                 f"{path}: schema migration {m.version} ({m.name}) failed: {e}. It was rolled "
                 f"back; the database is still at version {schema_version(conn)}."
@@ -205,6 +278,7 @@ class Store:
         self.path = Path(path)
         self._conn = open_readonly(self.path, need=1) if readonly else open_db(self.path)
         self._lock = threading.Lock()
+        self.space = space_for(self.path)
 
     def append_readings(self, readings: Sequence[Reading]) -> int:
         """Insert `readings` in one transaction; returns how many were written."""
@@ -277,6 +351,11 @@ class Store:
         """Schema version of the open database."""
         with self._lock:
             return schema_version(self._conn)
+
+    def checkpoint(self) -> None:
+        """Checkpoint the WAL into the database and truncate it (see space.checkpoint)."""
+        with self._lock:
+            checkpoint(self._conn)
 
     def integrity_check(self) -> str:
         """Run SQLite's full integrity check: "ok", or the problems it found, one per line."""

@@ -17,6 +17,7 @@ import structlog
 from agent.bus import EventBus
 from agent.events import DeviceHealth, Event, Reading, utcnow
 from agent.store.db import Store
+from agent.store.space import disk_full_tolerated
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +32,7 @@ class WriterStats:
     write_errors: int = 0
     lost: int = 0  # events given up after write failures (pending buffer full)
     pruned: int = 0
+    thinned: int = 0  # readings not stored: the disk is below [store] min_free_disk_mb or full
 
 
 class StoreWriter:
@@ -182,12 +184,21 @@ class StoreWriter:
             log.error("store.events_lost", path=str(self.store.path), rows=excess)
 
     def _write(self, batch: list[Event]) -> bool:
-        """Worker thread: one transaction for the batch. True when committed."""
+        """Worker thread: one transaction for the batch. True when committed or given up on
+        for lack of disk space (telemetry yields its room to billing, never retried)."""
         readings = [e for e in batch if isinstance(e, Reading)]
         healths = [e for e in batch if isinstance(e, DeviceHealth)]
+        if readings and self.store.space.low():
+            self.stats.thinned += len(readings)
+            readings = []
         t0 = time.perf_counter()
         try:
-            n = self.store.write_batch(readings, healths)
+            n = None
+            with disk_full_tolerated("readings ring"):
+                n = self.store.write_batch(readings, healths)
+            if n is None:  # the disk was full: dropped, counted, logged
+                self.stats.thinned += len(readings) + len(healths)
+                return True
         except Exception as e:
             self.stats.write_errors += 1
             log.error(
@@ -202,9 +213,16 @@ class StoreWriter:
         return True
 
     async def _prune(self) -> None:
+        max_rows = self.max_rows
+        low = self.store.space.low()
+        if low:
+            # Short of room: halve the ring, its freed pages are reused by billing writes.
+            max_rows = min(max_rows, await asyncio.to_thread(self.store.count_readings) // 2)
         try:
             self.stats.pruned += await asyncio.to_thread(
-                self.store.prune, self.max_rows, self.max_age_days
+                self.store.prune, max_rows, self.max_age_days
             )
         except Exception as e:
             log.error("store.prune_failed", path=str(self.store.path), error=str(e))
+        if low:
+            await asyncio.to_thread(self.store.checkpoint)
