@@ -7,7 +7,8 @@
 
 The config is written once, so a stopped broker starts again on the same port with the same
 sessions (with `persistence`). Options: `tls` (server certificate, optionally requiring a
-client certificate), `users` (password file; anonymous access is then refused). The working
+client certificate), `users` (password file; anonymous access is then refused), `acl` (an
+`acl_file`, e.g. config/mosquitto-acl.example, read at every start). The working
 directory holds mosquitto.conf, mosquitto.log and mosquitto.stderr. When mosquitto exits
 instead of listening, RuntimeError carries its own error lines.
 
@@ -71,8 +72,10 @@ class Mosquitto:
         persistence: bool = False,
         tls: ServerTls | None = None,
         users: dict[str, str] | None = None,
+        acl: Path | None = None,
     ):
         self.dir = d
+        self.acl = acl
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
         self.binary = binary
@@ -116,6 +119,8 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {pw.resolve()}"]
         else:
             lines.append("allow_anonymous true")
+        if self.acl is not None:
+            lines.append(f"acl_file {self.acl.resolve()}")
         if self.server_tls is not None:
             t = self.server_tls
             lines += [f"cafile {t.ca}", f"certfile {t.cert}", f"keyfile {t.key}"]

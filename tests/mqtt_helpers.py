@@ -128,7 +128,8 @@ def make_pki(d: Path) -> Pki:
 
 class Broker(Mosquitto):
     """mosquitto (hil/broker.py) on 127.0.0.1:<free port> with persistent sessions on disk;
-    `tls`: "none" | "tls" | "mtls" with the certificates of `pki`; `users`: name -> password."""
+    `tls`: "none" | "tls" | "mtls" with the certificates of `pki`; `users`: name -> password;
+    `acl`: mosquitto's acl_file."""
 
     def __init__(
         self,
@@ -137,12 +138,13 @@ class Broker(Mosquitto):
         tls: str = "none",
         pki: Pki | None = None,
         users: dict[str, str] | None = None,
+        acl: Path | None = None,
     ):
         server_tls = None
         if tls != "none":
             assert pki is not None
             server_tls = ServerTls(pki.ca, pki.server_cert, pki.server_key, tls == "mtls")
-        super().__init__(d, persistence=True, tls=server_tls, users=users)
+        super().__init__(d, persistence=True, tls=server_tls, users=users, acl=acl)
         self.tls = tls
         self.pki = pki
 

@@ -35,7 +35,7 @@ class Cloud:
     async def reply(self, cid: str | None, corr: bytes | None = None, timeout: float = 20):
         def find(ms):
             def mine(m) -> bool:
-                return m.correlation == corr if cid is None else m.json()["command_id"] == cid
+                return m.correlation == corr if cid is None else m.json().get("command_id") == cid
 
             return [m for m in ms if "/reply/" in m.topic and mine(m)]
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from agent.api.protocol import MAX_LINE
 
 TIMEOUT_S = 120.0  # `diagnose` reads every device several times
+BACKLOG_WAIT_S = 10.0  # a full listen backlog (another user flooding the socket) is waited out
 
 
 class ApiError(Exception):
@@ -35,13 +37,27 @@ class Denied(ApiError):
     """Not allowed: no permission on the socket file, or a control op without the group."""
 
 
+def _connect(sock: socket.socket, path: Path, wait_s: float) -> None:
+    """connect(), retried while the server's listen backlog is full (EAGAIN): the agent
+    accepts and refuses a flooding user's connections quickly, so a turn comes soon."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            sock.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def call(path: Path, op: str, timeout_s: float = TIMEOUT_S, **args: Any) -> Any:
     """Send one request, return its result; see the module docstring for errors."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
         try:
-            sock.connect(str(path))
+            _connect(sock, path, min(timeout_s, BACKLOG_WAIT_S))
         except PermissionError:
             raise Denied(
                 "forbidden", f"no permission to use {path} (need root or the socket's group)"

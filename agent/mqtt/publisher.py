@@ -8,8 +8,9 @@ pollers. After a reconnect everything unacknowledged is sent again, oldest first
 
 A publish the broker refuses (MQTT 5 PUBACK reason code >= 0x80, e.g. 0x87 Not authorized by
 its ACL) would be refused again on every resend: it is deleted from the outbox with a log
-line, except a charge record or ticket, which is never dropped: it is kept (and sent again
-after the next reconnect, in case the broker's ACL was fixed), counted in `refused_kept` and
+line, except a charge record or ticket, which is never dropped: it is kept and offered
+again every `refused_retry_s` (in case the broker's ACL was fixed; not sooner, as
+mosquitto 2.0 also closes the connection after refusing), counted in `refused_kept` and
 raised as the fault `mqtt_billing_refused` while any is kept.
 """
 
@@ -41,6 +42,7 @@ ACK_FLUSH_S = 0.05  # acknowledged rows are deleted at least this often (and per
 HOUSEKEEPING_S = 10.0  # retention policy check
 STATS_S = 1.0  # backlog figures for state()
 YIELD_EVERY = 20  # publishes between GIL hand-overs while a backlog drains
+REFUSED_RETRY_S = 60.0  # a kept message the broker refused is offered again this often
 
 
 @dataclass
@@ -74,7 +76,8 @@ class Publisher:
         self._woken = True
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._refused_rows: set[int] = set()
+        self._refused_rows: dict[int, float] = {}  # kept after a refusal -> when to retry
+        self.refused_retry_s = REFUSED_RETRY_S
         self._log_refused = RateLimited(log.error)
 
     @property
@@ -153,7 +156,8 @@ class Publisher:
                 if ok:
                     done.append(row.id)
                     self.stats.acked += 1
-                    self._refused_rows.discard(row.id)
+                    if self._refused_rows.pop(row.id, None) is not None:
+                        self.stats.refused_kept = len(self._refused_rows)
                 else:
                     self._refused(row)
             now = time.monotonic()
@@ -176,6 +180,16 @@ class Publisher:
                 with self._cond:
                     self._woken = True
             if client is not None and cur_gen == gen:
+                retry = self._retry_from(now, inflight)
+                if retry is not None and retry <= after_id:
+                    # A kept, refused message is due again: read the outbox again from it
+                    # (in flight and held messages are skipped; acknowledged ones deleted).
+                    self.outbox.delivered(done)
+                    done.clear()
+                    queue.clear()
+                    after_id = retry - 1
+                    with self._cond:
+                        self._woken = True
                 after_id = self._send(client, inflight, queue, after_id)
             if now - last_house >= HOUSEKEEPING_S:
                 last_house = now
@@ -197,6 +211,7 @@ class Publisher:
     ) -> int:
         """Publish until the window is full or the outbox is drained; returns the new
         high-water row id."""
+        sending = {r.id for r in inflight.values()}  # a re-read (retry) must not resend these
         while len(inflight) < self.window:
             if not queue:
                 with self._cond:
@@ -210,6 +225,10 @@ class Publisher:
                     break
                 queue.extend(rows)
             row = queue.popleft()
+            held = self._refused_rows.get(row.id, 0.0) > time.monotonic()
+            if row.id in sending or held:  # held: refused before, waits for its retry time
+                after_id = row.id
+                continue
             try:
                 info = client.publish(
                     row.topic, row.payload, qos=1, retain=row.retain, properties=self._props(row)
@@ -225,6 +244,7 @@ class Publisher:
                 queue.clear()
                 return after_id
             inflight[info.mid] = row
+            sending.add(row.id)
             after_id = row.id
             self.stats.published += 1
             if self.stats.published % YIELD_EVERY == 0:
@@ -244,11 +264,17 @@ class Publisher:
             hint="the broker's ACL must let this station publish under its own topic tree",
         )
         if kept:
-            self._refused_rows.add(row.id)
+            self._refused_rows[row.id] = time.monotonic() + self.refused_retry_s
         else:
             self.outbox.discard(row.id)
             self.stats.refused_dropped += 1
         self.stats.refused_kept = len(self._refused_rows)
+
+    def _retry_from(self, now: float, inflight: dict[int, Row]) -> int | None:
+        """The lowest id of a kept, refused message due for another try, if any."""
+        sending = {r.id for r in inflight.values()}
+        due = [i for i, at in self._refused_rows.items() if at <= now and i not in sending]
+        return min(due) if due else None
 
     def _props(self, row: Row) -> Properties | None:
         if not self.v5 or row.correlation is None:
