@@ -33,6 +33,7 @@ from agent.diagnosis.store import FaultLog
 from agent.events import (
     DeviceHealth,
     DriverMessage,
+    FaultCleared,
     FaultRaised,
     HealthState,
     Reading,
@@ -436,6 +437,26 @@ class Ops:
     async def active_faults(self) -> FaultList:
         """Faults raised and not cleared, oldest first."""
         return FaultList(faults=await asyncio.to_thread(self._store().active_faults))
+
+    async def clear_fault(
+        self, fault_id: str, note: str, by: str = "", channel: str = "api"
+    ) -> FaultCleared:
+        """A technician clears an active fault (a latched hardware fault, typically): it is
+        recorded with who (`channel`, plus `by` when given), when and the note."""
+        diagnosis = self.agent.diagnosis
+        if diagnosis is None:
+            raise OpError("unsupported", "diagnosis is disabled ([diagnosis] enabled = false)")
+        if not note.strip():
+            raise OpError("bad_request", "a note is required: what was found or done")
+        who = f"{channel}:{by}" if by else channel
+        try:
+            cleared = await diagnosis.clear_fault(fault_id, who, note.strip())
+        except KeyError:
+            raise OpError(
+                "not_found", f"no active fault {fault_id!r}; `evedge faults` lists them"
+            ) from None
+        log.info("ops.clear_fault", fault_id=fault_id, rule=cleared.rule, by=who)
+        return cleared
 
     async def diagnose(self, reads: int = 3, gap_s: float = 1.0) -> DiagnoseReport:
         """The self-test (agent/diagnosis/selftest.py) on the TCP devices; serial lines

@@ -83,6 +83,8 @@ class Agent:
             if cfg.diagnosis.enabled
             else None
         )
+        if self.diagnosis is not None and self.ocpp is not None:  # Reset, ChangeAvailability
+            self.ocpp.ctx.parts["clear_latched_faults"] = self.diagnosis.clear_for_reset
         outbox = self.ocpp.ctx.parts.get("outbox") if self.ocpp else None
         if self.diagnosis is not None and outbox is not None:  # rule ocpp_tx_undelivered
             self.diagnosis.facts.tx_exhausted = lambda: outbox.exhausted_now

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from agent.diagnosis.clearing import ClearFaultInput
 from agent.driver.config import SHIPPED_LANGUAGES
 from agent.tickets.model import ReportInput
 
@@ -116,6 +117,7 @@ OPERATIONS: dict[str, Operation] = {
     "set_tariff": Operation("set_tariff", TariffArgs, control=True),
     "update_local_list": Operation("update_local_list", LocalListArgs, control=True),
     "diagnostics_bundle": Operation("diagnostics_bundle", NoArgs, control=True),
+    "clear_fault": Operation("clear_fault", ClearFaultInput, control=True),
 }
 
 

@@ -1,7 +1,11 @@
-"""`evedge faults`: the faults diagnosis raised — active ones with guidance, or the history.
+"""`evedge faults`: the faults diagnosis raised — active ones with guidance, or the history;
+`evedge faults clear ID --note …`: a technician clears one.
 
-Reads the store named by the station config directly (works while the service runs: the
-store is in WAL mode, and while it is down).
+Showing reads the store named by the station config directly (works while the service runs:
+the store is in WAL mode, and while it is down). Each fault says how it can clear: on its
+condition's end, on positive evidence (which), or only by a technician (the command).
+Clearing changes the station, so it goes through the running service's API (a control
+operation: root or the [api] group).
 """
 
 from __future__ import annotations
@@ -17,23 +21,34 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.diagnosis.clearing import ClearFaultInput
 from agent.diagnosis.store import FaultLog, FaultRecord
 from agent.logsetup import setup_logging
 from agent.store.db import StoreError
 
 SEVERITY_STYLE = {"critical": "bold red", "error": "red", "warning": "yellow", "info": "dim"}
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
+
+app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="Show active faults with root cause and guidance (--history: all of them); "
+    "`faults clear ID --note …` clears one.",
+)
 
 
+@app.callback()
 def faults(
-    config: Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")] = (
-        DEFAULT_CONFIG
-    ),
+    ctx: typer.Context,
+    config: ConfigOpt = DEFAULT_CONFIG,
     history: Annotated[bool, typer.Option("--history", help="all faults, newest first")] = False,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="history length")] = 50,
     lang: Annotated[str, typer.Option(help="language of the texts: en or de")] = "",
     json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Show active faults with root cause and guidance (--history: all of them)."""
+    if ctx.invoked_subcommand is not None:
+        return
     cfg = load_or_exit(config)
     setup_logging("warning")  # logs to stderr: stdout is the report (or the JSON)
     lang = lang or cfg.diagnosis.language
@@ -65,6 +80,79 @@ def faults(
     if not history:
         for r in records:
             console.print(_details(r, lang))
+    elif any(r.cleared and r.cleared.reason == "manual" for r in records):
+        for r in records:
+            c = r.cleared
+            if c is not None and c.reason == "manual":
+                console.print(
+                    f"{r.raised.fault_id}: cleared {_when(c.ts)} by {c.by}: {c.note}",
+                    highlight=False,
+                )
+
+
+@app.command("clear")
+def clear(
+    fault_id: Annotated[str, typer.Argument(help="the fault's id (see `evedge faults`)")],
+    note: Annotated[str, typer.Option("--note", help="what was found or done (required)")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Clear an active fault as a technician (a latched hardware fault after the repair).
+    Recorded in the fault history with who, when and the note."""
+    from pydantic import ValidationError
+
+    from agent.cli.service import control
+
+    cfg = load_or_exit(config)
+    try:
+        args = ClearFaultInput(fault_id=fault_id, note=note.strip(), by=_user())
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise fail(f"{err['loc'][0]}: {err['msg']}", Exit.USAGE) from None
+    cleared = control(cfg, "clear_fault", **args.model_dump())
+    if json:
+        emit_json(cleared)
+        return
+    console.print(
+        f"fault {cleared['fault_id']} ({cleared['rule']}, {cleared['scope']}) cleared by "
+        f"{cleared['by']}: {cleared['note']}",
+        highlight=False,
+    )
+
+
+def _user() -> str:
+    """Who runs the command (for the history): the login name, else the uid."""
+    import getpass
+    import os
+    import re
+
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = str(os.getuid())
+    return re.sub(r"[^A-Za-z0-9._@-]", "_", name)[:64]
+
+
+def how_it_clears(r: FaultRecord) -> str:
+    """How an active fault can clear, in one line (the CLI's 'clears' column)."""
+    f, latch = r.raised, r.latch
+    if f.clear == "condition":
+        return "when the condition ends"
+    state = ""
+    if latch is not None and latch.state != "active":
+        retry = f"retry {latch.attempts + 1} of {latch.retries}"
+        if latch.state == "retry":
+            state = f"latched, {retry} allowed now; "
+        elif latch.retry_at is not None:
+            state = f"latched, {retry} from {_when(latch.retry_at)}; "
+        elif latch.retries:
+            state = f"latched, all {latch.retries} retries used; "
+        else:
+            state = "latched; "
+    manual = f"`evedge faults clear {f.fault_id} --note …`"
+    if f.clear == "evidence":
+        return f"{state}on evidence: {f.clear_evidence}; or {manual}"
+    return f"{state}only by a technician: {manual}"
 
 
 def _when(ts: datetime) -> str:
@@ -76,8 +164,7 @@ def _table(records: list[FaultRecord], lang: str, history: bool) -> Table:
     table = Table(title=title)
     for col in ("raised", "fault", "where", "severity", "Faulted", "OCPP 1.6"):
         table.add_column(col)
-    if history:
-        table.add_column("cleared")
+    table.add_column("cleared" if history else "clears")
     for r in records:
         f = r.raised
         row = [
@@ -91,6 +178,8 @@ def _table(records: list[FaultRecord], lang: str, history: bool) -> Table:
         if history:
             c = r.cleared
             row.append(f"{_when(c.ts)} ({c.reason})" if c else Text("active", style="bold"))
+        else:
+            row.append(Text(how_it_clears(r), style="bold" if r.latched else ""))
         table.add_row(*row)
     return table
 
@@ -108,6 +197,7 @@ def _details(r: FaultRecord, lang: str) -> Panel:
     )
     if f.explains:
         lines.append("explains: " + ", ".join(f"{s.title} ({s.scope})" for s in f.explains))
+    lines.append(f"clears: {how_it_clears(r)}")
     if f.side != "unknown" or f.side_basis:
         lines.append(f"side: {f.side} — {f.side_basis}")
     if f.evidence:

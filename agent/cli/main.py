@@ -78,8 +78,9 @@ class _Main(LazyGroup):
             "Usage report from the charge records (buckets in the station's timezone).",
         ),
         "faults": Lazy(
-            "agent.cli.faults_cmd:faults",
-            "Show active faults with root cause and guidance (--history: all of them).",
+            "agent.cli.faults_cmd:app",
+            "Show active faults with root cause and guidance (--history: all of them); "
+            "`faults clear ID --note …` clears one.",
         ),
         "diagnose": Lazy(
             "agent.cli.diagnose_cmd:diagnose",

@@ -197,6 +197,8 @@ class CommandHandler:
                 return await ops.diagnostics_bundle()
             case "get_kpi":
                 return await ops.kpi(a.months)
+            case "clear_fault":
+                return await ops.clear_fault(a.fault_id, a.note, a.by, channel="mqtt")
             case "report_problem":
                 return await ops.report_problem(
                     a.connector, a.text, a.category, a.source, a.lang, a.contact

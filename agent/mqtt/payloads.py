@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from agent.diagnosis.clearing import ClearFaultInput
 from agent.events import (
     DeviceHealth,
     DriverMessage,
@@ -276,6 +277,7 @@ COMMANDS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "diagnostics_bundle": (NoArgs, DiagnosticsBundle),
     "report_problem": (ReportProblemArgs, TicketCreated),
     "get_kpi": (KpiArgs, KpiReport),
+    "clear_fault": (ClearFaultInput, FaultCleared),
 }
 
 # Stream name -> its message model.

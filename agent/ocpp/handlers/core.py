@@ -200,6 +200,8 @@ class CoreMixin(OcppMixin):
         busy = [c for c in targets if eng.status(c)["session_id"] is not None]
         for c in targets:
             await eng.set_available(c, available)
+        if available:  # the CSMS's word that the connector may work again
+            await self._clear_latched(connector_id or None, "ChangeAvailability Operative")
         # A running session finishes first (the engine starts no new one meanwhile).
         status = AvailabilityStatus.scheduled if busy and not available else None
         status = status or AvailabilityStatus.accepted
@@ -230,7 +232,15 @@ class CoreMixin(OcppMixin):
 
     @on(Action.reset)
     async def _on_reset(self, type: str, **_: Any) -> Any:
+        await self._clear_latched(None, f"{type} Reset")
         return call_result.Reset(status=ResetStatus.accepted)
+
+    async def _clear_latched(self, connector: int | None, why: str) -> None:
+        """Clear the latched faults only a technician clears (diagnosis rules with
+        clear = manual) on `connector` (None: all): the CSMS operator's reset counts."""
+        clear = self.ctx.parts.get("clear_latched_faults")
+        if clear is not None:
+            await clear(connector, "ocpp", f"by the CSMS: {why}")
 
     @after(Action.reset)
     def _after_reset(self, type: str, **_: Any) -> None:
