@@ -812,6 +812,11 @@ def test_quote_session_takes_current_parking_and_leaves_reservations_out(tmp_pat
     assert code == 2 and "charging after parking is not supported" in out
     code, out = _quote_session(tmp_path, t, {"kwh": 3})
     assert code == 2 and "no charging_periods" in out
+    both = ["quote", str(tmp_path / "t.json"), "--session", str(tmp_path / "s.json")]
+    res = runner.invoke(app, [*both, "--energy-wh", "5"], env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "not both" in res.output
+    res = runner.invoke(app, ["quote", str(tmp_path / "t.json"), "--energy-wh", "5"])
+    assert res.exit_code == 2 and "--session FILE, or all of" in res.output
 
 
 def test_quote_session_reproduces_an_ocpi_cdr_total_from_time_and_total_energy(tmp_path):

@@ -228,13 +228,13 @@ def quote_cmd(
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise fail(f"--tz: unknown timezone {tz!r}", Exit.USAGE) from None
-    planned = (energy_wh, start, end)
-    if (session is None) == (None in planned):
-        raise fail("give --session FILE, or all of --energy-wh, --start, --end", Exit.USAGE)
+    usage = "give --session FILE, or all of --energy-wh, --start, --end (not both)"
     tariff = _load(file, json, _limits(config), in_force=False)
     notes: list[str] = []
     try:
         if session is not None:
+            if energy_wh is not None or start is not None or end is not None:
+                raise fail(usage, Exit.USAGE)
             read = load_session(session)
             notes = read.notes
             if not tariff.is_valid_at(read.session.start):
@@ -242,8 +242,9 @@ def quote_cmd(
             # A past session is priced by the tariff it had, in force or not (its record
             # says which): the result must be the record's.
             result = price_session(tariff, read.session, tz=zone, in_force_only=False)
+        elif energy_wh is None or start is None or end is None:
+            raise fail(usage, Exit.USAGE)
         else:
-            assert energy_wh is not None and start is not None and end is not None
             t0, t1 = _when(start, zone, "--start"), _when(end, zone, "--end")
             result = quote(tariff, energy_wh, t0, t1, parking_s, tz=zone, max_power_w=max_power_w)
     except PricingError as e:

@@ -53,16 +53,21 @@ def guard_triggers() -> dict[str, str]:
     return out
 
 
-def trigger_problems(c: sqlite3.Connection) -> list[str]:
-    """A line per guard trigger that was dropped or replaced (empty: all in place)."""
+def trigger_findings(c: sqlite3.Connection) -> dict[str, str]:
+    """Name -> what is wrong, for each guard trigger dropped or replaced (empty: all fine)."""
     present = dict(c.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
-    out = []
+    out = {}
     for name, sql in guard_triggers().items():
         if name not in present:
-            out.append(f"store trigger {name} was dropped: the store was written around the agent")
+            out[name] = f"store trigger {name} was dropped: the store was written around the agent"
         elif _norm(present[name] or "") != _norm(sql):
-            out.append(f"store trigger {name} was replaced by another definition")
+            out[name] = f"store trigger {name} was replaced by another definition"
     return out
+
+
+def trigger_problems(c: sqlite3.Connection) -> list[str]:
+    """A line per guard trigger that was dropped or replaced (empty: all in place)."""
+    return list(trigger_findings(c).values())
 
 
 def store_head(c: sqlite3.Connection, station: str) -> Head:
@@ -212,8 +217,7 @@ def reseal(store: SessionStore, station: str, key: PrivateKey) -> list[str]:
     the store's present head as its checkpoint. Returns what was done, one line each."""
     done = []
     with store.tx() as c:
-        for problem in trigger_problems(c):
-            name = problem.split()[2]
+        for name in trigger_findings(c):
             c.execute(f"DROP TRIGGER IF EXISTS {name}")
             c.execute(guard_triggers()[name])
             done.append(f"re-created store trigger {name}")
