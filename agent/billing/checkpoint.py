@@ -81,6 +81,10 @@ def read(path: Path, public_key: str | None) -> Head:
         head = Head(**doc["head"])
         signature = base64.b64decode(doc["signature"], validate=True)
         written_key = doc["public_key"]
+    except PermissionError as e:
+        raise CheckpointError(
+            f"{path}: cannot read it ({e.strerror}): run as the agent's user"
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, binascii.Error) as e:
         if isinstance(e, FileNotFoundError):
             raise

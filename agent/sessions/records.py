@@ -200,7 +200,7 @@ def verify_records(
             c, checkpoint_path(store.path), station, agent_public_key
         )
         sessions = {r[0]: r[1:] for r in c.execute(SESSION_COLUMNS)}
-    problems = [Problem(f"tamper: {m}") for m in found]
+    problems = [Problem(m) for m in found]
     prev, first = chain.GENESIS, 1
     if anchor is not None:
         seq, prev = anchor.split(":")
