@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python bench/mqtt_backlog.py
 	$(BIN)/python bench/systemd_security.py
 	$(BIN)/python bench/kpi_report.py
+	$(BIN)/python bench/checkpoint.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis
