@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,14 +83,23 @@ def serial_pair():
         pair.stop()
 
 
-@pytest.fixture
-def sockdir():
+@contextlib.contextmanager
+def short_tmpdir() -> Iterator[Path]:
     """A short directory in /tmp everyone may enter, for Unix sockets (a socket path is at
     most 107 bytes, pytest's tmp_path can be longer; an unprivileged peer must reach it)."""
     d = Path(tempfile.mkdtemp(prefix="evapi-", dir="/tmp"))
     os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def sockdir():
+    """`short_tmpdir()` for one test."""
+    with short_tmpdir() as d:
+        yield d
 
 
 _RUN_TAG = mark_run()

@@ -4,13 +4,14 @@ hypothesis-jsonschema 0.23.1 does not run with current Hypothesis (it calls a pr
 `many.more()` that Hypothesis removed), so the fuzz suites generate from the schemas here:
 `type`, `properties`, `required`, `additionalProperties`, `enum`, `maxLength`, `minLength`,
 `minimum`, `maximum`, `multipleOf`, `items`, `minItems`, `maxItems`, `format` (date-time,
-uri) and local `$ref`s. Every generated value is valid against its schema; integers stay in
-32 bits (OCPP's integer type).
+date, uri) and local `$ref`s; for the pydantic-made MQTT schemas (draft 2020-12) also
+`anyOf`, `const`, `null` and a schema without a type (any JSON scalar). Every generated
+value is valid against its schema; integers stay in 32 bits (OCPP's integer type).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -40,7 +41,13 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> s
         return from_schema(target, root)
     if "enum" in schema:
         return st.sampled_from(schema["enum"])
+    if "const" in schema:
+        return st.just(schema["const"])
+    if "anyOf" in schema:
+        return st.one_of([from_schema(s, root) for s in schema["anyOf"]])
     kind = schema.get("type")
+    if kind is None:
+        return _ANY
     if isinstance(kind, list):
         return st.one_of([from_schema({**schema, "type": k}, root) for k in kind])
     maker = _MAKERS.get(kind)
@@ -72,6 +79,8 @@ def _string(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy:
         return times.map(lambda t: t.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z"))
     if fmt == "uri":
         return st.sampled_from(URIS)
+    if fmt == "date":
+        return st.dates(min_value=date(2000, 1, 1), max_value=date(2100, 1, 1)).map(str)
     low = schema.get("minLength", 0)
     high = schema.get("maxLength", 100)
     # Mostly short strings, sometimes as long as the schema allows.
@@ -100,7 +109,10 @@ def _number(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrategy:
     )
 
 
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=8))
+
 _MAKERS = {
+    "null": lambda schema, root: st.none(),
     "object": _object,
     "array": _array,
     "string": _string,

@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from test_mqtt_commands import Cloud, expires
 from test_mqtt_sync import STATION, with_mqtt
 
+from agent.mqtt.commands import Refused, parse_json
 from agent.mqtt.config import MqttConfig
 
 pytestmark = pytest.mark.timeout(180)
@@ -193,3 +194,19 @@ async def test_a_full_command_queue_answers_busy(tmp_path, broker):
 
 def test_the_ttl_default_is_minutes():
     assert MqttConfig(host="b").command_max_ttl_s <= 600
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"9" * 5000, "bad_json"),  # json.loads: ValueError, over 4300 digits (found by fuzzing)
+        (b"[" * 65, "bad_json"),  # deeper than the bound, refused before parsing
+        (b'{"a": NaN', "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+        (b" " * 8000, "invalid"),  # over command_max_bytes
+    ],
+)
+def test_parse_json_refuses_what_the_parser_cannot_take(payload: bytes, code: str):
+    with pytest.raises(Refused) as e:
+        parse_json(payload, 6000)
+    assert e.value.code == code

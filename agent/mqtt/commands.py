@@ -63,8 +63,9 @@ def parse_json(payload: bytes, max_bytes: int) -> Any:
         raise Refused("bad_json", f"the payload nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise Refused("bad_json", f"the payload is not JSON: {e}") from None
+    # ValueError: also JSONDecodeError, and an integer of more than 4300 digits.
+    except (ValueError, RecursionError) as e:
+        raise Refused("bad_json", f"the payload is not JSON: {str(e)[:200]}") from None
 
 
 def command_id_of(raw: Any) -> str | None:
