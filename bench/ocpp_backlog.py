@@ -15,8 +15,12 @@ Printed: drain time, messages/s, poll interval p50/p99/max and jitter (p99 of |i
 nominal|) in both phases, and the ratio drain/baseline. Everything the CSMS acknowledged
 is checked against the store afterwards (all delivered, none twice).
 
+`--rtt-ms` makes the CSMS answer every call that late (a real network's round trip);
+`--batch` is `[ocpp] meter_values_batch` (1: every queued MeterValues alone, the baseline
+for the batched drain).
+
 Usage: .venv/bin/python bench/ocpp_backlog.py [--sessions 500] [--minutes 20]
-       [--baseline-s 20] [--poll-s 0.1]
+       [--baseline-s 20] [--poll-s 0.1] [--rtt-ms 0] [--batch 1]
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ WEEK_US = 7 * 86400 * US
 WARMUP_S = 3.0
 
 
-def station(tmp: Path, csms_port: int, poll_s: float) -> StationFile:
+def station(tmp: Path, csms_port: int, poll_s: float, batch: int) -> StationFile:
     """The billed one-connector station with [ocpp] at `csms_port`, polled every `poll_s`."""
     extra = f"""[billing]
 tariff = "{ROOT / "config" / "tariffs" / "simple-energy.json"}"
@@ -59,6 +63,7 @@ url = "ws://127.0.0.1:{csms_port}"
 call_timeout_s = 10
 reconnect_min_s = 0.2
 reconnect_max_s = 0.5
+meter_values_batch = {batch}
 keys = {{ MeterValueSampleInterval = "0" }}
 """
     return write_station(
@@ -174,7 +179,7 @@ async def main(args: argparse.Namespace) -> None:
     with TemporaryDirectory() as d:
         tmp = Path(d)
         csms_port = free_port()
-        st = station(tmp, csms_port, args.poll_s)
+        st = station(tmp, csms_port, args.poll_s, args.batch)
         cfg = parse_config(st.text)
         db = st.db
         t0 = time.perf_counter()
@@ -202,7 +207,15 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.sleep(args.baseline_s)
             base = clock.take()
             csms = subprocess.Popen(
-                [sys.executable, "-m", "hil.csms", "--port", str(csms_port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "hil.csms",
+                    "--port",
+                    str(csms_port),
+                    "--delay-ms",
+                    str(args.rtt_ms),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd=ROOT,
@@ -215,6 +228,7 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.5)
             t_done = time.perf_counter()
             during = clock.take()
+            calls = agent.ocpp.ctx.parts["outbox"].calls
         finally:
             collector.cancel()
             await agent.stop()
@@ -232,8 +246,9 @@ async def main(args: argparse.Namespace) -> None:
             ).fetchone()
         print(f"connect + boot after the CSMS came up: {t_online - t_up:.2f} s")
         print(
-            f"drain: {delivered} messages in {drain_s:.1f} s = {delivered / drain_s:.0f} msg/s "
-            f"({1000 * drain_s / delivered:.2f} ms per message, one in flight at a time)"
+            f"drain at {args.rtt_ms:g} ms RTT, batch {args.batch}: {delivered} messages in "
+            f"{calls} CALLs in {drain_s:.1f} s = {delivered / drain_s:.0f} msg/s "
+            f"({1000 * drain_s / calls:.2f} ms per CALL, one in flight at a time)"
         )
         print(f"transactions with their own CSMS id: {ids[1]} of {ids[0]}")
         print(f"poll interval, nominal {1000 * args.poll_s:.0f} ms:")
@@ -253,6 +268,9 @@ async def main(args: argparse.Namespace) -> None:
                 {
                     "queued": queued,
                     "delivered": delivered,
+                    "calls": calls,
+                    "rtt_ms": args.rtt_ms,
+                    "batch": args.batch,
                     "drain_s": round(drain_s, 1),
                     "msg_per_s": round(delivered / drain_s),
                     "baseline": b,
@@ -269,4 +287,6 @@ if __name__ == "__main__":
     p.add_argument("--minutes", type=int, default=20)
     p.add_argument("--baseline-s", type=float, default=20.0)
     p.add_argument("--poll-s", type=float, default=0.1)
+    p.add_argument("--rtt-ms", type=float, default=0.0, help="the CSMS answers this late")
+    p.add_argument("--batch", type=int, default=1, help="[ocpp] meter_values_batch")
     asyncio.run(main(p.parse_args()))

@@ -21,7 +21,8 @@ API (stable; the OCPP tests of issue 5 and `python -m hil.csms` use it):
 - Answers (attributes): `boot_status` ("Accepted" | "Pending" | "Rejected"), `boot_interval`
   (s), `auth_status` (per idTag dict; `default_auth_status` otherwise), `next_transaction_id`
   (counter, incremented per StartTransaction), `data_transfer_status`, `silent` (True: record
-  calls but never answer, for timeout tests).
+  calls but never answer, for timeout tests), `answer_delay_s` (answer every call that
+  late: a round-trip time for benchmarks).
 - `responders[action] = fn(cp_id, payload) -> dict | None`: a custom answer (camelCase payload
   dict) for any action; raise an `ocpp.exceptions.OCPPError` to answer CALLERROR; return
   None to fall back to the built-in answer.
@@ -107,6 +108,8 @@ class _Peer(_CentralSide):
         await self.csms._record(self.id, msg)
         if self.csms.silent:
             return
+        if self.csms.answer_delay_s:
+            await asyncio.sleep(self.csms.answer_delay_s)
         try:
             answer = self.csms._answer(self.id, msg.action, msg.payload)
             if answer is None:
@@ -143,6 +146,7 @@ class TestCsms:
         self.next_transaction_id = 1
         self.data_transfer_status = "Accepted"
         self.silent = False
+        self.answer_delay_s = 0.0
         self.responders: dict[str, Responder] = {}
         self.received: dict[str, list[Received]] = {}
         self.connections: dict[str, int] = {}
@@ -374,8 +378,9 @@ class TestCsms:
         return {"status": self.auth_status.get(id_tag, self.default_auth_status)}
 
 
-async def _main(port: int) -> None:
+async def _main(port: int, delay_ms: float) -> None:
     csms = TestCsms(port=port)
+    csms.answer_delay_s = delay_ms / 1000
     await csms.start()
     print(f"test CSMS listening on {csms.url}/<charge point id> (Ctrl-C stops)", flush=True)
     seen: dict[str, int] = {}
@@ -393,5 +398,7 @@ async def _main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="a test OCPP 1.6J central system")
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--delay-ms", type=float, default=0, help="answer every call that late")
+    args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(parser.parse_args().port))
+        asyncio.run(_main(args.port, args.delay_ms))

@@ -73,6 +73,12 @@ class OcppConfig(BaseModel):
     keys: dict[str, str] = Field(
         default_factory=dict, description="OCPP configuration keys; the CSMS's changes win"
     )
+    meter_values_batch: int = Field(
+        default=1,
+        ge=1,
+        le=500,
+        description="queued MeterValues entries of one transaction sent as one message",
+    )
     upload_allow: list[str] = Field(
         default_factory=list,
         max_length=100,

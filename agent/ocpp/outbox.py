@@ -18,6 +18,12 @@ tables). The rules:
   re-sent with the same OCPP message id (`tx-<seq>`), so a central system can tell a retry
   from a new message; the only duplicate a crash can cause is the one message in flight
   when the agent died after the CSMS answered and before the delivery was committed.
+- Batches (issue 16): MeterValues rows of one transaction that follow each other in the
+  queue travel as one MeterValues.req whose `meterValue` list carries every row's entries
+  in order, at most `batch_size()` entries (`[ocpp] meter_values_batch`; 1 sends each row
+  alone). Its message id is `tx-<first seq>-<last seq>`; a failed batch counts the attempt
+  on every row, and its retries are the same rows (same attempts and attempt time). After a
+  reconnect a new round may batch differently, under a new id.
 - Retries: a timeout or a CALLERROR answer (the `ocpp` library hides CALLERRORs unless
   asked; our link raises them) is a failed attempt; the next one waits
   TransactionMessageRetryInterval x attempts so far (OCPP 1.6 §4.10), up to
@@ -124,6 +130,16 @@ def begin_transaction_in(
     return cur.rowcount == 1
 
 
+_COLUMNS = (
+    "o.seq, o.session_id, o.connector, o.action, o.payload, o.attempts, o.exhausted, "
+    "o.last_attempt_ts, t.transaction_id"
+)
+
+
+def _row(r: tuple) -> OutboxRow:
+    return OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7], r[8])
+
+
 def to_call(action: str, payload: dict[str, Any], transaction_id: int | None) -> Any:
     """The `ocpp` library payload for a stored message (transactionId filled in)."""
     body = dict(payload)
@@ -140,13 +156,16 @@ class Outbox:
         path: Any,
         attempts: Callable[[], int] = lambda: 3,
         retry_interval_s: Callable[[], float] = lambda: 60,
+        batch_size: Callable[[], int] = lambda: 1,
     ):
         self._conn = open_db(path)
         self._lock = threading.RLock()
         self.attempts = attempts
         self.retry_interval_s = retry_interval_s
+        self.batch_size = batch_size
         self.exhausted_now = 0  # undelivered messages that ran out of attempts (diagnosis)
-        self.sent = 0
+        self.sent = 0  # rows delivered since start
+        self.calls = 0  # CALLs that delivered them (fewer: batched MeterValues)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._link: OcppLink | None = None
@@ -195,21 +214,55 @@ class Outbox:
         id is known (or which is the StartTransaction that will give it)."""
         with self._lock:
             r = self._conn.execute(
-                "SELECT o.seq, o.session_id, o.connector, o.action, o.payload, o.attempts, "
-                "o.exhausted, o.last_attempt_ts, t.transaction_id FROM ocpp_outbox o "
+                f"SELECT {_COLUMNS} FROM ocpp_outbox o "
                 "LEFT JOIN ocpp_transactions t ON t.session_id = o.session_id "
                 "WHERE o.delivered_ts IS NULL AND o.parked = 0 AND "
                 "(o.action = 'StartTransaction' OR t.transaction_id IS NOT NULL) "
                 "ORDER BY o.seq LIMIT 1"
             ).fetchone()
-        if r is None:
-            return None
-        return OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7], r[8])
+        return None if r is None else _row(r)
 
-    def delivered(self, row: OutboxRow, result: Any, now_us: int) -> None:
-        """The CSMS confirmed `row`; a StartTransaction.conf gives the session its id."""
+    def next_batch(self) -> list[OutboxRow]:
+        """The head and, when it is MeterValues, the rows right behind it that can travel
+        with it (see the module docstring); empty when nothing is due."""
+        head = self.head()
+        if head is None:
+            return []
+        limit = self.batch_size()
+        entries = len(head.payload.get("meterValue", ()))
+        if head.action != "MeterValues" or entries >= limit:
+            return [head]
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS}, o.parked FROM ocpp_outbox o "
+                "LEFT JOIN ocpp_transactions t ON t.session_id = o.session_id "
+                "WHERE o.delivered_ts IS NULL AND o.seq > ? ORDER BY o.seq LIMIT ?",
+                (head.seq, limit),
+            ).fetchall()
+        batch = [head]
+        for r in rows:
+            row = _row(r)
+            entries += len(row.payload.get("meterValue", ()))
+            if (
+                r[-1]  # parked
+                or row.action != "MeterValues"
+                or row.session_id != head.session_id
+                or (row.attempts, row.last_attempt_ts) != (head.attempts, head.last_attempt_ts)
+                or entries > limit
+            ):
+                break
+            batch.append(row)
+        return batch
+
+    def delivered(self, rows: list[OutboxRow], result: Any, now_us: int) -> None:
+        """The CSMS confirmed a message (one row, or a batch); a StartTransaction.conf gives
+        the session its id."""
+        row = rows[0]
         with self._tx() as c:
-            c.execute("UPDATE ocpp_outbox SET delivered_ts = ? WHERE seq = ?", (now_us, row.seq))
+            c.executemany(
+                "UPDATE ocpp_outbox SET delivered_ts = ? WHERE seq = ?",
+                [(now_us, r.seq) for r in rows],
+            )
             if row.action == "StartTransaction":
                 info = getattr(result, "id_tag_info", None) or {}
                 c.execute(
@@ -217,20 +270,24 @@ class Outbox:
                     "WHERE session_id = ?",
                     (int(result.transaction_id), info.get("status"), row.session_id),
                 )
-        self.sent += 1
-        if row.exhausted:
+        self.sent += len(rows)
+        self.calls += 1
+        if any(r.exhausted for r in rows):
             self._refresh_exhausted()
 
-    def failed(self, row: OutboxRow, error: str, now_us: int) -> bool:
-        """A failed attempt; True when it used the last one (the message is then parked)."""
+    def failed(self, rows: list[OutboxRow], error: str, now_us: int) -> bool:
+        """A failed attempt of a message (one row, or a batch); True when it used the last
+        one (the rows are then parked)."""
+        row = rows[0]
         attempts = row.attempts + 1
         exhausted = attempts >= self.attempts()
         with self._tx() as c:
-            c.execute(
+            c.executemany(
                 "UPDATE ocpp_outbox SET attempts = ?, last_attempt_ts = ?, last_error = ?, "
                 "exhausted = exhausted + ?, parked = ? WHERE seq = ?",
-                (attempts, now_us, error[:500], int(exhausted), int(exhausted), row.seq),
-            )
+                [(attempts, now_us, error[:500], int(exhausted), int(exhausted), r.seq)
+                 for r in rows],
+            )  # fmt: skip
             if (
                 exhausted
                 and row.action == "StartTransaction"
@@ -362,15 +419,15 @@ class Outbox:
             await link.online.wait()
             self._wake.clear()  # before looking: a row queued meanwhile wakes the wait below
             try:
-                row = await asyncio.to_thread(self.head)
-                if row is None:
+                rows = await asyncio.to_thread(self.next_batch)
+                if not rows:
                     await self._sleep(IDLE_POLL_S)
                     continue
-                due = self._due_in(row)
+                due = self._due_in(rows[0])
                 if due > 0:
                     await self._sleep(due)
                     continue
-                await self._send(link, row, on_delivered)
+                await self._send(link, rows, on_delivered)
             except Exception:  # e.g. the store busy or full: nothing is lost, try again
                 log.exception("ocpp.outbox_error", hint="the queue is kept; retrying in 1 s")
                 await asyncio.sleep(1.0)
@@ -390,13 +447,20 @@ class Outbox:
     async def _send(
         self,
         link: OcppLink,
-        row: OutboxRow,
+        rows: list[OutboxRow],
         on_delivered: Callable[[OutboxRow, Any], Awaitable[None]] | None,
     ) -> None:
+        row = rows[0]
         tx_id = row.transaction_id
+        payload = row.payload
+        message_id = row.message_id
+        if len(rows) > 1:  # one MeterValues.req with every row's entries, in order
+            entries = [e for r in rows for e in r.payload["meterValue"]]
+            payload = {**row.payload, "meterValue": entries}
+            message_id = f"tx-{row.seq}-{rows[-1].seq}"
         try:
-            payload = to_call(row.action, row.payload, tx_id)
-            result = await link.call(payload, unique_id=row.message_id)
+            request = to_call(row.action, payload, tx_id)
+            result = await link.call(request, unique_id=message_id)
         except OcppOffline:
             return  # not sent: no attempt used; the loop waits for the link
         except (OcppCallError, TimeoutError, OCPPError) as e:
@@ -406,12 +470,13 @@ class Outbox:
                 why = f"refused before sending ({type(e).__name__}): {e}"
             else:
                 why = "no answer (timeout)"
-            exhausted = await asyncio.to_thread(self.failed, row, why, to_us(utcnow()))
+            exhausted = await asyncio.to_thread(self.failed, rows, why, to_us(utcnow()))
             log_fn = log.error if exhausted else log.warning
             log_fn(
                 "ocpp.tx_message_failed",
                 action=row.action,
                 seq=row.seq,
+                rows=len(rows),
                 session=row.session_id[:8],
                 attempt=row.attempts + 1,
                 of=self.attempts(),
@@ -424,6 +489,6 @@ class Outbox:
                 ),
             )
             return
-        await asyncio.to_thread(self.delivered, row, result, to_us(utcnow()))
+        await asyncio.to_thread(self.delivered, rows, result, to_us(utcnow()))
         if on_delivered is not None:
             await on_delivered(row, result)

@@ -126,6 +126,7 @@ class TxService:
             ctx.cfg.store.path,
             attempts=lambda: self.keys.get_int("TransactionMessageAttempts"),
             retry_interval_s=lambda: self.keys.get_int("TransactionMessageRetryInterval"),
+            batch_size=lambda: ctx.cfg.ocpp.meter_values_batch if ctx.cfg.ocpp else 1,
         )
         self.readings = LatestReadings()
         # Readings for meter values; session events wake the sender (a session's messages
