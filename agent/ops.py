@@ -18,7 +18,7 @@ import asyncio
 import base64
 import hashlib
 import threading
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
@@ -44,7 +44,7 @@ from agent.kpi.model import KpiReport
 from agent.kpi.station import station_kpis
 from agent.sessions.engine import CommandRefused
 from agent.sessions.model import AuthStatus, IdToken, mask
-from agent.sessions.report import ReportError, build_report, default_range
+from agent.sessions.report import ReportError, build_report, day_after, default_range
 from agent.sessions.store import SessionStore
 from agent.sessions.times import from_us, to_us
 from agent.store.db import open_db, open_readonly
@@ -570,10 +570,10 @@ class Ops:
         now = datetime.now(ZoneInfo(tz))
         first, stop = default_range(period, now.date())  # type: ignore[arg-type]
         first = start or first
-        stop = stop if end is None else end + timedelta(days=1)
         engine = self.agent.sessions
         store = engine.store if engine is not None else SessionStore(self.cfg.store.path)
         try:
+            stop = stop if end is None else day_after(end)
             rows = await asyncio.to_thread(
                 build_report,
                 store,

@@ -25,7 +25,13 @@ from agent.kpi import render
 from agent.kpi.model import KpiReport
 from agent.kpi.render import PlotError
 from agent.kpi.station import station_kpis
-from agent.sessions.report import ReportError, build_report, default_range, plot_report
+from agent.sessions.report import (
+    ReportError,
+    build_report,
+    day_after,
+    default_range,
+    plot_report,
+)
 
 
 class PeriodOpt(StrEnum):
@@ -102,11 +108,9 @@ def report(
     first, last = _date(from_, "--from"), _date(to, "--to")
     if first is not None:
         start = first
-    if last is not None:
-        from datetime import timedelta
-
-        end = last + timedelta(days=1)
     try:
+        if last is not None:
+            end = day_after(last)
         with store:
             rows = build_report(
                 store,

@@ -128,6 +128,17 @@ def _faulted_intervals(store: SessionStore, until_us: int) -> dict[int, list[tup
     return out
 
 
+def day_after(last: date) -> date:
+    """The exclusive end of a range whose last (inclusive) day is `last`."""
+    if last == date.max:
+        raise ReportError(f"--to: {last} is the last date there is; give an earlier one")
+    return last + timedelta(days=1)
+
+
+MAX_BUCKETS = 10_000  # rows per group: a report, not a memory exhaustion
+PERIOD_DAYS = {"day": 1, "week": 7, "month": 28}  # shortest length: the bucket count's bound
+
+
 def build_report(
     store: SessionStore,
     *,
@@ -142,12 +153,23 @@ def build_report(
     """Report rows for buckets from `start` (inclusive) to `end` (exclusive), local dates."""
     if end <= start:
         raise ReportError(f"--to must not be before --from ({start} .. {end})")
+    buckets = (end - start).days // PERIOD_DAYS[period]
+    if buckets > MAX_BUCKETS:
+        raise ReportError(
+            f"{start} .. {end} makes about {buckets} {period}s (at most {MAX_BUCKETS}): "
+            "narrow --from/--to or use a longer --period"
+        )
     zone = ZoneInfo(tz)
-    first = bucket_start(start, period)
-    edges: list[date] = [first]
-    while edges[-1] < end:
-        edges.append(next_bucket(edges[-1], period))
-    bounds = [to_us(datetime.combine(d, time(0), tzinfo=zone)) for d in edges]
+    try:
+        edges: list[date] = [bucket_start(start, period)]
+        while edges[-1] < end:
+            edges.append(next_bucket(edges[-1], period))
+        bounds = [to_us(datetime.combine(d, time(0), tzinfo=zone)) for d in edges]
+        from_us(bounds[0]), from_us(bounds[-1])  # the rows' datetimes, in UTC
+    except OverflowError:  # a bucket edge before 0001-01-01 or after 9999-12-31 (UTC)
+        raise ReportError(
+            f"{start} .. {end}: the {period}s reach outside 0001-01-01 .. 9999-12-31 (UTC)"
+        ) from None
     now_us = to_us(now) if now else 2**62
     records = store.records(bounds[0], bounds[-1])
     currencies = {r.currency for r in records if r.currency}
