@@ -67,6 +67,8 @@ async def test_change_availability_operative_and_reset_clear_manual_latches(tmp_
         cleared = await sub_wait(rig, sub, second.fault_id)
         assert (cleared.reason, cleared.by) == ("manual", "ocpp") and "Reset" in cleared.note
         await rig.status("Available", timeout=20)
+        # Connected again before the agent stops (it flushes its OCPP outbox on the way).
+        await csms.wait_for("BootNotification", "TEST", count=2)
         sub.close()
 
 
