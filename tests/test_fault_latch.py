@@ -41,6 +41,13 @@ async def contactor_fault(rig) -> FaultRaised:
     return got[0]
 
 
+async def failed_retry(rig, fid: str) -> None:
+    """A retry on the still broken contactor: the fault holds again, the session stops."""
+    await rig.driver.authorize(1, 16.0)
+    assert await rig.until(lambda: latches(rig, fid)[-1] == "active", 30)
+    await rig.driver.stop(1)
+
+
 @pytest.mark.parametrize("station", PROFILES)
 async def test_a_hardware_fault_stays_latched_after_the_session_stops(station):
     async with scenario_rig(station) as rig:
@@ -72,10 +79,8 @@ async def test_retries_with_back_off_then_evidence_clears(station):
         retry = await rig.until(lambda: latches(rig, fid)[-1] == "retry", 10)
         assert retry, latches(rig, fid)
         # First retry: the contactor still does not close. The fault holds again.
-        await rig.driver.authorize(1, 16.0)
-        assert await rig.until(lambda: latches(rig, fid)[-1] == "active", 30)
+        await failed_retry(rig, fid)
         assert rig.latch(fid).attempts == 1 and rig.cleared(fid) is None
-        await rig.driver.stop(1)
         assert await rig.until(lambda: latches(rig, fid)[-1] == "retry", 30)
         # Second retry: repaired. Current flows with pilot C: positive evidence clears it.
         rig.sim.clear()
@@ -94,9 +99,7 @@ async def test_retries_used_up_block_until_a_technician_clears(station):
         fid = fault.fault_id
         await rig.driver.stop(1)
         assert await rig.until(lambda: latches(rig, fid)[-1:] == ["retry"], 30)
-        await rig.driver.authorize(1, 16.0)
-        assert await rig.until(lambda: latches(rig, fid)[-1] == "active", 30)
-        await rig.driver.stop(1)
+        await failed_retry(rig, fid)
         assert await rig.until(lambda: latches(rig, fid)[-1] == "latched", 30)
         assert rig.latch(fid).retry_at is None and rig.latch(fid).attempts == 1
         await rig.run(60)
