@@ -23,3 +23,11 @@ FUZZ_SETTINGS = settings(
     database=None,
     suppress_health_check=list(HealthCheck),
 )
+
+
+def assert_alive(health: dict, session: str, wall: dict, errors_before: int) -> None:
+    """The agent after one fuzz input: no task ended, the same session charging, and its
+    wall (`internal_errors`, `last_internal_error`) caught nothing for this input."""
+    assert health["ended"] == [], health
+    assert health["session"] == session, health
+    assert wall["internal_errors"] - errors_before == 0, wall["last_internal_error"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import short_tmpdir
-from fuzzing import FUZZ_SETTINGS
+from fuzzing import FUZZ_SETTINGS, assert_alive
 from hypothesis import given
 from hypothesis import strategies as st
 from schema_strategy import from_schema
@@ -132,10 +132,7 @@ class ApiLive(Live):
                     assert a["error"]["code"] != "internal", a
                     assert isinstance(a["error"]["message"], str) and a["error"]["message"], a
         health = self.run(self._health())
-        assert health["ended"] == [], health
-        assert health["session"] == self.session, health
-        errors = health["api"]["internal_errors"] - before
-        assert errors == 0, health["api"]["last_internal_error"]
+        assert_alive(health, self.session, health["api"], before)
 
 
 @pytest.fixture(scope="module")
