@@ -86,7 +86,8 @@ class ApiLive(Live):
         self.session = self.rig.conn.session.id
 
     async def _exchange(self, line: bytes, expected: int) -> list[dict]:
-        reader, writer = await asyncio.open_unix_connection(str(self.sock), limit=4 * MAX_LINE)
+        # As much as the CLI reads (agent/api/client.py): a long report is a long line.
+        reader, writer = await asyncio.open_unix_connection(str(self.sock), limit=64 * MAX_LINE)
         try:
             writer.write(line + b"\n" + PROBE)
             await writer.drain()

@@ -247,7 +247,9 @@ class ApiServer:
             reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_LINE)
             while True:
                 try:
-                    line = await asyncio.wait_for(reader.readline(), self.cfg.idle_timeout_s)
+                    # asyncio.timeout: Python 3.11's wait_for may lose stop()'s cancel.
+                    async with asyncio.timeout(self.cfg.idle_timeout_s):
+                        line = await reader.readline()
                 except TimeoutError:
                     self.idle_closed += 1
                     break

@@ -104,7 +104,10 @@ class DiagnosisService:
                 due = self.engine.next_due()
                 wait = self.tick_s if due is None else min(self.tick_s, due + 0.001)
                 try:
-                    first = await asyncio.wait_for(self._sub.get(), wait)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel
+                    # that meets an arriving event, and the agent's stop waits for ever.
+                    async with asyncio.timeout(wait):
+                        first = await self._sub.get()
                 except TimeoutError:
                     first = None
                 batch = [first] if first is not None else []

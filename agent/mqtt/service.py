@@ -265,8 +265,10 @@ class MqttService:
         while True:
             timeout = next_at - time.monotonic()
             if timeout > 0:
+                # asyncio.timeout: Python 3.11's wait_for may lose a cancel (see diagnosis).
                 with contextlib.suppress(TimeoutError):
-                    r = await asyncio.wait_for(self._readings.get(), timeout)
+                    async with asyncio.timeout(timeout):
+                        r = await self._readings.get()
                     latest[(r.device, r.quantity)] = r
                     samples += 1
                     while (r := self._readings.get_nowait()) is not None:
