@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import socket
+import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -23,7 +24,7 @@ from test_api import IS_ROOT, NOBODY, raw
 from agent.api.client import call
 from agent.api.config import ApiConfig
 from hil.csms import TestCsms
-from hil.procs import sim_ready, start_agent, start_sim, until, write_station
+from hil.procs import EVEDGE, sim_ready, start_agent, start_sim, until, write_station
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -139,6 +140,12 @@ max_connections_per_uid = {PER_UID}
             assert fds(agent.pid) <= baseline + PER_UID + 8
             status = await asyncio.to_thread(call, sock, "status", 10.0)  # root is served
             assert status["station"] == "TEST" and status["api"]["connections"] == PER_UID + 1
+            cli = await asyncio.to_thread(
+                subprocess.run, [EVEDGE, "status", "--config", str(st.path)],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert cli.returncode == 0, cli.stderr
+            assert f"refused_connections={FLOOD - PER_UID}" in cli.stdout, cli.stdout
             await csms.disconnect("TEST")  # the OCPP reconnect needs a descriptor too
             await until(lambda: csms.connections.get("TEST") == 2, 30, "OCPP reconnected")
             flood_lines = lines_since(log, offset)

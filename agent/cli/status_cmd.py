@@ -104,6 +104,8 @@ def _print(r: StatusReport, lang: str) -> None:
     if r.sync:
         console.print(sync)
     console.print(f"backlog (not yet confirmed by the cloud): {backlog or '—'}")
+    if r.api is not None:  # connections and what the limits and the wall caught
+        console.print("local API: " + ", ".join(f"{k}={v}" for k, v in r.api.items()))
     if not r.faults:
         console.print("[green]no active faults[/]")
         return
