@@ -157,3 +157,35 @@ async def test_evedge_faults_clear_refuses_bad_input_and_needs_the_service(tmp_p
     assert rc == 2 and "note" in err
     rc, _, err = await evedge("faults", "clear", "F-1", "--note", "ok", "--config", str(cli))
     assert rc == 3 and "needs the running service" in err
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=["phoenix", "reference"])
+async def test_a_retry_frees_the_connector_once_and_the_defect_holds_it_again(tmp_path, profile):
+    tuning = f"[diagnosis.rule.{RULE}]\nraise_after_s = 2\nclear_after_s = 1\n"
+    tuning += "retries = 1\nretry_backoff_s = 2\n"
+    cfg = billed_config(tmp_path, evse_profile=profile, diagnosis=tuning)
+    async with running(cfg) as rig:
+        watch = Watch(rig.agent)
+        rig.sim.inject({"kind": "contactor_stuck_open", "connector": 1})
+        rig.sim.plug_in(1)
+        await rig.status("Preparing")
+        assert await rig.engine.authorize(1, card_token(CARD)) == "started"
+        await rig.until(lambda: watch.of(FaultRaised, rule=RULE), 20, f"{RULE} raised")
+        fid = watch.of(FaultRaised, rule=RULE)[0].fault_id
+        states = lambda: [e.state for e in watch.of(FaultLatch, fid)]  # noqa: E731
+        await rig.until(lambda: states()[-1:] == ["retry"], 20, "a retry allowed")
+        # Free for one attempt (the car still plugged in after the stop: Finishing).
+        await rig.status("Finishing", "Preparing")
+        assert fid not in rig.conn.faults
+        assert await rig.engine.authorize(1, card_token(CARD)) == "started"
+        # The contactor still does not close: the fault holds the connector again.
+        await rig.until(lambda: "active" in states(), 20, "the defect is back")
+        await rig.until(lambda: states()[-1:] == ["latched"] and len(states()) >= 4, 20, "latch")
+        assert states() == ["latched", "retry", "active", "latched"]
+        assert watch.of(FaultLatch, fid)[-1].retry_at is None  # its one retry is used up
+        assert [e.reason for e in rig.events("stopped")] == ["EmergencyStop", "EmergencyStop"]
+        await rig.status("Faulted")
+        with pytest.raises(CommandRefused, match=fid):
+            await rig.engine.authorize(1, card_token(CARD))
+        assert watch.of(FaultCleared, fid) == []
+        watch.sub.close()
