@@ -137,8 +137,14 @@ class Mosquitto:
         # Where this start's words begin in the files that outlive a restart.
         self._from = {f: f.stat().st_size if f.exists() else 0 for f in (self.stderr, self.log)}
         with self.stderr.open("ab") as err:
+            # Its own process group: a Ctrl-C in the terminal reaches the program that
+            # started it, which stops it after its clients delivered (evedge demo drains
+            # its outboxes through it first).
             self.proc = subprocess.Popen(
-                [binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=err
+                [binary, "-c", str(self.conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                process_group=0,
             )
 
     def _listening(self) -> bool:

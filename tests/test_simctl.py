@@ -80,3 +80,21 @@ def test_no_simulator_is_exit_3_with_how_to_start_one(sim_config: Path) -> None:
     res = run("simctl", "unplug", "1", "--config", str(sim_config))
     assert res.returncode == 3
     assert "evedge sim --config" in res.stderr.replace("\n", "")
+
+
+def test_a_fault_the_evse_cannot_report_is_refused_naming_what_is_missing(sim: Path) -> None:
+    cfg = ["--config", str(sim)]
+    res = run("simctl", "inject", "over_temperature", "--connector", "1", *cfg)
+    assert res.returncode == 1
+    said = " ".join(res.stderr.split())
+    assert "evse1 (phoenix-ev-charge-control) has no temperature_c register" in said, said
+    assert "no error code for overtemperature" in said
+    assert json.loads(run("simctl", "faults", "--json", *cfg).stdout)["active"] == []
+    # The Phoenix controller reports a contactor fault as error code 12: accepted.
+    assert run("simctl", "inject", "welded_contactor", "--connector", "1", *cfg).returncode == 0
+    res = run("simctl", "inject", "over_temperature", "--connector", "1", "--anyway", *cfg)
+    assert res.returncode == 0, res.stderr
+    kinds = [
+        f["kind"] for f in json.loads(run("simctl", "faults", "--json", *cfg).stdout)["active"]
+    ]
+    assert sorted(kinds) == ["over_temperature", "welded_contactor"], kinds

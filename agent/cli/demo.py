@@ -14,15 +14,26 @@ with SetChargingProfile, then clears it) and, when mosquitto is installed, an MQ
 The live view shows both links, each connector's driver display, session and transaction,
 and what the CSMS sees. `--json`: one JSON object per event instead (see `Feed`).
 
+The simulator's control port (`[sim] control_port`, 15020) is served as with `evedge sim`:
+`evedge simctl inject …` in a second terminal raises a fault the agent diagnoses, and the
+live view's faults panel shows it with its root cause, first step and how it clears.
+
+One demo per run directory (the store's directory, `.demo/`): a second one exits 3 with one
+line before it touches anything there (`DemoRunning`).
+
 Stopping (the duration ran out, Ctrl-C or SIGTERM) ends running sessions as a technician
-would, lets the outboxes deliver, then stops the agent, the broker, the CSMS, the simulator.
+would, lets the outboxes deliver, then stops the agent, the broker, the CSMS, the simulator,
+and prints a summary with the commands to try next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -30,14 +41,26 @@ from typing import Any
 from rich.live import Live
 
 from agent.cli.common import console, emit_json
-from agent.cli.demo_cloud import Cloud, CsmsView, LimitScript, prepare
+from agent.cli.demo_cloud import Cloud, CsmsView, LimitScript, Own, prepare
 from agent.cli.live import LiveState, render
 from agent.config import ConnectorConfig, StationConfig
-from agent.events import ChargeRecordWritten, DeviceHealth, DriverMessage, Reading, SessionEvent
+from agent.events import (
+    ChargeRecordWritten,
+    DeviceHealth,
+    DriverMessage,
+    FaultCleared,
+    FaultLatch,
+    FaultRaised,
+    Reading,
+    SessionEvent,
+)
+from agent.ops import store_status
 from agent.runtime import Agent
 from agent.sessions.engine import CommandRefused
 from agent.sessions.model import card_token
+from agent.store.db import StoreError
 from agent.tasks import cancel_and_wait
+from hil.control import ControlServer
 from hil.display import ConsoleDisplay
 from hil.station import SimStation
 
@@ -51,7 +74,44 @@ EVENT_TYPES = {
     SessionEvent: "session",
     ChargeRecordWritten: "record",
     DriverMessage: "driver",
+    FaultRaised: "fault",
+    FaultCleared: "fault_cleared",
+    FaultLatch: "fault_latch",
 }
+
+
+class DemoRunning(Exception):
+    """Another demo (or agent) already runs on this run directory."""
+
+
+def claim(cfg: StationConfig, config_path: Path) -> int:
+    """Hold the demo's run directory (the store's) for this process, before anything in it
+    is written; DemoRunning if another demo holds it or an agent serves its API socket.
+    Returns the descriptor that holds the lock (closing it releases it)."""
+    run_dir = Path(cfg.store.path).parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DemoRunning(
+            f"a demo is already running in {run_dir}/: stop it first, or watch it with "
+            f"`evedge live -c {config_path}`"
+        ) from None
+    if cfg.api is not None and _serving(cfg.api.socket):
+        os.close(fd)
+        raise DemoRunning(f"an agent is already serving {cfg.api.socket}: stop it first")
+    return fd
+
+
+def _serving(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 class DemoDriver:
@@ -146,6 +206,7 @@ class Feed:
         self._links: dict[str, tuple[Any, ...]] = {}
         self._unacked: dict[str, int] = {}  # session id -> connector, until it has its tx id
         self._next_sync = 0.0
+        self.records = 0  # charge records written
         if as_json:
             state.listeners.append(lambda text: emit_json({"type": "demo", "message": text}))
 
@@ -183,6 +244,8 @@ class Feed:
 
     def _event(self, ev: Any) -> None:
         self.state.feed(ev)
+        if isinstance(ev, ChargeRecordWritten):
+            self.records += 1
         if isinstance(ev, SessionEvent):
             if ev.kind == "started" and ev.session_id is not None:
                 self._unacked[ev.session_id] = ev.connector
@@ -248,10 +311,24 @@ class Feed:
 
 
 async def run_demo(
-    cfg: StationConfig, duration: float | None = None, as_json: bool = False
+    cfg: StationConfig,
+    duration: float | None = None,
+    as_json: bool = False,
+    config_path: Path = Path("config/demo.toml"),
 ) -> None:
     """Start the cloud side, the simulator and the agent, drive sessions, show them live (or
-    as JSON lines) until `duration` s passed, Ctrl-C or SIGTERM; then stop in order."""
+    as JSON lines) until `duration` s passed, Ctrl-C or SIGTERM; then stop in order.
+    DemoRunning (before anything is written) if another demo runs on the same directory."""
+    lock = claim(cfg, config_path)
+    try:
+        await _run_claimed(cfg, duration, as_json, config_path)
+    finally:
+        os.close(lock)
+
+
+async def _run_claimed(
+    cfg: StationConfig, duration: float | None, as_json: bool, config_path: Path
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -265,10 +342,43 @@ async def run_demo(
         loop.add_signal_handler(s, first_signal)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            await _run(cfg, stack, duration, as_json, stop)
+            summary = await _run(cfg, stack, duration, as_json, stop, config_path)
     finally:
         for s in signals:
             loop.remove_signal_handler(s)
+    summary.show()
+
+
+class Summary:
+    """What the demo did and what to try next, printed once everything stopped."""
+
+    def __init__(self, cfg: StationConfig, feed: Feed, config_path: Path, as_json: bool):
+        self.cfg, self.feed, self.config_path, self.as_json = cfg, feed, config_path, as_json
+
+    def show(self) -> None:
+        """Print it (with --json: one {"type": "summary"} object)."""
+        try:
+            backlog = store_status(self.cfg).backlog
+        except StoreError as e:
+            backlog = {"unknown": 0}
+            console.print(f"the store could not be read for the summary: {e}", markup=False)
+        if self.as_json:
+            emit_json({"type": "summary", "records": self.feed.records, "backlog": backlog})
+            return
+        c = f" -c {self.config_path}"
+        waiting = ", ".join(f"{k} {v}" for k, v in backlog.items() if v) or "none"
+        lines = [
+            f"demo stopped: {self.feed.records} charge records written; left to deliver: {waiting}",
+            "try next:",
+            f"  evedge sessions list{c}            the sessions and their prices",
+            f"  evedge billing verify{c}           the records' signatures and chain",
+            f"  evedge report --plot{c}            usage report with a plot",
+            f"  evedge faults --history{c}         what diagnosis raised",
+            "  make demo, then in a second terminal:",
+            "  evedge simctl inject welded_contactor --connector 1   a fault to diagnose",
+        ]
+        for line in lines:
+            console.print(line, highlight=False, markup=False)
 
 
 def _say(as_json: bool):
@@ -283,8 +393,11 @@ async def _run(
     duration: float | None,
     as_json: bool,
     stop: asyncio.Event,
-) -> None:
-    cloud: Cloud = await prepare(cfg, Path(cfg.store.path).parent, _say(as_json))
+    config_path: Path,
+) -> Summary:
+    say = _say(as_json)
+    run_dir = Path(cfg.store.path).parent
+    cloud: Cloud = await prepare(cfg, run_dir, say, Own.of(cfg, say))
     stack.push_async_callback(cloud.close)
     cfg = cloud.cfg
     view = None
@@ -293,6 +406,9 @@ async def _run(
     sim = SimStation(cfg)
     await sim.start()
     stack.push_async_callback(sim.stop)
+    control = ControlServer(sim, cfg.sim.control_port)  # `evedge simctl`
+    await control.start()
+    stack.push_async_callback(control.stop)
     agent = Agent(cfg)
     state = LiveState(cfg)
     if cloud.mqtt_skipped is not None:
@@ -331,6 +447,7 @@ async def _run(
             feed.close()
             if live is not None:
                 live.update(render(state))
+    return Summary(cfg, feed, config_path, as_json)
 
 
 async def _close_sessions(agent: Agent) -> None:

@@ -7,12 +7,15 @@
   work as documented; when any is taken, every one of them moves to a free port and `say`
   tells which (the effective config is also written to `<run_dir>/config.json`).
 - OCPP. When `[ocpp] url` is a plain `ws://` URL on loopback, the demo serves hil/csms.py's
-  TestCsms there in-process; any other URL is used as configured (a real CSMS).
+  TestCsms there in-process — unless something already answers HTTP there (the user's own
+  SteVe or CitrineOS): then that one is used, as is any other URL and `--csms URL`.
 - MQTT. When `[mqtt] host` is loopback and mosquitto is installed (/usr/sbin/mosquitto or
-  on PATH), a broker (hil/broker.py, anonymous, no persistence, files in `run_dir`) runs on
-  that port for the demo's lifetime; without mosquitto the `[mqtt]` section is dropped and
-  `say` tells why. `$EVEDGE_MOSQUITTO` overrides where mosquitto is looked for (the tests use
-  it to run the demo as if it were absent).
+  on PATH), a broker (hil/broker.py, anonymous, no persistence, files in `run_dir`, in its
+  own process group so Ctrl-C reaches the demo alone and the outboxes can still deliver)
+  runs on that port for the demo's lifetime — unless a broker already answers MQTT CONNECT
+  there, which is then used, as is `--broker HOST:PORT`. Without mosquitto the `[mqtt]`
+  section is dropped and `say` tells why. `$EVEDGE_MOSQUITTO` overrides where mosquitto is
+  looked for (the tests use it to run the demo as if it were absent).
 
 `CsmsView` follows what the central system received (per connector: transaction id, id tag,
 meter start/stop, meter values, the limit it set) for the live view and the JSON stream;
@@ -36,6 +39,7 @@ from urllib.parse import urlsplit
 import structlog
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
+from pydantic import ValidationError
 
 from agent.config import StationConfig
 from agent.events import utcnow
@@ -82,14 +86,15 @@ class Ports:
     roles: dict[str, int]
 
     @classmethod
-    def of(cls, cfg: StationConfig) -> Ports:
+    def of(cls, cfg: StationConfig, own: Own) -> Ports:
+        """The ports the demo itself serves (`own`: whether it serves the CSMS, the broker)."""
         roles = {"simulator control": cfg.sim.control_port}
         for d in cfg.device:
             if d.host is not None and _loopback(d.host):
                 roles[f"device {d.name}"] = d.port
-        if cfg.ocpp is not None and _csms_port(cfg) is not None:
+        if own.csms:
             roles["CSMS"] = _csms_port(cfg)
-        if cfg.mqtt is not None and _loopback(cfg.mqtt.host):
+        if own.broker:
             roles["MQTT broker"] = cfg.mqtt.port
         return cls(roles)
 
@@ -128,6 +133,79 @@ def _csms_port(cfg: StationConfig) -> int | None:
     return u.port or 80
 
 
+PROBE_S = 1.0  # how long a loopback CSMS or broker may take to answer the probe
+# MQTT 3.1.1 CONNECT, clean session, keep-alive 10 s, client id "evedge-probe".
+_MQTT_CONNECT = bytes([0x10, 24, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 10, 0, 12]) + b"evedge-probe"
+
+
+def _answers(port: int, request: bytes, reply_prefix: bytes) -> bool:
+    """Does a server on 127.0.0.1:`port` answer `request` with `reply_prefix` in PROBE_S?
+    (A port merely taken — by a listener that says nothing — does not answer.)"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_S) as s:
+            s.sendall(request)
+            return s.recv(len(reply_prefix)) == reply_prefix
+    except OSError:
+        return False
+
+
+def csms_answers(port: int) -> bool:
+    """An HTTP server (a CSMS's WebSocket endpoint) on loopback `port`."""
+    return _answers(port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"HTTP/")
+
+
+def broker_answers(port: int) -> bool:
+    """An MQTT broker on loopback `port` (it answers CONNECT with CONNACK)."""
+    return _answers(port, _MQTT_CONNECT, b"\x20")
+
+
+@dataclass
+class Own:
+    """Which cloud peers the demo serves itself (the others are the user's)."""
+
+    csms: bool
+    broker: bool
+
+    @classmethod
+    def of(cls, cfg: StationConfig, say: Say) -> Own:
+        """Serve a loopback CSMS / broker of the config unless one already answers there."""
+        csms = cfg.ocpp is not None and _csms_port(cfg) is not None
+        if csms and csms_answers(_csms_port(cfg)):
+            say(f"OCPP: a CSMS already answers at {cfg.ocpp.url}: the demo connects to it")
+            csms = False
+        broker = cfg.mqtt is not None and _loopback(cfg.mqtt.host)
+        if broker and broker_answers(cfg.mqtt.port):
+            say(f"MQTT: a broker already answers on {cfg.mqtt.host}:{cfg.mqtt.port}: using it")
+            broker = False
+        return cls(csms, broker)
+
+
+def with_peers(cfg: StationConfig, csms: str | None, broker: str | None) -> StationConfig:
+    """The config pointed at the user's CSMS (`ws://…` URL) and broker (`HOST:PORT`);
+    ValueError with a message naming the option when one is not usable."""
+    update: dict[str, Any] = {}
+    if csms is not None:
+        if cfg.ocpp is None:
+            raise ValueError("--csms: the config has no [ocpp] section to point at it")
+        try:
+            update["ocpp"] = type(cfg.ocpp).model_validate({**cfg.ocpp.model_dump(), "url": csms})
+        except ValidationError as e:
+            raise ValueError(f"--csms {csms}: {e.errors()[0]['msg']}") from None
+    if broker is not None:
+        if cfg.mqtt is None:
+            raise ValueError("--broker: the config has no [mqtt] section to point at it")
+        host, sep, port = broker.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"--broker wants HOST:PORT, got {broker!r}")
+        try:
+            update["mqtt"] = type(cfg.mqtt).model_validate(
+                {**cfg.mqtt.model_dump(), "host": host, "port": int(port)}
+            )
+        except ValidationError as e:
+            raise ValueError(f"--broker {broker}: {e.errors()[0]['msg']}") from None
+    return cfg.model_copy(update=update)
+
+
 @dataclass
 class Cloud:
     """What `prepare` started; `close()` stops it."""
@@ -145,10 +223,11 @@ class Cloud:
             await self.csms.stop()
 
 
-async def prepare(cfg: StationConfig, run_dir: Path, say: Say) -> Cloud:
-    """Pick ports, start the CSMS and the broker; see the module docstring."""
+async def prepare(cfg: StationConfig, run_dir: Path, say: Say, own: Own) -> Cloud:
+    """Pick ports, start the CSMS and the broker the demo serves (`own`); see the module
+    docstring."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    ports = Ports.of(cfg)
+    ports = Ports.of(cfg, own)
     taken = ports.taken()
     if taken:
         ports = ports.moved()
@@ -165,7 +244,7 @@ async def prepare(cfg: StationConfig, run_dir: Path, say: Say) -> Cloud:
             update={"api": cfg.api.model_copy(update={"group": grp.getgrgid(os.getgid())[0]})}
         )
     cloud = Cloud(cfg)
-    if cfg.mqtt is not None and _loopback(cfg.mqtt.host):
+    if own.broker:
         binary = mosquitto_path()
         if binary is None:
             cloud.mqtt_skipped = (
@@ -184,7 +263,7 @@ async def prepare(cfg: StationConfig, run_dir: Path, say: Say) -> Cloud:
         if cloud.mqtt_skipped is not None:
             say(f"MQTT skipped: {cloud.mqtt_skipped}")
             cloud.cfg = cfg = cfg.model_copy(update={"mqtt": None})
-    if cfg.ocpp is not None and _csms_port(cfg) is not None:
+    if own.csms:
         cloud.csms = TestCsms(port=_csms_port(cfg))
         await cloud.csms.start()
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n")

@@ -1,5 +1,7 @@
-"""Live terminal view of a station: per-connector charging state, phases, cloud sync links,
-device health. Fed by bus events (`evedge demo`) or status polls (`evedge live`)."""
+"""Live terminal view of a station: active faults, device health, per-connector charging
+state, cloud sync links, events — in that order, so on an 80×24 terminal what a technician
+needs first is on screen (the rest is cut at the bottom). Columns adapt to the width.
+Fed by bus events (`evedge demo`) or status polls (`evedge live`)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,27 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agent.cli.faults_panel import faults_panel, track
+from agent.cli.fmt import duration, station_tz, when
+from agent.cli.meaning import profile_of, with_meaning
 from agent.config import StationConfig
-from agent.events import DeviceHealth, DriverMessage, HealthState, Reading, SessionEvent, utcnow
+from agent.diagnosis.store import FaultRecord
+from agent.events import (
+    DeviceHealth,
+    DriverMessage,
+    FaultCleared,
+    FaultLatch,
+    FaultRaised,
+    HealthState,
+    Reading,
+    SessionEvent,
+    utcnow,
+)
 
 CP_MEANING = {
     "A": "no vehicle",
@@ -41,7 +57,10 @@ class LiveState:
     readings: dict[tuple[str, str], Reading] = field(default_factory=dict)
     health: dict[str, DeviceHealth] = field(default_factory=dict)
     log: deque[str] = field(default_factory=lambda: deque(maxlen=8))
-    started: datetime = field(default_factory=utcnow)
+    # when the agent shown started (None: not known to the viewer)
+    started: datetime | None = field(default_factory=utcnow)
+    # fault id -> the active fault (raised, latched)
+    faults: dict[str, FaultRecord] = field(default_factory=dict)
     listeners: list[Callable[[str], None]] = field(default_factory=list)
     # connector id -> its latest SessionEvent (status, session energy, running cost)
     sessions: dict[int, SessionEvent] = field(default_factory=dict)
@@ -68,6 +87,8 @@ class LiveState:
             self.health[event.device] = event
         elif isinstance(event, DriverMessage):
             self.driver[event.connector] = event
+        elif isinstance(event, FaultRaised | FaultLatch | FaultCleared):
+            track(self.faults, event)
         elif isinstance(event, SessionEvent):
             self.sessions[event.connector] = event
             if event.kind == "started":
@@ -77,7 +98,7 @@ class LiveState:
 
     def note(self, text: str) -> None:
         """Add a line to the event log shown under the view."""
-        self.log.append(f"{utcnow():%H:%M:%S}  {text}")
+        self.log.append(f"{utcnow().astimezone(station_tz(self.cfg)):%H:%M:%S}  {text}")
         for listener in self.listeners:
             listener(text)
 
@@ -110,7 +131,7 @@ def session_line(ev: SessionEvent, power_w: float | None = None) -> str:
     return " · ".join(parts)
 
 
-def _connector_panel(state: LiveState, c) -> Panel:
+def _connector_panel(state: LiveState, c, now: datetime) -> Panel:
     meter = c.meter or c.evse
     cp = state.value(c.evse, "cp_state")
     cp_text = Text(
@@ -135,7 +156,9 @@ def _connector_panel(state: LiveState, c) -> Panel:
     top.add_row("offered", _fmt(state.value(c.evse, "offered_current_a"), ".0f", " A"))
     top.add_row("enabled", _fmt(state.value(c.evse, "charging_enabled")))
     err = state.value(c.evse, "evse_error_code")
-    top.add_row("EVSE error", Text(_fmt(err), style="red" if err else ""))
+    profile = profile_of(next((d.profile for d in state.cfg.device if d.name == c.evse), None))
+    err_text = "—" if err is None else with_meaning(profile, "evse_error_code", err)
+    top.add_row("EVSE error", Text(err_text, style="red" if err else ""))
     phases = Table(box=None, pad_edge=False)
     phases.add_column("")
     for ph in ("L1", "L2", "L3"):
@@ -158,11 +181,11 @@ def _connector_panel(state: LiveState, c) -> Panel:
     totals.add_row("frequency", _fmt(state.value(meter, "frequency_hz"), ".2f", " Hz"))
     ev = state.sessions.get(c.id)
     if ev is not None and c.id in state.since:
-        minutes, seconds = divmod(int((utcnow() - state.since[c.id]).total_seconds()), 60)
+        running = duration((now - state.since[c.id]).total_seconds())
         totals.add_row(
             "session",
             Text(
-                f"{session_line(ev, power)} · {minutes}:{seconds:02d}",
+                f"{session_line(ev, power)} · {running}",
                 style="bold green" if ev.status == "Charging" else "bold",
             ),
         )
@@ -234,54 +257,66 @@ def _sync_panel(state: LiveState) -> Panel | None:
     return Panel(grid, title="cloud sync", border_style="cyan")
 
 
-def _health_table(state: LiveState) -> Table:
+WIDE = 100  # from this width the health table shows every counter
+
+
+def _health_table(state: LiveState, width: int, now: datetime) -> Table:
+    wide = width >= WIDE
     t = Table(title="device health", expand=True)
-    for col in (
-        "device",
-        "bus",
-        "state",
-        "latency",
-        "polls",
-        "timeouts",
-        "bad frames",
-        "exceptions",
-        "last good",
-    ):
+    cols = ["device", "bus", "state", "latency", "polls", "timeouts"]
+    cols += ["bad frames", "exceptions", "last good"] if wide else ["last good"]
+    for col in cols:
         t.add_column(col, justify="right" if col not in ("device", "bus", "state") else "left")
-    now = utcnow()
     for d in state.cfg.device:
         h = state.health.get(d.name)
         if h is None:
-            t.add_row(d.name, d.bus, Text("unknown", style="dim"), *["—"] * 6)
+            t.add_row(d.name, d.bus, Text("unknown", style="dim"), *["—"] * (len(cols) - 3))
             continue
-        age = "—" if h.last_good is None else f"{(now - h.last_good).total_seconds():.1f} s ago"
-        exc = ", ".join(f"{c:02d}×{n}" for c, n in sorted(h.exceptions.items())) or "0"
-        t.add_row(
+        age = "—" if h.last_good is None else f"{duration((now - h.last_good).total_seconds())} ago"
+        row = [
             d.name,
             d.bus,
             Text(h.state.value, style=HEALTH_STYLE[h.state]),
             _fmt(h.latency_ms, ".0f", " ms"),
             str(h.polls),
             str(h.timeouts),
-            str(h.crc_errors),
-            exc,
-            age,
-        )
+        ]
+        if wide:
+            exc = ", ".join(f"{c:02d}×{n}" for c, n in sorted(h.exceptions.items())) or "0"
+            row += [str(h.crc_errors), exc]
+        t.add_row(*row, age)
     return t
 
 
-def render(state: LiveState) -> Group:
-    """The whole view as one renderable."""
-    up = (utcnow() - state.started).total_seconds()
-    head = Text.assemble(
-        (f"evedge · station {state.cfg.station.id}", "bold"),
-        f"   {utcnow():%Y-%m-%d %H:%M:%S} UTC   up {up:.0f} s   Ctrl-C to stop",
-    )
-    parts = [head, *(_connector_panel(state, c) for c in state.cfg.connector)]
-    sync = _sync_panel(state)
-    if sync is not None:
-        parts.append(sync)
-    parts.append(_health_table(state))
-    if state.log:
-        parts.append(Panel("\n".join(state.log), title="events", border_style="dim"))
-    return Group(*parts)
+class View:
+    """The whole view; laid out for the width it is rendered at."""
+
+    def __init__(self, state: LiveState, now: datetime | None = None):
+        self.state = state
+        self.now = now  # fixed for snapshots; None: the time of each refresh
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        state = self.state
+        now = self.now or utcnow()
+        head = Text.assemble(
+            (f"station {state.cfg.station.id}", "bold"),
+            f" · {when(now, station_tz(state.cfg))}",
+        )
+        if state.started is not None:
+            head.append(f" · up {duration((now - state.started).total_seconds())}")
+        head.append(" · Ctrl-C stops", style="dim")
+        yield head
+        yield faults_panel(state.faults, state.cfg.diagnosis.language)
+        yield _health_table(state, options.max_width, now)
+        for c in state.cfg.connector:
+            yield _connector_panel(state, c, now)
+        sync = _sync_panel(state)
+        if sync is not None:
+            yield sync
+        if state.log:
+            yield Panel("\n".join(state.log), title="events", border_style="dim")
+
+
+def render(state: LiveState, now: datetime | None = None) -> View:
+    """The whole view as one renderable (`now`: a fixed time, for snapshots)."""
+    return View(state, now)

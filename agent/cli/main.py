@@ -273,17 +273,32 @@ def demo(
     config: ConfigOpt = DEMO_CONFIG,
     duration: Annotated[float | None, typer.Option(help="stop after SECONDS")] = None,
     json: JsonOpt = False,
+    csms: Annotated[
+        str | None, typer.Option(help="your CSMS instead of the demo's, e.g. ws://host:8180/ocpp")
+    ] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="your MQTT broker instead of the demo's, HOST:PORT")
+    ] = None,
 ) -> None:
-    """Run the agent against the simulated station, charging cars back to back, live."""
+    """Run the agent against the simulated station, charging cars back to back, live.
+
+    Example: `evedge demo --csms ws://127.0.0.1:8180/steve/websocket/CentralSystemService`"""
     from agent.cli.common import Exit, fail, load_or_exit
-    from agent.cli.demo import run_demo
+    from agent.cli.demo import DemoRunning, run_demo
+    from agent.cli.demo_cloud import with_peers
     from agent.logsetup import setup_logging
 
     cfg = load_or_exit(config)
+    try:
+        cfg = with_peers(cfg, csms, broker)
+    except ValueError as e:
+        raise fail(str(e), Exit.USAGE) from None
     setup_logging("warning", json=json)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_demo(cfg, duration=duration, as_json=json))
+            asyncio.run(run_demo(cfg, duration=duration, as_json=json, config_path=config))
+    except DemoRunning as e:
+        raise fail(str(e), Exit.UNREACHABLE) from None
     except sim_errors() as e:
         raise fail(f"{e} — is another demo or simulator running?", Exit.UNREACHABLE) from None
 

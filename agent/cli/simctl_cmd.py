@@ -15,7 +15,10 @@ import typer
 from rich.table import Table
 
 from agent.cli.common import DEMO_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.config import StationConfig
+from drivers.profile import load_profile
 from hil.control import send_command
+from hil.faults import EVSE_FAULT_CODES
 
 app = typer.Typer(
     help="Control a running simulator: cars, faults, snapshots.", no_args_is_help=True
@@ -38,6 +41,42 @@ def _send(config: Path, command: dict[str, Any]) -> Any:
     if not reply.get("ok"):
         raise fail(f"simulator refused {command['cmd']}: {reply.get('error')}", Exit.CHECK_FAILED)
     return reply.get("result")
+
+
+# EVSE fault kinds the agent can also see in a register of its own, besides the error code.
+SEEN_IN = {
+    "over_temperature": "temperature_c",
+    "welded_contactor": "contactor_closed",
+    "contactor_stuck_open": "contactor_closed",
+    "cp_state_e": "cp_state",
+    "cp_state_f": "cp_state",
+}
+
+
+def undetectable(cfg: StationConfig, kind: str, device: str | None, connector: int | None) -> str:
+    """Why the configured EVSE could not report fault `kind` (its profile has neither the
+    register nor an error code for it), naming what is missing; "" if it can, or if the
+    kind is not an EVSE fault (the simulator checks the target itself)."""
+    if kind not in EVSE_FAULT_CODES:
+        return ""
+    conn = next((c for c in cfg.connector if c.id == connector), None)
+    name = device or (conn.evse if conn is not None else None)
+    dev = next((d for d in cfg.device if d.name == name), None)
+    if dev is None:
+        return ""
+    profile = load_profile(dev.profile)
+    readable = {r.quantity for r in profile.readable()}
+    code = EVSE_FAULT_CODES[kind]
+    if "evse_error_code" in readable and code in {e.fault for e in profile.error_codes.values()}:
+        return ""
+    register = SEEN_IN.get(kind)
+    if register in readable:
+        return ""
+    missing = f"no {register} register and " if register else ""
+    return (
+        f"{kind}: {dev.name} ({profile.name}) has {missing}no error code for {code}: "
+        "the agent could not see this fault"
+    )
 
 
 def _parse_value(text: str) -> Any:
@@ -95,10 +134,19 @@ def inject(
     param: Annotated[
         list[str] | None, typer.Option("--set", help="fault parameter KEY=VALUE, repeatable")
     ] = None,
+    anyway: Annotated[
+        bool, typer.Option("--anyway", help="inject even a fault the device cannot report")
+    ] = False,
     config: ConfigOpt = DEMO_CONFIG,
     json: JsonOpt = False,
 ) -> None:
-    """Inject a fault, e.g. `evedge simctl inject voltage_sag --connector 1 --set volts=40`."""
+    """Inject a fault, e.g. `evedge simctl inject voltage_sag --connector 1 --set volts=40`.
+
+    A fault the configured EVSE cannot report (no register, no error code for it) is
+    refused with what is missing (exit 1); `--anyway` injects it nonetheless."""
+    why = undetectable(load_or_exit(config), kind, device, connector)
+    if why and not anyway:
+        raise fail(f"{why}; --anyway injects it nonetheless", Exit.CHECK_FAILED)
     fault: dict[str, Any] = {"kind": kind}
     if device:
         fault["device"] = device

@@ -23,6 +23,7 @@ from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, loa
 from agent.cli.live import HEALTH_STYLE, LiveState, render
 from agent.cli.service import control, read, store_note
 from agent.config import StationConfig
+from agent.diagnosis.store import FaultRecord
 from agent.events import HealthState, Reading, SessionEvent
 from agent.ops import StatusReport, store_status
 from agent.store.db import StoreError
@@ -148,6 +149,7 @@ def feed(state: LiveState, report: StatusReport, readings: list[dict], seen: set
                 currency=c.currency,
             )
         )
+    state.faults = {f.fault_id: FaultRecord(f) for f in report.faults}
     for f in report.faults:
         if f.fault_id not in seen:
             seen.add(f.fault_id)
@@ -164,7 +166,7 @@ def live(
 ) -> None:
     """Live view of the running station (Ctrl-C to stop); exit 3 when the service is down."""
     cfg = load_or_exit(config)
-    state = LiveState(cfg)
+    state = LiveState(cfg, started=None)  # the viewer's start is not the service's
     seen: set[str] = set()
     polls = itertools.count(1) if count is None else range(1, count + 1)
     with contextlib.suppress(KeyboardInterrupt):
