@@ -1,10 +1,11 @@
 """Benchmark: how fast diagnosis names a fault, and how often it cries wolf.
 
-(1) Latency, real time. For every scenario of hil/scenarios (one per rule), a fresh
-    simulated station and the whole Agent (pollers, store, diagnosis) run in real time;
-    the fault is injected and the time to the FaultRaised of the expected rule on the bus
-    is measured, `--reps` times. Each rule has its own time — raise_after_s plus what its
-    condition must observe (detection_s, e.g. a 30 s look-back window) — so the figure is
+(1) Latency, real time. For every scenario of hil/scenarios (one per rule, and the
+    physics checks again on the reference controller), a fresh simulated station and the
+    whole Agent (pollers, store, diagnosis) run in real time; the fault is injected and
+    the time to the FaultRaised of the expected rule on the bus is measured, `--reps`
+    times. Each rule has its own time — raise_after_s plus what its condition must
+    observe (detection_s, e.g. a 30 s look-back window) — so the figure is
     the latency BEYOND that, compared with the baseline: the poll interval of the devices
     the rule watches, measured in the same run from their health reports. Communication
     rules also wait for the request timeout(s) before a poll counts as failed: their budget
@@ -43,6 +44,7 @@ from agent.events import DeviceHealth, FaultRaised
 from hil.models import Noise
 from hil.scenarios import SCENARIOS, Scenario
 from hil.scenarios.clean import normal_session
+from hil.scenarios.physics import PROFILE_SCENARIOS
 from hil.scenarios.realtime import realtime_station
 from hil.scenarios.rig import scenario_rig
 from hil.scenarios.stations import station_config
@@ -159,7 +161,9 @@ def comm_budget(sc: Scenario, cfg) -> float:
 
 
 async def latency_bench(reps: int, parallel: int, only: set[str]) -> list[Result]:
-    chosen = [s for s in SCENARIOS if not only or s.name in only]
+    # The catalog (one per rule) and the physics checks on a second controller profile.
+    everything = SCENARIOS + PROFILE_SCENARIOS
+    chosen = [s for s in everything if not only or s.name in only or s.expect.rule in only]
     sem = asyncio.Semaphore(parallel)
     with TemporaryDirectory(prefix="evedge-bench-") as d:
         tmp = Path(d)
@@ -261,7 +265,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=6, help="stations at once (latency)")
     ap.add_argument("--sessions", type=int, default=1000, help="clean sessions")
     ap.add_argument("--jobs", type=int, default=2, help="processes for the clean run")
-    ap.add_argument("--only", nargs="*", default=[], help="only these rules (latency)")
+    ap.add_argument("--only", nargs="*", default=[], help="only these rules/scenarios (latency)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-clean", action="store_true")
     args = ap.parse_args()
