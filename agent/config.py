@@ -88,6 +88,9 @@ class StoreConfig(_Section):
     reserve_mb: float = Field(
         default=8, ge=0, le=1e4, description="billing reserve file, released when the disk fills"
     )
+    readings_commit_s: float = Field(
+        default=1, gt=0, le=60, description="readings ring: one commit per this many seconds"
+    )
 
     @field_validator("path")
     @classmethod

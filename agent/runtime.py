@@ -51,13 +51,17 @@ class Agent:
         self.space = configure_space(
             cfg.store.path, cfg.store.min_free_disk_mb, cfg.store.reserve_mb
         )
-        self.store = Store(cfg.store.path)
+        self.store = Store(cfg.store.path, telemetry=True)  # readings and health only
         self.space.at_start()  # the billing reserve; says so if the disk is short of room
         self.writer = StoreWriter(
             self.store,
             self.bus,
             max_rows=cfg.store.readings_max_rows,
             max_age_days=cfg.store.readings_max_age_days,
+            # Flash wear: each commit rewrites every index page its rows touch (one per
+            # device and quantity), so fewer, larger batches write far less.
+            commit_interval_s=cfg.store.readings_commit_s,
+            max_batch=20_000,
         )
         # OCPP (issue 5) comes first: constructing it runs each profile's setup, where the
         # transactions profile registers the online authorizer the session engine asks.

@@ -387,3 +387,21 @@ async def test_a_refused_record_blocks_new_sessions_until_it_is_written(tmp_path
         await rig.status("Available")
         await rig.card_charging()  # a new session starts
         assert rig.conn.session is not None and rig.conn.session.id != rec.session_id
+
+
+def test_telemetry_commits_unsynced_billing_and_outboxes_fully_synced(tmp_path):
+    """Flash wear (issue 16): the readings ring's connection commits with synchronous=NORMAL
+    (no fsync per commit); every other writer keeps FULL (a committed row survives a power
+    cut)."""
+    from agent.mqtt.outbox import Outbox, Retention
+    from agent.mqtt.topics import Topics
+
+    db = tmp_path / "evedge.db"
+    level = lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+    telemetry, plain = Store(db, telemetry=True), Store(db)
+    sessions = SessionStore(db)
+    outbox = Outbox(db, Topics("evedge/v1", "ST"), Retention(1000, 0))
+    assert level(telemetry._conn) == 1  # NORMAL
+    assert level(plain._conn) == level(sessions._conn) == level(outbox._conn) == 2  # FULL
+    for c in (telemetry, plain, sessions, outbox):
+        c.close()

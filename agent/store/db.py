@@ -272,11 +272,20 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
 class Store:
     """Synchronous access to the store; thread-safe, meant to be called via asyncio.to_thread."""
 
-    def __init__(self, path: str | Path, readonly: bool = False):
+    def __init__(self, path: str | Path, readonly: bool = False, telemetry: bool = False):
         """`readonly`: for readers such as `evedge bundle`; the file is never created or
-        migrated and may have an older schema (`schema_version`), writes fail."""
+        migrated and may have an older schema (`schema_version`), writes fail.
+
+        `telemetry`: this connection writes only the readings ring and device health, with
+        `synchronous = NORMAL`: a commit is not synced to the disk by itself, only with the
+        next synced commit of a billing or outbox connection or the next WAL checkpoint (the
+        flash-wear side of issue 16). A power cut may lose those last readings; a crash of
+        the process loses nothing committed, and the file is never corrupted either way.
+        """
         self.path = Path(path)
         self._conn = open_readonly(self.path, need=1) if readonly else open_db(self.path)
+        if telemetry:
+            self._conn.execute("PRAGMA synchronous = NORMAL")
         self._lock = threading.Lock()
         self.space = space_for(self.path)
 
