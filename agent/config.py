@@ -145,19 +145,25 @@ def _path(loc: tuple) -> str:
     return out or "(top)"
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: an error names a bad value, never pastes it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _message(err: dict) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         return "unknown key"
     ctx = err.get("ctx", {})
-    got = err.get("input")
+    got = _short(err.get("input"))
     bounds = {"greater_than_equal": "ge", "less_than_equal": "le", "greater_than": "gt"}
     if kind in bounds and not isinstance(got, dict):
-        return f"{msg.lower()}, got {got!r}"
+        return f"{msg.lower()}, got {got}"
     if kind == "missing":
         return "required"
     if ctx and "expected" in ctx:
-        return f"must be {ctx['expected']}, got {got!r}"
+        return f"must be {ctx['expected']}, got {got}"
     return msg.removeprefix("Value error, ")
 
 

@@ -249,3 +249,8 @@ def test_a_report_over_all_of_time_is_a_clear_error_not_an_overflow(tmp_path):
         timeout=60,
     )
     assert out.returncode == Exit.USAGE and "last date there is" in out.stderr, out.stderr
+
+
+def test_an_error_names_a_huge_bad_value_without_pasting_it():
+    (said,) = problems(STATION + '[log]\nlevel = "' + "x" * 5000 + '"\n')
+    assert said.startswith("log.level: must be 'debug'") and len(said) < 200
