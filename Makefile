@@ -62,6 +62,8 @@ bench: install
 	$(BIN)/python bench/systemd_security.py
 	$(BIN)/python bench/kpi_report.py
 	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/footprint.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

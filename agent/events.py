@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from functools import cached_property
+from typing import Literal, NamedTuple
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -37,6 +38,59 @@ class Reading(Event):
     value: float | int | str | bool | None
     unit: str = ""
     quality: Quality = Quality.GOOD
+
+    def samples(self) -> tuple[Reading]:
+        """The values this event carries, one per quantity (here: itself)."""
+        return (self,)
+
+
+Value = float | int | str | bool | None
+
+
+class Sample(NamedTuple):
+    """One value of a DeviceReadings: the attributes of a Reading, as a plain tuple."""
+
+    device: str
+    quantity: str
+    value: Value
+    unit: str
+    quality: Quality
+    ts: datetime
+
+    def reading(self) -> Reading:
+        """The same value as a Reading (for output that serialises events)."""
+        return Reading(**self._asdict())
+
+
+class DeviceReadings(Event):
+    """Every value one device cycle read, stamped with the read time (never re-stamped).
+
+    The poller publishes one per cycle rather than a Reading per value: the bus, pydantic
+    and every consumer then pay per cycle, not per value (issue 16). `samples()` gives the
+    values one by one with a Reading's attributes; a None value is not available.
+    """
+
+    device: str
+    values: dict[str, Value]
+    units: dict[str, str] = Field(default_factory=dict, description="quantity -> unit")
+
+    @cached_property
+    def _samples(self) -> tuple[Sample, ...]:
+        units, ts, dev = self.units, self.ts, self.device
+        good, na = Quality.GOOD, Quality.NOT_AVAILABLE
+        return tuple(
+            Sample(dev, q, v, units.get(q, ""), na if v is None else good, ts)
+            for q, v in self.values.items()
+        )
+
+    def samples(self) -> tuple[Sample, ...]:
+        """The values, one per quantity (computed once, shared by every consumer)."""
+        return self._samples
+
+
+# What a consumer of device values subscribes to: the poller publishes DeviceReadings;
+# single Readings still come from tests, replays and tools.
+READINGS: tuple[type[Event], ...] = (Reading, DeviceReadings)
 
 
 class HealthState(StrEnum):

@@ -9,14 +9,15 @@ readings: stale is a health state, never a value with a fresh timestamp.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 
 import structlog
 
 from agent.bus import EventBus
-from agent.events import DeviceHealth, HealthState, Quality, Reading, utcnow
-from drivers import quantities
+from agent.events import DeviceHealth, DeviceReadings, HealthState, utcnow
+from drivers import quantities as quantities_registry
 from drivers.device import CycleResult, Device
 from drivers.transport import Link, ModbusFailure
 
@@ -102,18 +103,15 @@ class PolledDevice:
         return now + self.interval_s
 
 
-def readings_of(device: str, values: dict, ts) -> list[Reading]:
-    """Turn a cycle's decoded values into Reading events stamped with the read time."""
-    out = []
-    for quantity, value in values.items():
-        unit = quantities.get(quantity).unit
-        quality = Quality.NOT_AVAILABLE if value is None else Quality.GOOD
-        out.append(
-            Reading(
-                device=device, quantity=quantity, value=value, unit=unit, quality=quality, ts=ts
-            )
-        )
-    return out
+def readings_of(device: str, values: dict, ts) -> DeviceReadings:
+    """A cycle's decoded values as one event, stamped with the read time."""
+    return DeviceReadings(device=device, values=values, units=units_of(tuple(values)), ts=ts)
+
+
+@functools.cache
+def units_of(quantities: tuple[str, ...]) -> dict[str, str]:
+    """quantity -> unit of a cycle's quantities (a device reads the same set every cycle)."""
+    return {q: quantities_registry.get(q).unit for q in quantities}
 
 
 class LinkPoller:
@@ -141,12 +139,13 @@ class LinkPoller:
             # poll; values the device does not have are unsupported by then.
             pd.identified = ident.ok
             refused = ident.failures
-            self.bus.publish_many(readings_of(dev.name, ident.values, utcnow()))
+            if ident.values:
+                self.bus.publish(readings_of(dev.name, ident.values, utcnow()))
         ts = utcnow()
         result = await dev.read_cycle()
         result.failures[:0] = refused
-        if not result.aborted:
-            self.bus.publish_many(readings_of(dev.name, result.values, ts))
+        if not result.aborted and result.values:
+            self.bus.publish(readings_of(dev.name, result.values, ts))
         return self._account(pd, result)
 
     def _account(self, pd: PolledDevice, result: CycleResult) -> CycleResult:

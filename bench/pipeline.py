@@ -82,7 +82,10 @@ def rss_mb() -> float:
 
 async def measured(cycles, interval: float, n: int, seconds: float) -> dict:
     """Wait for 2 cycles, then measure CPU over `n` cycles (or `seconds`, flat out)."""
+    start = time.monotonic()
     while cycles() < 2:
+        if time.monotonic() - start > 60:
+            raise RuntimeError("no poll cycle within 60 s: is the simulator answering?")
         await asyncio.sleep(0.01)
     c0, k0, t0 = cpu_s(), cycles(), time.monotonic()
     while cycles() - k0 < n and time.monotonic() - t0 < seconds:
@@ -176,7 +179,7 @@ def run_worker(kind: str, cfg: Path, port: int, interval: float, n: int, s: floa
     """One worker process; its JSON figures."""
     cmd = [sys.executable, __file__, "--worker", kind, "--port", str(port), "--cfg", str(cfg)]
     cmd += ["--interval", str(interval), "--cycles", str(n), "--seconds", str(s)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=s + n * interval + 120)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=s + 180)
     if p.returncode != 0:
         raise SystemExit(f"pipeline: {kind} worker failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])

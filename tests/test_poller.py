@@ -17,7 +17,7 @@ from conftest import free_port, station_config
 
 from agent.bus import EventBus
 from agent.config import StationConfig
-from agent.events import DeviceHealth, HealthState, Reading, utcnow
+from agent.events import READINGS, DeviceHealth, HealthState, Reading, utcnow
 from agent.poller import HealthTracker, LinkPoller, PolledDevice
 from agent.station import build_station
 from drivers.device import Device
@@ -35,7 +35,7 @@ class Polling:
     def __init__(self, cfg: StationConfig):
         self.bus = EventBus()
         self.station = build_station(cfg, self.bus)
-        self.sub = self.bus.subscribe(Reading, DeviceHealth, maxsize=1_000_000)
+        self.sub = self.bus.subscribe(*READINGS, DeviceHealth, maxsize=1_000_000)
         self.events: list[Reading | DeviceHealth] = []
         self._tasks: list[asyncio.Task] = []
 
@@ -60,9 +60,10 @@ class Polling:
 
     def readings(self, device: str, since: datetime | None = None) -> list[Reading]:
         return [
-            e
+            r
             for e in self._drain()
-            if isinstance(e, Reading) and e.device == device and (since is None or e.ts >= since)
+            if isinstance(e, READINGS) and e.device == device and (since is None or e.ts >= since)
+            for r in e.samples()
         ]
 
     def healths(self, device: str, since: datetime | None = None) -> list[DeviceHealth]:

@@ -7,7 +7,7 @@ import contextlib
 
 from conftest import free_port, station_config
 
-from agent.events import HealthState, Reading, utcnow
+from agent.events import READINGS, HealthState, utcnow
 from agent.runtime import Agent
 from agent.store.db import Store
 from hil.station import SimStation
@@ -28,7 +28,7 @@ async def test_agent_polls_the_station_into_the_store(tmp_path):
     sim.plug_in(1)
     await sim.start()
     agent = Agent(cfg)
-    seen = agent.bus.subscribe(Reading)
+    seen = agent.bus.subscribe(*READINGS)
     evse = agent.station.devices["evse1"]
 
     async def charge() -> None:  # the car charges at 22 kW, in fast-forward
@@ -51,9 +51,10 @@ async def test_agent_polls_the_station_into_the_store(tmp_path):
         # One more meter poll after the counter stopped, then stop.
         while True:
             ev = await asyncio.wait_for(seen.get(), 2)
-            if ev.device == "meter1" and ev.quantity == "energy_import_wh" and ev.ts > t_final:
+            last = {r.quantity: r for r in ev.samples()}.get("energy_import_wh")
+            if ev.device == "meter1" and last is not None and ev.ts > t_final:
                 break
-        assert ev.value == final
+        assert last.value == final
     finally:
         clock.cancel()
         await agent.stop()

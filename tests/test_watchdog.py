@@ -19,7 +19,7 @@ import structlog
 from conftest import free_port, station_config
 
 from agent.config import load_config
-from agent.events import Reading
+from agent.events import READINGS
 from agent.runtime import Agent
 from agent.sdnotify import Notifier
 from agent.watchdog import Liveness, Watchdog
@@ -153,7 +153,7 @@ async def test_stuck_poller_and_stuck_bus_consumer_stop_the_pings_and_are_named(
             assert _events(logs, "watchdog.recovered")[0]["part"] == f"poller {link}"
 
             # 2. A bus consumer that stops taking events.
-            wedged = agent.bus.subscribe(Reading, name="wedged-consumer")
+            wedged = agent.bus.subscribe(*READINGS, name="wedged-consumer")
             await until(
                 lambda: len(_events(logs, "watchdog.stuck")) == 2, 10, "a second watchdog.stuck"
             )
@@ -167,7 +167,7 @@ async def test_stuck_poller_and_stuck_bus_consumer_stop_the_pings_and_are_named(
             await listener.until("WATCHDOG")
 
             # A consumer outside the agent's control (an API client) is not watched.
-            ignored = agent.bus.subscribe(Reading, name="api-client", watch=False)
+            ignored = agent.bus.subscribe(*READINGS, name="api-client", watch=False)
             await asyncio.sleep(1.0)
             assert len(_events(logs, "watchdog.stuck")) == 2
             ignored.close()

@@ -47,6 +47,7 @@ from agent.config import ConnectorConfig, StationConfig
 from agent.events import (
     ChargeRecordWritten,
     DeviceHealth,
+    DeviceReadings,
     DriverMessage,
     FaultCleared,
     FaultLatch,
@@ -70,6 +71,7 @@ SYNC_POLL_S = 1.0  # how often the OCPP/MQTT link state is looked at
 FLUSH_S = 5.0  # at the end: how long the outboxes may take to deliver
 EVENT_TYPES = {
     Reading: "reading",
+    DeviceReadings: "reading",  # one JSON line per value, as single Readings print
     DeviceHealth: "health",
     SessionEvent: "session",
     ChargeRecordWritten: "record",
@@ -251,7 +253,10 @@ class Feed:
                 self._unacked[ev.session_id] = ev.connector
             elif ev.session_id is None:
                 self.state.transactions.pop(ev.connector, None)
-        if self.as_json:
+        if self.as_json and isinstance(ev, DeviceReadings):
+            for r in ev.samples():
+                emit_json({"type": "reading", **r.reading().model_dump(mode="json")})
+        elif self.as_json:
             emit_json({"type": EVENT_TYPES[type(ev)], **ev.model_dump(mode="json")})
         elif isinstance(ev, ChargeRecordWritten):
             _record_note(self.state, ev)

@@ -22,6 +22,7 @@ from agent.cli.meaning import profile_of, with_meaning
 from agent.config import StationConfig
 from agent.diagnosis.store import FaultRecord
 from agent.events import (
+    READINGS,
     DeviceHealth,
     DriverMessage,
     FaultCleared,
@@ -81,8 +82,9 @@ class LiveState:
 
     def feed(self, event: object) -> None:
         """Take one bus event."""
-        if isinstance(event, Reading):
-            self.readings[(event.device, event.quantity)] = event
+        if isinstance(event, READINGS):
+            for r in event.samples():
+                self.readings[(r.device, r.quantity)] = r
         elif isinstance(event, DeviceHealth):
             self.health[event.device] = event
         elif isinstance(event, DriverMessage):

@@ -54,13 +54,13 @@ from agent.diagnosis.facts import ConnectorFacts, NoConnectorFacts, StationFacts
 from agent.diagnosis.rules import Rule, explained_closure
 from agent.diagnosis.sides import ConnectorSessions
 from agent.events import (
+    READINGS,
     DeviceHealth,
     Event,
     FaultCleared,
     FaultCodes,
     FaultLatch,
     FaultRaised,
-    Reading,
     Symptom,
     utcnow,
 )
@@ -248,14 +248,15 @@ class DiagnosisEngine:
     def ingest(self, event: Event) -> None:
         """Take one bus event (Readings and DeviceHealth; others are ignored)."""
         now = self.clock().timestamp()
-        if isinstance(event, Reading):
+        if isinstance(event, READINGS):  # a Reading, or a device cycle's DeviceReadings
             dev = self.devices.get(event.device)
             if dev is None:
                 return
-            dev.ingest_reading(event, now)
-            if event.quantity == "cp_state" and isinstance(event.value, str):
-                for cid in self._evse_of.get(event.device, ()):
-                    self._plug_event(cid, self.sessions[cid].on_cp(event.value))
+            for r in event.samples():
+                dev.ingest_reading(r, now)
+                if r.quantity == "cp_state" and isinstance(r.value, str):
+                    for cid in self._evse_of.get(r.device, ()):
+                        self._plug_event(cid, self.sessions[cid].on_cp(r.value))
         elif isinstance(event, DeviceHealth):
             dev = self.devices.get(event.device)
             if dev is not None:

@@ -27,11 +27,11 @@ from agent.diagnosis.facts import CloudStatus, ConnectorFacts, StationFacts
 from agent.diagnosis.rules import Rule, load_rules
 from agent.diagnosis.store import FaultLog
 from agent.events import (
+    READINGS,
     DeviceHealth,
     Event,
     FaultCleared,
     FaultRaised,
-    Reading,
     utcnow,
 )
 from drivers.profile import Profile
@@ -72,7 +72,7 @@ class DiagnosisService:
         self.store_path = cfg.store.path
         self.log = fault_log  # opened in run(): an agent built but never started holds nothing
         # Subscribe now: nothing published before run() starts is missed.
-        self._sub = bus.subscribe(Reading, DeviceHealth, maxsize=20_000)
+        self._sub = bus.subscribe(*READINGS, DeviceHealth, maxsize=20_000)
         self.raised = 0
         self.cleared = 0
         self._restored = asyncio.Event()  # set once run() restored the store's faults

@@ -20,6 +20,7 @@ import structlog
 from agent.bus import EventBus
 from agent.config import StationConfig
 from agent.events import (
+    READINGS,
     ChargeRecordWritten,
     DeviceHealth,
     DriverMessage,
@@ -90,7 +91,7 @@ class MqttService:
             ),
         )
         # Subscribed now, not in run(): nothing published after construction is missed.
-        self._readings = bus.subscribe(Reading, maxsize=100_000, name="mqtt.telemetry")
+        self._readings = bus.subscribe(*READINGS, maxsize=100_000, name="mqtt.telemetry")
         self._events = bus.subscribe(
             DeviceHealth,
             FaultRaised,
@@ -268,20 +269,21 @@ class MqttService:
                 # asyncio.timeout: Python 3.11's wait_for may lose a cancel (see diagnosis).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
-                        r = await self._readings.get()
-                    latest[(r.device, r.quantity)] = r
-                    samples += 1
-                    while (r := self._readings.get_nowait()) is not None:
-                        latest[(r.device, r.quantity)] = r
-                        samples += 1
+                        ev = await self._readings.get()
+                    while ev is not None:
+                        for r in ev.samples():
+                            latest[(r.device, r.quantity)] = r
+                            samples += 1
+                        ev = self._readings.get_nowait()
                 continue
             self._check_threads()
             end = utcnow()
             if latest:
                 readings = [
-                    r.model_dump(include={"device", "quantity", "value", "unit", "quality", "ts"})
+                    dict(device=r.device, quantity=r.quantity, value=r.value, unit=r.unit,
+                         quality=r.quality, ts=r.ts)
                     for r in latest.values()
-                ]
+                ]  # fmt: skip
                 data = dict(interval_start=start, interval_end=end, samples=samples,
                             readings=readings)  # fmt: skip
                 await self._commit([Outgoing(Stream.TELEMETRY, data)])

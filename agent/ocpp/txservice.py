@@ -38,7 +38,7 @@ import structlog
 from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import call
 
-from agent.events import Reading, SessionEvent, utcnow
+from agent.events import READINGS, Reading, SessionEvent, utcnow
 from agent.ocpp import metervalues as mv
 from agent.ocpp.context import OcppCallError, OcppContext, OcppOffline
 from agent.ocpp.outbox import Outbox, OutboxRow
@@ -131,7 +131,7 @@ class TxService:
         self.readings = LatestReadings()
         # Readings for meter values; session events wake the sender (a session's messages
         # were committed in the engine's thread just before it published them).
-        self._sub = ctx.bus.subscribe(Reading, SessionEvent, maxsize=20_000)
+        self._sub = ctx.bus.subscribe(*READINGS, SessionEvent, maxsize=20_000)
         self._periodic: dict[str, int] = {}  # session id -> µs of its last periodic sample
         self._clock_slot: int | None = None
         self.authorizer = CsmsAuthorizer(ctx)
@@ -200,8 +200,9 @@ class TxService:
 
     async def _collect(self) -> None:
         async for ev in self._sub:
-            if isinstance(ev, Reading):
-                self.readings.feed(ev)
+            if isinstance(ev, READINGS):
+                for r in ev.samples():
+                    self.readings.feed(r)
             elif ev.kind in ("started", "stopped"):
                 self.outbox.notify()
 

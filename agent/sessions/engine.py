@@ -35,7 +35,7 @@ from agent.billing.tariff import Tariff, TariffError, parse_tariff
 from agent.billing.usable import check_usable
 from agent.bus import EventBus
 from agent.config import StationConfig
-from agent.events import DeviceHealth, HealthState, Reading, utcnow
+from agent.events import READINGS, DeviceHealth, HealthState, utcnow
 from agent.sessions.auth import Authorizer, OnlineAuthorizer
 from agent.sessions.clock import clock_status
 from agent.sessions.config import (
@@ -208,7 +208,7 @@ class SessionEngine:
         # the runtime plugs in the store's fault history. None: records name no faults.
         self.faults_during: FaultsDuring | None = None
         # Subscribe now, not in run(): the first readings after start must not be missed.
-        self._sub = bus.subscribe(Reading, DeviceHealth, *fault_event_types(), maxsize=50_000)
+        self._sub = bus.subscribe(*READINGS, DeviceHealth, *fault_event_types(), maxsize=50_000)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -289,9 +289,10 @@ class SessionEngine:
             self._on_fault(ev, restored=True)
 
     def _dispatch(self, ev: events.Event) -> None:
-        if isinstance(ev, Reading):
+        if isinstance(ev, READINGS):
             for conn in self._by_device.get(ev.device, ()):
-                conn.on_reading(ev.device, ev.quantity, ev.value, ev.ts)
+                for r in ev.samples():
+                    conn.on_reading(r.device, r.quantity, r.value, r.ts)
         elif isinstance(ev, DeviceHealth):
             if ev.state == HealthState.OFFLINE:
                 for conn in self._by_device.get(ev.device, ()):

@@ -15,7 +15,7 @@ from datetime import datetime
 import structlog
 
 from agent.bus import EventBus
-from agent.events import DeviceHealth, Event, Reading, utcnow
+from agent.events import READINGS, DeviceHealth, Event, utcnow
 from agent.store.db import Store
 from agent.store.space import disk_full_tolerated
 
@@ -26,7 +26,7 @@ log = structlog.get_logger(__name__)
 class WriterStats:
     """Counters a technician (and `evedge status`) can read."""
 
-    written: int = 0  # events committed (readings + health updates)
+    written: int = 0  # rows committed: a row per value, the newest health per device per batch
     batches: int = 0
     last_commit_ts: datetime | None = None
     write_errors: int = 0
@@ -36,7 +36,7 @@ class WriterStats:
 
 
 class StoreWriter:
-    """Consume Reading/DeviceHealth events from `bus` and commit them to `store` in batches."""
+    """Consume readings and DeviceHealth events from `bus`, commit them to `store` in batches."""
 
     def __init__(
         self,
@@ -60,7 +60,7 @@ class StoreWriter:
         self.max_pending = max_pending
         self.stats = WriterStats()
         # Subscribe now, not in run(): nothing published before the task starts is missed.
-        self._sub = bus.subscribe(Reading, DeviceHealth, maxsize=queue_size)
+        self._sub = bus.subscribe(*READINGS, DeviceHealth, maxsize=queue_size)
         self._pending: list[Event] = []
         self._getter: asyncio.Future[Event] | None = None
         # Prune at the first chance: the ring bounds may have changed since the last run.
@@ -186,8 +186,17 @@ class StoreWriter:
     def _write(self, batch: list[Event]) -> bool:
         """Worker thread: one transaction for the batch. True when committed or given up on
         for lack of disk space (telemetry yields its room to billing, never retried)."""
-        readings = [e for e in batch if isinstance(e, Reading)]
-        healths = [e for e in batch if isinstance(e, DeviceHealth)]
+        # A device cycle's values arrive as one event; the rows are one per value.
+        readings = [r for e in batch if isinstance(e, READINGS) for r in e.samples()]
+        # The store keeps each device's newest health only: serialise (JSON) and upsert that
+        # one, not every poll's (a device at 1 Hz publishes one per poll).
+        newest: dict[str, DeviceHealth] = {}
+        for e in batch:
+            if isinstance(e, DeviceHealth) and (
+                e.device not in newest or e.ts >= newest[e.device].ts
+            ):
+                newest[e.device] = e
+        healths = list(newest.values())
         if readings and self.store.space.low():
             self.stats.thinned += len(readings)
             readings = []

@@ -23,12 +23,12 @@ from agent.diagnosis.facts import ManualFacts
 from agent.diagnosis.rules import load_rules
 from agent.diagnosis.store import FaultLog
 from agent.events import (
+    READINGS,
     DeviceHealth,
     Event,
     FaultCleared,
     FaultLatch,
     FaultRaised,
-    Reading,
     utcnow,
 )
 from agent.sessions.evse import EvseControl
@@ -73,7 +73,7 @@ class SimRig:
             cfg, rules, profiles, self.facts, self.now, cfg.diagnosis, self.connectors
         )
         self.fault_log = fault_log
-        self._sub = self.bus.subscribe(Reading, DeviceHealth)
+        self._sub = self.bus.subscribe(*READINGS, DeviceHealth)
         self.events: list[FaultRaised | FaultLatch | FaultCleared] = []
         self.listeners: list[Callable[[Event], None]] = []
         self.driver = RigDriver(self)
