@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # station_config of the tests
 from conftest import station_config  # noqa: E402
 
 from agent.events import (  # noqa: E402
+    READINGS,
     DeviceHealth,
     HealthState,
-    Reading,
     SessionEvent,
     utcnow,
 )
@@ -138,13 +138,14 @@ def fill(outbox: Outbox, telemetry: int, readings: int, records: int) -> tuple[i
 async def poll_jitter(cfg, seconds: float | None, done=None) -> tuple[list[float], Agent | None]:
     """Run an Agent; collect meter1's poll periods for `seconds` (or until done())."""
     agent = Agent(cfg)
-    sub = agent.bus.subscribe(Reading, maxsize=100_000, name="bench")
+    sub = agent.bus.subscribe(*READINGS, maxsize=100_000, name="bench")
     stamps: list[float] = []
 
     async def collect() -> None:
-        async for r in sub:
-            if r.device == "meter1" and r.quantity == "energy_import_wh":
-                stamps.append(r.ts.timestamp())
+        async for ev in sub:
+            for r in ev.samples():
+                if r.device == "meter1" and r.quantity == "energy_import_wh":
+                    stamps.append(r.ts.timestamp())
 
     task = asyncio.create_task(collect())
     t0 = time.monotonic()

@@ -39,7 +39,7 @@ from tempfile import TemporaryDirectory
 import structlog
 
 from agent.config import parse_config
-from agent.events import Reading
+from agent.events import READINGS, Reading
 from agent.ocpp import metervalues as mv
 from agent.ocpp.outbox import begin_transaction_in, enqueue_in
 from agent.runtime import Agent
@@ -192,11 +192,12 @@ async def main(args: argparse.Namespace) -> None:
         csms = None
         agent = Agent(cfg)
         clock = PollClock()
-        sub = agent.bus.subscribe(Reading, maxsize=100_000)
+        sub = agent.bus.subscribe(*READINGS, maxsize=100_000)
 
         async def collect() -> None:
-            async for r in sub:
-                clock.feed(r)
+            async for ev in sub:
+                for r in ev.samples():
+                    clock.feed(r)
 
         collector = asyncio.create_task(collect())
         try:
