@@ -469,6 +469,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         expect=Expect("mqtt_billing_refused", "station", "OtherError", "DataLink.Problem", False),
         note="the broker answered a charge record's PUBACK with 0x87 Not authorized",
     ),
+    Scenario(
+        name="billing_tamper_detected",
+        station="tcp",
+        fault=facts(billing_tamper=1),
+        recover=facts(billing_tamper=0),
+        expect=Expect(
+            "billing_tamper_detected", "station", "OtherError", "FiscalMetering.Problem", False
+        ),
+        note="the store's guard triggers were dropped behind the agent's back",
+    ),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}
