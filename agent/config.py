@@ -18,6 +18,7 @@ from agent.kpi.config import KpiConfig
 from agent.mqtt.config import MqttConfig
 from agent.ocpp.config import OcppConfig
 from agent.sessions.config import AuthConfig, BillingConfig, SessionsConfig
+from agent.update.config import UpdateConfig
 from drivers import tomlfile
 from drivers.profile import ProfileError, load_profile
 
@@ -130,6 +131,7 @@ class StationConfig(_Section):
     ocpp: OcppConfig | None = None  # absent: no OCPP connection
     mqtt: MqttConfig | None = None  # absent: no MQTT cloud sync
     kpi: KpiConfig = Field(default_factory=KpiConfig)  # availability KPIs (agent/kpi)
+    update: UpdateConfig = Field(default_factory=UpdateConfig)  # signed self-update
 
     def bus_by_name(self, name: str) -> BusConfig:
         return next(b for b in self.bus if b.name == name)

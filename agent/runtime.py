@@ -22,6 +22,7 @@ from agent.store.db import Store
 from agent.store.space import configure_space
 from agent.store.writer import StoreWriter
 from agent.tasks import cancel_and_wait, supervise
+from agent.update.health import report_healthy
 from agent.watchdog import Liveness, Watchdog
 
 # The services of optional config sections ([ocpp], [mqtt], [api], [driver], [billing]) are
@@ -247,6 +248,8 @@ async def run_agent(cfg: StationConfig) -> None:
     watchdog = Watchdog(Liveness(agent.station.pollers, agent.bus), notifier)
     dog = asyncio.create_task(watchdog.run(), name="watchdog")
     notifier.ready(f"running: {len(cfg.device)} devices on {len(agent.station.pollers)} links")
+    # A release on probation is kept once it says it is healthy (agent/update/probation.py).
+    healthy = asyncio.create_task(report_healthy(agent.station.pollers, cfg.store.path))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -259,7 +262,7 @@ async def run_agent(cfg: StationConfig) -> None:
         notifier.stopping("stopping: flushing outboxes, committing the store")
         waiter.cancel()
         stopper.cancel()
-        await cancel_and_wait([dog])
+        await cancel_and_wait([dog, healthy])
         await agent.stop()
         notifier.close()
     if waiter.done() and not waiter.cancelled() and waiter.exception():

@@ -136,6 +136,10 @@ class _Main(LazyGroup):
             "agent.cli.tickets_cmd:app",
             "Drivers' problem reports (tickets) with their diagnostic snapshot.",
         ),
+        "update": Lazy(
+            "agent.cli.update_cmd:app",
+            "Signed updates of the agent: apply, status, rollback, boot-check.",
+        ),
         "maintenance": Lazy(
             "agent.cli.maintenance_cmd:app",
             "Scheduled maintenance windows (excluded from the uptime KPI).",
