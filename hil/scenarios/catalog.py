@@ -479,6 +479,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
         note="the store's guard triggers were dropped behind the agent's back",
     ),
+    Scenario(
+        name="store_cannot_bill",
+        station="tcp",
+        fault=facts(records_unwritten=1),
+        recover=facts(records_unwritten=0),
+        expect=Expect(
+            "store_cannot_bill", "station", "OtherError", "ChargingStation.Problem", False
+        ),
+        note="the disk is full: a finished session's charge record waits in memory",
+    ),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}
