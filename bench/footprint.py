@@ -131,6 +131,35 @@ def db_fds(pid: int) -> dict[str, int]:
     return out
 
 
+class TopicCounter:
+    """Counts the agent's MQTT messages per stream (the topic's part after the station id),
+    from a subscriber on the same broker: what the outbox commits and publishes."""
+
+    def __init__(self, port: int):
+        import paho.mqtt.client as mqtt
+
+        self.counts: dict[str, int] = {}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="footprint-bench")
+        self.client.on_connect = lambda c, *a: c.subscribe("evedge/v1/#", qos=0)
+        self.client.on_message = self._message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _message(self, client, userdata, msg) -> None:
+        parts = msg.topic.split("/")
+        stream = parts[3] if len(parts) > 3 else msg.topic
+        self.counts[stream] = self.counts.get(stream, 0) + 1
+
+    def take(self) -> dict[str, int]:
+        """The counts so far, and start again."""
+        counts, self.counts = self.counts, {}
+        return counts
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def count_syncs(pid: int, seconds: float) -> float | None:
     """fsync + fdatasync per second over `seconds`, from `strace -c`; None if unavailable."""
     strace = shutil.which("strace")
@@ -218,12 +247,19 @@ async def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float | str
         await wait_until(session_on, 60, "StartTransaction at the CSMS", agent, tmp / "agent.log")
         await asyncio.sleep(args.settle)
         pid = agent.pid
+        topics = TopicCounter(broker.port) if broker else None
+        if topics:
+            await asyncio.sleep(1.0)  # retained messages arrive at subscribe: not counted
+            topics.take()
         c0, io0, t0 = cpu_s(pid), io(pid), time.monotonic()
         samples = []
         while time.monotonic() - t0 < args.window:
             await asyncio.sleep(min(5.0, args.window))
             samples.append(memory_mb(pid))
         c1, io1, dt = cpu_s(pid), io(pid), time.monotonic() - t0
+        mqtt_counts = topics.take() if topics else {}
+        if topics:
+            topics.close()
         fds = db_fds(pid)
         nthreads = threads(pid)
         syncs = await asyncio.to_thread(count_syncs, pid, args.strace_window)
@@ -241,6 +277,7 @@ async def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float | str
             "write_mb_per_h": (io1["write_bytes"] - io0["write_bytes"]) * per_h / 1e6,
             "wchar_mb_per_h": (io1["wchar"] - io0["wchar"]) * per_h / 1e6,
             "mqtt": "yes" if broker else "no (mosquitto not installed)",
+            "mqtt_per_s": {k: v / dt for k, v in sorted(mqtt_counts.items())},
         }
     finally:
         for p in (agent, sim):
@@ -284,6 +321,8 @@ def show(runs: list[dict]) -> None:
     per_day = sorted(r["write_mb_per_h"] for r in runs)[len(runs) // 2] * 24
     print(f"written to disk per day (median): {per_day:.0f} MB")
     print("SQLite fds per file (last run):", runs[-1]["sqlite_files"], "; MQTT:", runs[-1]["mqtt"])
+    rates = ", ".join(f"{k} {v:.2f}" for k, v in runs[-1]["mqtt_per_s"].items())
+    print(f"MQTT messages per s by stream (last run): {rates or 'none'}")
 
 
 async def main() -> None:
