@@ -64,6 +64,7 @@ bench: install
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/footprint.py
+	$(BIN)/python bench/cli_latency.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.api.protocol import MAX_LINE
+from agent.api.wire import MAX_LINE
 
 TIMEOUT_S = 120.0  # `diagnose` reads every device several times
 BACKLOG_WAIT_S = 10.0  # a full listen backlog (another user flooding the socket) is waited out

@@ -20,11 +20,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from agent.api.wire import MAX_LINE as MAX_LINE
 from agent.diagnosis.clearing import ClearFaultInput
 from agent.driver.config import SHIPPED_LANGUAGES
 from agent.tickets.model import ReportInput
-
-MAX_LINE = 1 << 20  # a request line (a tariff document fits easily)
 
 
 class _Args(BaseModel):

@@ -8,7 +8,6 @@ checks them against the loaded commands).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import signal
@@ -46,13 +45,16 @@ class LazyGroup(TyperGroup):
 
     def get_command(self, ctx: typer.Context, cmd_name: str):
         if cmd_name in self.lazy:  # help listings and completion: name and help line only
-            return TyperCommand(cmd_name, help=self.lazy[cmd_name].help)
+            line = self.lazy[cmd_name].help
+            return TyperCommand(cmd_name, help=line, short_help=line, rich_markup_mode=None)
         return super().get_command(ctx, cmd_name)
 
     def resolve_command(self, ctx: typer.Context, args: list[str]):
         name, cmd, rest = super().resolve_command(ctx, args)
         if name in self.lazy:
             cmd = load(name, self.lazy[name], self.rich_markup_mode)
+        if cmd is not None:
+            plain_help(cmd)
         return name, cmd, rest
 
 
@@ -69,6 +71,36 @@ def load(name: str, entry: Lazy, markup=DEFAULT_MARKUP_MODE):
         )
     cmd.name = name
     return cmd
+
+
+# What a value is called in help, by typer's type name (typer writes `--unit <int>`).
+METAVARS = {
+    "str": "TEXT",
+    "int": "N",
+    "int range": "N",
+    "float": "NUMBER",
+    "float range": "NUMBER",
+    "path": "PATH",
+    "list[str]": "TEXT",
+}
+
+
+def plain_help(cmd) -> None:
+    """Plain help for a command and its subcommands: typer's rich help imports rich's
+    markdown and traceback modules (~0.3 s of a 0.5 s `evedge --help`) and writes types as
+    `--json <bool>`, `--set <list[str]>`; this writes `--json`, `--set TEXT`, `KIND`."""
+    cmd.rich_markup_mode = None
+    for param in cmd.params:
+        if param.metavar is not None or getattr(param, "is_flag", False):
+            continue
+        if param.param_type_name == "argument":
+            param.metavar = param.name.upper()
+            continue
+        with contextlib.suppress(Exception):  # a type typer cannot name: keep its own
+            name = param.display_type(None).strip("<>")
+            param.metavar = METAVARS.get(name, name.upper())
+    for sub in getattr(cmd, "commands", {}).values():
+        plain_help(sub)
 
 
 class _Main(LazyGroup):
@@ -177,8 +209,11 @@ app = _App(
     help="evedge — edge agent for EV charging stations.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # see plain_help
 )
-config_app = typer.Typer(cls=_Config, help="Check and show station configs.", no_args_is_help=True)
+config_app = typer.Typer(
+    cls=_Config, help="Check and show station configs.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(config_app, name="config")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
@@ -244,7 +279,9 @@ def config_check(
     console.print(table)
 
 
-@app.command("run")
+@app.command(
+    "run", short_help="Run the agent: poll every device, publish readings, keep the store."
+)
 def run(
     config: ConfigOpt = DEFAULT_CONFIG,
     json_logs: Annotated[
@@ -254,6 +291,8 @@ def run(
     """Run the agent: poll every device, publish readings, keep the store.
 
     Exits 75 after an OCPP hard reset (the unit's Restart=on-failure starts it again)."""
+    import asyncio
+
     from agent.api.server import ApiStartError
     from agent.cli.common import Exit, fail, load_or_exit
     from agent.logsetup import setup_logging
@@ -272,7 +311,10 @@ def run(
         raise typer.Exit(e.exit_code) from None
 
 
-@app.command("demo")
+@app.command(
+    "demo",
+    short_help="Run the agent against the simulated station, charging cars back to back, live.",
+)
 def demo(
     config: ConfigOpt = DEMO_CONFIG,
     duration: Annotated[float | None, typer.Option(help="stop after SECONDS")] = None,
@@ -287,6 +329,8 @@ def demo(
     """Run the agent against the simulated station, charging cars back to back, live.
 
     Example: `evedge demo --csms ws://127.0.0.1:8180/steve/websocket/CentralSystemService`"""
+    import asyncio
+
     from agent.cli.common import Exit, fail, load_or_exit
     from agent.cli.demo import DemoRunning, run_demo
     from agent.cli.demo_cloud import with_peers
@@ -307,9 +351,14 @@ def demo(
         raise fail(f"{e} — is another demo or simulator running?", Exit.UNREACHABLE) from None
 
 
-@app.command("sim")
+@app.command(
+    "sim",
+    short_help="Run the simulated station alone (Modbus servers + control port).",
+)
 def sim(config: ConfigOpt = DEMO_CONFIG) -> None:
     """Run the simulated station alone (Modbus servers + control port), for tests and HIL."""
+    import asyncio
+
     from agent.cli.common import Exit, console, fail, load_or_exit
     from agent.logsetup import setup_logging
     from hil.control import run_sim

@@ -1,4 +1,4 @@
-"""`evedge modbus read|write|scan`: profile-aware Modbus tools for the technician (like mbpoll).
+"""`evedge modbus read|write|scan|raw`: profile-aware Modbus tools for the technician (like mbpoll).
 
 A serial line has one master. While the service runs (its API answers, per --config) and
 polls the line a command names with --serial, the direct command is refused: `read` and
@@ -19,6 +19,7 @@ from rich.text import Text
 
 from agent.api.client import ApiError, Unreachable, call
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.meaning import with_meaning
 from agent.cli.service import control
 from agent.events import utcnow
 from agent.logsetup import setup_logging
@@ -231,7 +232,7 @@ def _print_values(prof, device: Device, link: Link, values, failures, cycle: Cyc
         if reg.quantity not in values:
             continue
         v = values[reg.quantity]
-        shown = "n/a" if v is None else str(v)
+        shown = "n/a" if v is None else with_meaning(prof, reg.quantity, v)
         table.add_row(
             reg.quantity,
             shown,
@@ -380,3 +381,52 @@ def scan(
         console.print(table if found else "no unit answered")
     if not found:
         raise typer.Exit(int(Exit.CHECK_FAILED))
+
+
+@app.command("raw")
+def raw(
+    fc: Annotated[int, typer.Option("--fc", help="3: holding, 4: input registers")] = 3,
+    address: Annotated[int, typer.Option("--address", min=0, max=0xFFFF, help="0-based")] = 0,
+    count: Annotated[int, typer.Option("--count", min=1, max=60, help="how many values")] = 1,
+    type_: Annotated[str, typer.Option("--type", help="u16, s16, u32, s32 or f32")] = "u16",
+    order: Annotated[
+        str, typer.Option("--order", help="bytes of a 32-bit value: abcd, cdab, badc or dcba")
+    ] = "abcd",
+    unit: Annotated[int, typer.Option("--unit", min=0, max=255, help="unit id")] = 1,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="name the values by this device profile")
+    ] = None,
+    watch: Annotated[
+        float | None, typer.Option("--watch", min=0.1, help="repeat every S seconds")
+    ] = None,
+    polls: Annotated[
+        int | None, typer.Option("--polls", min=1, help="with --watch: stop after N")
+    ] = None,
+    tcp: TcpOpt = None,
+    serial: SerialOpt = None,
+    baud: BaudOpt = 9600,
+    parity: ParityOpt = "N",
+    stopbits: StopOpt = 1,
+    timeout: TimeoutOpt = 1.0,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    json: JsonOpt = False,
+) -> None:
+    """Read raw registers of any device and decode them, like mbpoll.
+
+    Example: `evedge modbus raw --tcp 127.0.0.1:15021 --fc 4 --address 0 --count 3 --type f32`
+    (an SDM630's three phase voltages); `--watch 1` repeats and highlights changes."""
+    from agent.cli.modbus_raw import TYPES, raw_read
+
+    if fc not in (3, 4):
+        raise fail(f"--fc must be 3 (holding) or 4 (input registers), got {fc}", Exit.USAGE)
+    if type_ not in TYPES:
+        raise fail(f"--type must be one of {', '.join(TYPES)}, got {type_!r}", Exit.USAGE)
+    if order not in ("abcd", "cdab", "badc", "dcba"):
+        raise fail(f"--order must be abcd, cdab, badc or dcba, got {order!r}", Exit.USAGE)
+    if address + count * TYPES[type_][1] > 0x10000:
+        raise fail(
+            f"--address {address} + --count {count} {type_} passes register 65535", Exit.USAGE
+        )
+    settings = _settings(tcp, serial, baud, parity, stopbits)
+    _refuse_if_service_owns(config, settings)
+    raw_read(settings, unit, fc, address, count, type_, order, profile, watch, polls, timeout, json)  # type: ignore[arg-type]

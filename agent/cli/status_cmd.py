@@ -12,29 +12,32 @@ import itertools
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
-from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
-from agent.cli.live import HEALTH_STYLE, LiveState, render
-from agent.cli.service import control, read, store_note
-from agent.config import StationConfig
-from agent.diagnosis.store import FaultRecord
-from agent.events import HealthState, Reading, SessionEvent
-from agent.ops import StatusReport, store_status
-from agent.store.db import StoreError
+from agent.cli.paths import DEFAULT_CONFIG
+
+# `status --json` against the running service answers first (agent/cli/fastpath.py); the
+# report model, the store and the views are imported by the paths that need them.
+if TYPE_CHECKING:
+    from agent.cli.live import LiveState
+    from agent.config import StationConfig
+    from agent.ops import StatusReport
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config (TOML)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def fetch_status(cfg: StationConfig) -> tuple[StatusReport, str | None]:
-    """The status from the service, or from the store with a note why; exit 3 if neither."""
-    result = read(cfg, "status")
+def fetch_status(cfg: StationConfig, result: dict | None = None) -> tuple[StatusReport, str | None]:
+    """The status from the service (its answer `result`, if already asked), or from the
+    store with a note why; exit 3 if neither."""
+    from agent.cli.common import Exit, fail
+    from agent.cli.service import read, store_note
+    from agent.ops import StatusReport, store_status
+    from agent.store.db import StoreError
+
+    result = result if result is not None else read(cfg, "status")
     if result is not None:
         return StatusReport.model_validate(result), None
     if not cfg.store.path.exists():
@@ -50,8 +53,19 @@ def fetch_status(cfg: StationConfig) -> tuple[StatusReport, str | None]:
 
 def status(config: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False) -> None:
     """Station, connectors, sessions, device health, sync and backlog, active faults."""
+    if json:
+        from agent.cli.fastpath import print_answer, service_answer
+
+        result = service_answer(config, "status")
+        if result is not None:  # the service's answer is the report, as JSON
+            print_answer({**result, "note": None})
+            return
+    from agent.cli.common import emit_json, load_or_exit
+    from agent.cli.service import read
+
     cfg = load_or_exit(config)
-    report, note = fetch_status(cfg)
+    result = read(cfg, "status")
+    report, note = fetch_status(cfg, result)
     if json:
         emit_json({**report.model_dump(mode="json"), "note": note})
         return
@@ -63,6 +77,13 @@ def _dash(v: object, unit: str = "") -> str:
 
 
 def _print(r: StatusReport, lang: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from agent.cli.common import console
+    from agent.cli.live import HEALTH_STYLE
+    from agent.events import HealthState
+
     source = "live from the service" if r.source == "service" else "from the store (service down)"
     console.print(
         Text.assemble((f"station {r.station}", "bold"), f" {r.name}  ", (source, "dim")),
@@ -127,6 +148,9 @@ def _print(r: StatusReport, lang: str) -> None:
 def feed(state: LiveState, report: StatusReport, readings: list[dict], seen: set[str]) -> None:
     """Feed the live view with one status poll: readings, health, sessions, and a log line
     for each fault not `seen` before."""
+    from agent.diagnosis.store import FaultRecord
+    from agent.events import Reading, SessionEvent
+
     for r in readings:
         state.feed(Reading.model_validate(r))
     for h in report.devices:
@@ -165,6 +189,13 @@ def live(
     json: Annotated[bool, typer.Option("--json", help="one status JSON per poll")] = False,
 ) -> None:
     """Live view of the running station (Ctrl-C to stop); exit 3 when the service is down."""
+    from rich.live import Live
+
+    from agent.cli.common import console, emit_json, load_or_exit
+    from agent.cli.live import LiveState, render
+    from agent.cli.service import control
+    from agent.ops import StatusReport
+
     cfg = load_or_exit(config)
     state = LiveState(cfg, started=None)  # the viewer's start is not the service's
     seen: set[str] = set()
