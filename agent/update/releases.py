@@ -19,6 +19,7 @@ from agent.update.status import UpdateRefused, UpdateStatus
 log = structlog.get_logger(__name__)
 
 PIP_TIMEOUT_S = 900  # a wheelhouse install on a slow controller; never forever
+COMPLETE = "COMPLETE"  # written last: the release is whole
 
 
 def current_version(link: Path) -> str | None:
@@ -30,56 +31,43 @@ def current_version(link: Path) -> str | None:
 
 
 def installed(releases_dir: Path) -> list[str]:
-    """Versions with a complete venv, sorted by name."""
+    """Versions installed completely (their COMPLETE file written), sorted by name."""
     if not releases_dir.is_dir():
         return []
-    return sorted(p.parent.name for p in releases_dir.glob("*/venv/bin/python"))
+    return sorted(p.parent.name for p in releases_dir.glob(f"*/{COMPLETE}"))
 
 
 def install(releases_dir: Path, version: str, wheelhouse: Path, requirement: str) -> Path:
     """Create `<version>/venv` and pip-install `requirement` from `wheelhouse` only.
 
-    Built in `<version>.partial` and renamed when complete, so a half-installed release is
-    never taken for one (the caller refuses to reinstall the running release)."""
-    releases_dir.mkdir(parents=True, exist_ok=True)
+    Built in place (a venv cannot move: its scripts name their interpreter's path) and
+    marked COMPLETE last, so a half-installed release is never taken for one; a leftover
+    of an interrupted install is removed first (the caller refuses to reinstall the
+    running release)."""
     final = releases_dir / version
-    work = releases_dir / f"{version}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    venv = work / "venv"
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir(parents=True)
+    venv = final / "venv"
     steps = [
         # --without-pip: the running release's pip installs into it (--python), fast and
         # with no network; the new venv needs no pip of its own.
         [sys.executable, "-m", "venv", "--without-pip", str(venv)],
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(venv / "bin" / "python"),
-            "install",
-            "--quiet",
-            "--no-index",
-            "--no-cache-dir",
-            "--find-links",
-            str(wheelhouse),
-            requirement,
-        ],
-    ]
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "--quiet", "--no-index", "--no-cache-dir", "--find-links", str(wheelhouse), requirement],
+    ]  # fmt: skip
     for cmd in steps:
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
             raise UpdateRefused(UpdateStatus.INSTALLATION_FAILED, f"{cmd[2]} timed out") from None
         if r.returncode != 0:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
             tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
             raise UpdateRefused(
                 UpdateStatus.INSTALLATION_FAILED, f"{cmd[2]} failed: {' | '.join(tail)}"
             )
-    if final.exists():
-        shutil.rmtree(final)
-    work.rename(final)
+    (final / COMPLETE).write_text(requirement + "\n")
     log.info("update.installed", version=version, path=str(final))
     return final
 
