@@ -243,6 +243,12 @@ async def run_agent(cfg: StationConfig) -> None:
     # systemd's watchdog kills with SIGABRT: leave the Python stacks of the hang in the log.
     faulthandler.enable()
     notifier = Notifier.from_env()
+    # Before the start: a stop asked for while the store opens and sessions recover is
+    # carried out right after it, cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     agent = Agent(cfg)
     await agent.start()
     watchdog = Watchdog(Liveness(agent.station.pollers, agent.bus), notifier)
@@ -250,10 +256,6 @@ async def run_agent(cfg: StationConfig) -> None:
     notifier.ready(f"running: {len(cfg.device)} devices on {len(agent.station.pollers)} links")
     # A release on probation is kept once it says it is healthy (agent/update/probation.py).
     healthy = asyncio.create_task(report_healthy(agent.station.pollers, cfg.store.path))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(agent.wait())
     stopper = asyncio.create_task(stop.wait())
     try:

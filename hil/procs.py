@@ -172,6 +172,16 @@ class Proc:
         """Wait for the exit; its code (-N for signal N). subprocess.TimeoutExpired if not."""
         return self.p.wait(timeout)
 
+    def handles(self, sig: int) -> bool:
+        """True once the process has its own handler for `sig` (SigCgt in /proc/PID/status):
+        from then on the signal is its to act on, not a kill."""
+        try:
+            status = Path(f"/proc/{self.p.pid}/status").read_text()
+        except OSError:
+            return False
+        caught = next((ln.split()[1] for ln in status.splitlines() if ln[:7] == "SigCgt:"), "0")
+        return bool(int(caught, 16) & (1 << (sig - 1)))
+
     def kill9(self) -> int:
         """SIGKILL (no clean-up runs: a power cut for the process) and reap."""
         if self.p.poll() is None:

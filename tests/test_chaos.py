@@ -22,6 +22,7 @@ import grp
 import json
 import os
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -217,6 +218,8 @@ async def test_kill_9_with_cloud_outages_loses_and_duplicates_nothing(tmp_path):
                 return not s.active_sessions()
 
         await until(idle, 30, "the last session to close", proc=agent)
+        # The agent may have been restarted a moment ago: stop it once it handles SIGTERM.
+        await until(lambda: agent.handles(signal.SIGTERM), 30, "SIGTERM handled", proc=agent)
         phases = {"session_loop": loop_s, "last_close": time.monotonic() - t0 - loop_s}
         t1 = time.monotonic()
         assert await agent.stop_async(TIMEOUT_STOP_S) == 0, agent.log_tail()

@@ -134,3 +134,25 @@ async def test_stop_flushes_every_outbox_within_the_budget_while_tasks_run(tmp_p
     timeouts = [e for e in logs if e["event"] == "agent.flush_timeout"]
     assert [e["service"] for e in timeouts] == ["csms_sync"]
     assert [e["event"] for e in logs if e["event"] == "agent.stop"] == ["agent.stop"]
+
+
+async def test_sigterm_while_the_agent_is_still_starting_is_a_clean_stop(tmp_path):
+    """systemd may stop a unit that is still importing, opening its store or recovering:
+    the process handles SIGTERM from its first moments (long before READY) and such a stop
+    exits 0 instead of killing it mid-way."""
+    station = write_station(tmp_path, station_id="EARLY", extra=fast_billing(tmp_path))
+    listener = NotifyListener(tmp_path / "notify.sock")
+    env = dict(os.environ, NOTIFY_SOCKET=str(listener.path))
+    agent = start_agent(station.path, tmp_path / "agent.log", env=env)
+    try:
+        async with asyncio.timeout(30):
+            while not agent.handles(signal.SIGTERM) and agent.poll() is None:
+                await asyncio.sleep(0.002)
+        before_ready = listener.drain()
+        agent.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(agent.wait, TIMEOUT_STOP_S)
+    finally:
+        agent.stop()
+        listener.close()
+    assert not any("READY" in m for m in before_ready), "SIGTERM was only handled after READY"
+    assert code == 0, agent.log_tail()

@@ -291,6 +291,14 @@ def run(
     """Run the agent: poll every device, publish readings, keep the store.
 
     Exits 75 after an OCPP hard reset (the unit's Restart=on-failure starts it again)."""
+    # A SIGTERM before the event loop's handler exists (systemd stopping a unit that is still
+    # starting, a test stopping a fresh agent) stops like Ctrl-C: a clean exit 0, no kill.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(config, json_logs)
+
+
+def _run(config: Path, json_logs: bool) -> None:
     import asyncio
 
     from agent.api.server import ApiStartError
@@ -303,8 +311,7 @@ def run(
     cfg = load_or_exit(config)
     setup_logging(cfg.log.level, json=json_logs)
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_agent(cfg))
+        asyncio.run(run_agent(cfg))
     except (OcppSetupError, MqttConfigError, ApiStartError) as e:
         raise fail(str(e), Exit.USAGE) from None
     except HardReset as e:
