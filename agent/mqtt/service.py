@@ -111,6 +111,7 @@ class MqttService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._active: dict[str, FaultRaised] = {}
         self._offline_clean = b""
+        self._status_seq = 0  # the first of the last two status numbers reserved
         self._tasks: set[asyncio.Task] = set()
         self._started = False
         self.ticket_poll_s = TICKET_POLL_S
@@ -217,7 +218,10 @@ class MqttService:
 
     def _birth(self) -> tuple[bytes, bytes]:
         """Status payloads of the next connection: online, and offline as its Last Will."""
-        seq = self.outbox.next_seq(Stream.STATUS, 2)
+        seq = self._status_seq + 2  # on a full disk: numbered on, not persisted
+        with disk_full_tolerated("mqtt status numbering"):  # (a reconnect must not fail)
+            seq = self.outbox.next_seq(Stream.STATUS, 2)
+        self._status_seq = seq
         common = dict(station=self.topics.station, agent_version=agent_version())
         online = StatusMessage(msg_id=_mid(), seq=seq, ts=utcnow(), state="online", **common)
         will = StatusMessage(
