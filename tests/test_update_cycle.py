@@ -229,3 +229,17 @@ def test_boot_check_script_is_standalone(tmp_path):
     assert all(line.split()[1].split(".")[0] in {"__future__", "json", "os", "sys", "time",
                "pathlib"} for line in imports), imports  # fmt: skip
     assert os.access(probation.__file__, os.R_OK)
+
+
+def test_failed_install_keeps_the_running_release(site):
+    # The stand-in needs evedge-fakedep; a wheelhouse without it cannot install offline.
+    wheels = standin_wheels(site.tmp / "w", "2.0.0", "healthy")[:1]
+    a = site.pki.archive(site.tmp / "a.update", wheels, "2.0.0")
+    with pytest.raises(UpdateRefused, match="pip install failed") as e:
+        site.updater().apply(Request(str(a)))
+    assert e.value.status == S.INSTALLATION_FAILED and "evedge-fakedep" in str(e.value)
+    assert site.seen == [S.SIGNATURE_VERIFIED, S.INSTALLING, S.INSTALLATION_FAILED]
+    assert releases.installed(site.releases) == ["1.0.0"]
+    assert not (site.releases / "2.0.0").exists()
+    assert releases.current_version(site.link) == "1.0.0" and site.started() == ["1.0.0"]
+    assert probation.read(site.state) is None

@@ -61,6 +61,9 @@ def begin(
 ) -> None:
     """Put `version` on probation, `previous` (a release directory) its fallback."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # `update apply` runs as root: the service must still write markers
+        owner = state_dir.parent.stat()
+        os.chown(state_dir, owner.st_uid, owner.st_gid)
     marker(state_dir, version).unlink(missing_ok=True)  # only a fresh marker counts
     doc = {
         "version": version,

@@ -6,6 +6,7 @@ the old one (os.replace), so a crash at any point leaves `current` on one whole 
 
 from __future__ import annotations
 
+import ensurepip
 import os
 import shutil
 import subprocess
@@ -48,28 +49,37 @@ def install(releases_dir: Path, version: str, wheelhouse: Path, requirement: str
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir(parents=True)
     venv = final / "venv"
-    steps = [
-        # --without-pip: the running release's pip installs into it (--python), fast and
-        # with no network; the new venv needs no pip of its own.
-        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-         "--quiet", "--no-index", "--no-cache-dir", "--find-links", str(wheelhouse), requirement],
-    ]  # fmt: skip
-    for cmd in steps:
+    python = venv / "bin" / "python"
+    steps = {
+        "venv": [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+        "pip install": [*_pip(python), "install", "--quiet", "--no-index", "--no-cache-dir",
+                        "--find-links", str(wheelhouse), requirement],
+    }  # fmt: skip
+    for what, cmd in steps.items():
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             shutil.rmtree(final, ignore_errors=True)
-            raise UpdateRefused(UpdateStatus.INSTALLATION_FAILED, f"{cmd[2]} timed out") from None
+            raise UpdateRefused(UpdateStatus.INSTALLATION_FAILED, f"{what} timed out") from None
         if r.returncode != 0:
             shutil.rmtree(final, ignore_errors=True)
             tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
             raise UpdateRefused(
-                UpdateStatus.INSTALLATION_FAILED, f"{cmd[2]} failed: {' | '.join(tail)}"
+                UpdateStatus.INSTALLATION_FAILED, f"{what} failed: {' | '.join(tail)}"
             )
     (final / COMPLETE).write_text(requirement + "\n")
     log.info("update.installed", version=version, path=str(final))
     return final
+
+
+def _pip(python: Path) -> list[str]:
+    """pip for the new venv, which has none of its own (ensurepip costs seconds per venv):
+    the interpreter's bundled pip wheel run as a zip (needs no pip in any venv, so a release
+    installed this way can install the next), else this release's pip aimed at it."""
+    bundled = sorted((Path(ensurepip.__file__).parent / "_bundled").glob("pip-*.whl"))
+    if bundled:
+        return [str(python), f"{bundled[-1]}/pip"]
+    return [sys.executable, "-m", "pip", "--python", str(python)]
 
 
 def switch(link: Path, target: Path) -> None:
