@@ -174,27 +174,33 @@ def mutated_doc(draw) -> dict[str, Any]:
     return doc
 
 
-@st.composite
-def mangled_bytes(draw) -> bytes:
-    data = bytearray(toml_text(BASE).encode())
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["insert", "flip", "cut", "bom", "deep", "latin1"]))
+MANGLES = ("insert", "flip", "cut", "bom", "deep", "latin1")
+
+
+def mangle(draw, data: bytearray, ops: tuple[str, ...] = MANGLES, rounds: int = 4) -> bytes:
+    """`data` with 1..`rounds` byte-level damages drawn from `ops`."""
+    for _ in range(draw(st.integers(1, rounds))):
+        op = draw(st.sampled_from(ops))
         at = draw(st.integers(0, len(data)))
         if op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=8))
         elif op == "flip" and data:
-            i = min(at, len(data) - 1)
-            data[i] ^= draw(st.integers(1, 255))
+            data[min(at, len(data) - 1)] ^= draw(st.integers(1, 255))
         elif op == "cut":
-            del data[at:]
+            del data[at : at + draw(st.sampled_from([1, 50, 200, len(data)]))]
         elif op == "bom":
             data[0:0] = b"\xef\xbb\xbf"
         elif op == "deep":
             n = draw(st.sampled_from([50, 500, 999, 2000, 20000]))
             data += deep(n, draw(st.sampled_from(["array", "table"]))).encode()
-        else:
+        elif op == "latin1":
             data[at:at] = "Stationsname: Müller".encode("latin-1")
     return bytes(data)
+
+
+@st.composite
+def mangled_bytes(draw) -> bytes:
+    return mangle(draw, bytearray(toml_text(BASE).encode()))
 
 
 counter = itertools.count()
@@ -268,18 +274,10 @@ SHIPPED = sorted(PROFILE_DIR.glob("*.toml"))
 def profile_ref(draw, root: Path) -> str:
     if draw(st.booleans()):
         return draw(st.sampled_from(special_profiles(root)))
-    data = bytearray(draw(st.sampled_from(SHIPPED)).read_bytes())
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(data)))
-        op = draw(st.sampled_from(["insert", "flip", "cut"]))
-        if op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=6))
-        elif op == "flip" and data:
-            data[min(at, len(data) - 1)] ^= draw(st.integers(1, 255))
-        else:
-            del data[at : at + draw(st.integers(1, 200))]
+    shipped = bytearray(draw(st.sampled_from(SHIPPED)).read_bytes())
+    data = mangle(draw, shipped, ("insert", "flip", "cut"), rounds=3)
     path = root / f"p{next(counter)}.toml"
-    path.write_bytes(bytes(data))
+    path.write_bytes(data)
     return str(path)
 
 
