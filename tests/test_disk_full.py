@@ -296,6 +296,30 @@ def closed_with_records(db: Path) -> bool:
     return bool(sessions) and all(x.state == "closed" and x.id in records for x in sessions)
 
 
+async def test_the_agent_starts_on_a_2mb_disk_and_says_why_it_keeps_no_readings(
+    tiny_volume, tmp_path
+):
+    from hil.procs import sim_ready, start_agent, start_sim, until
+    from hil.procs import write_station as write
+
+    st = write(tiny_volume, station_id="TINY")  # the default [store] min_free_disk_mb: 50
+    log = tmp_path / "agent.log"
+    text = lambda: log.read_text(errors="replace") if log.exists() else ""  # noqa: E731
+    with start_sim(st.path, tmp_path / "sim.log") as sim:
+        await sim_ready(st.control, proc=sim)
+        agent = start_agent(st.path, log)
+        try:
+            await until(lambda: "store.disk_low" in text(), 30, "the warning", proc=agent)
+            await until(lambda: "device.ok" in text(), 30, "polling", proc=agent)
+        finally:
+            rc = await agent.stop_async()
+    said = " ".join(text().split())
+    assert rc == 0, agent.log_tail()
+    assert "readings are not stored" in said and "store.reserve_skipped" in said
+    with Store(st.db, readonly=True) as store:
+        assert store.count_readings() == 0  # the 2 MB are left to billing
+
+
 def test_the_agent_says_why_when_the_disk_cannot_hold_the_store(tiny_volume, tmp_path):
     from hil.procs import EVEDGE
     from hil.procs import write_station as write
