@@ -6,8 +6,8 @@ section ("the config has no [api] section") must reach the technician intact. Wi
 
     {"ok": false, "error": {"code": "unreachable", "message": "..."}}
 
-`code` is the exit code's name (check_failed, usage, unreachable, denied), or the more
-specific code of the service's API (refused, not_found, ...) or `invalid_config`.
+`code` is the exit code's name (check_failed, usage, unreachable, denied, store, disk_full), or the
+more specific code of the service's API (refused, not_found, ...) or `invalid_config`.
 """
 
 from __future__ import annotations
