@@ -211,6 +211,28 @@ app = _App(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # see plain_help
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from agent.cli.paths import version
+
+        print(f"evedge {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """evedge — edge agent for EV charging stations."""
+
+
 config_app = typer.Typer(
     cls=_Config, help="Check and show station configs.", no_args_is_help=True, rich_markup_mode=None
 )

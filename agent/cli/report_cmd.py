@@ -19,6 +19,7 @@ import typer
 from rich.table import Table
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.fmt import duration
 from agent.cli.service import read, store_note
 from agent.cli.store_open import config_and_store
 from agent.kpi import render
@@ -66,6 +67,46 @@ COLUMNS = (
 )
 
 
+# Table headers an 80-column terminal shows whole (CSV and JSON keep the field names).
+HEADERS = {
+    "energy_kwh": "kWh",
+    "revenue_excl_vat": "net",
+    "revenue_incl_vat": "gross",
+    "currency": "cur.",
+    "idle_s": "idle",
+    "utilization_pct": "used %",
+    "fault_downtime_s": "faulted",
+}
+DURATIONS = ("idle_s", "fault_downtime_s")
+
+
+def _cell(column: str, value: object) -> str:
+    if value is None:
+        return "—"
+    if column in DURATIONS:
+        return "—" if float(value) == 0 else duration(float(value))
+    return str(value)
+
+
+def _range(period: str, today: date, first: date | None, last: date | None) -> tuple[date, date]:
+    """[start, end) of the report: the defaults, moved by --from/--to; exit 2 on a range
+    that ends before it starts, naming the dates the user gave."""
+    if first is not None and last is not None and first > last:
+        raise fail(f"--from {first} is after --to {last}: give the earlier date first", Exit.USAGE)
+    start, end = default_range(period, last or today)
+    if last is not None:
+        end = day_after(last)
+    if first is not None:
+        start = first
+        if first >= end:
+            raise fail(
+                f"--from {first} is after today ({today}): nothing to report; "
+                "give an earlier --from (or --to)",
+                Exit.USAGE,
+            )
+    return start, end
+
+
 def _date(text: str | None, what: str) -> date | None:
     if text is None:
         return None
@@ -90,6 +131,9 @@ def report(
         Path, typer.Option("--config", "-c", help="station config (TOML)")
     ] = DEFAULT_CONFIG,
     json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
+    all_periods: Annotated[
+        bool, typer.Option("--all", help="table: also the periods without sessions")
+    ] = False,
     kpi: Annotated[
         bool, typer.Option("--kpi", help="availability KPIs (NEVI uptime, attempts) instead")
     ] = False,
@@ -97,20 +141,18 @@ def report(
         int | None, typer.Option("--months", min=1, max=36, help="--kpi: months shown")
     ] = None,
 ) -> None:
-    """Usage report from the charge records (buckets in the station's timezone)."""
+    """Usage report from the charge records (buckets in the station's timezone).
+
+    Example: `evedge report --period week --from 2025-03-01 --to 2025-03-31 --plot usage.png`"""
     if kpi:
         _kpi(config, FormatOpt.json if json else fmt, plot, months)
         return
     cfg, store = config_and_store(config)
     tz = cfg.billing.timezone if cfg.billing else "UTC"
     today = datetime.now(ZoneInfo(tz)).date()
-    start, end = default_range(period.value, today)
     first, last = _date(from_, "--from"), _date(to, "--to")
-    if first is not None:
-        start = first
+    start, end = _range(period.value, today, first, last)
     try:
-        if last is not None:
-            end = day_after(last)
         with store:
             rows = build_report(
                 store,
@@ -135,15 +177,24 @@ def report(
         w.writerows(out)
     else:
         title = f"station {cfg.station.id}: usage per {period.value} ({tz})"
-        table = Table(title=title)
+        # No box: ten columns fit 80 characters with every date and header whole.
+        table = Table(title=title, box=None, pad_edge=False, header_style="bold underline")
         cols = [c for c in COLUMNS if by is not None or c != "group"]
         for c in cols:
             table.add_column(
-                c.replace("_", " "), justify="left" if c in ("period", "group") else "right"
+                HEADERS.get(c, c),
+                justify="left" if c in ("period", "group") else "right",
+                no_wrap=c != "group",
             )
-        for r in out:
-            table.add_row(*[("—" if r[c] is None else str(r[c])) for c in cols])
+        shown = [r for r in out if all_periods or r["sessions"] or float(r["fault_downtime_s"])]
+        for r in shown:
+            table.add_row(*[_cell(c, r[c]) for c in cols])
         console.print(table)
+        if len(shown) < len(out):
+            console.print(
+                f"{len(out) - len(shown)} of {len(out)} periods had no sessions and no fault "
+                "downtime: not shown (--all shows them)"
+            )
     if plot is not None and fmt == FormatOpt.table and not json:
         console.print(f"plot written to {plot}")
 

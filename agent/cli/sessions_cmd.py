@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from rich.text import Text
 from agent.billing.pricing import CostResult
 from agent.billing.tariff_cmd import _cost_table
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail
+from agent.cli.fmt import duration, when
 from agent.cli.store_open import config_and_store
 from agent.sessions.model import mask
 from agent.sessions.store import SessionRow, SessionStore
@@ -26,8 +28,11 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="station config 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
-def _tz(cfg) -> ZoneInfo:
-    return ZoneInfo(cfg.billing.timezone if cfg.billing else "UTC")
+UtcOpt = Annotated[bool, typer.Option("--utc", help="times in UTC, not the station's zone")]
+
+
+def _tz(cfg, utc: bool = False) -> ZoneInfo:
+    return ZoneInfo("UTC" if utc or cfg.billing is None else cfg.billing.timezone)
 
 
 def _summary(s: SessionRow, store: SessionStore) -> dict[str, Any]:
@@ -58,34 +63,46 @@ def sessions(
     ctx: typer.Context,
     config: ConfigOpt = DEFAULT_CONFIG,
     limit: Annotated[int, typer.Option("--limit", min=1, help="newest N sessions")] = 50,
+    utc: UtcOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """List sessions, newest first (same as `evedge sessions list`)."""
     if ctx.invoked_subcommand is None:
-        list_sessions(config=config, limit=limit, json=json)
+        list_sessions(config=config, limit=limit, utc=utc, json=json)
 
 
 @app.command("list")
 def list_sessions(
     config: ConfigOpt = DEFAULT_CONFIG,
     limit: Annotated[int, typer.Option("--limit", min=1, help="newest N sessions")] = 50,
+    utc: UtcOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """List sessions, newest first: energy, cost, stop reason, record (tokens masked)."""
+    """List sessions, newest first: energy, cost, stop reason, record (tokens masked).
+
+    The session column shows the first 8 characters of the id: `sessions show` takes them.
+    Example: `evedge sessions list --limit 10 --utc`"""
     cfg, store = config_and_store(config)
     with store:
         rows = [_summary(s, store) for s in store.sessions(limit=limit)]
     if json:
         emit_json(rows)
         return
-    tz = _tz(cfg)
-    table = Table(title=f"sessions of station {cfg.station.id} (newest {limit})")
-    for col in ("session", "conn", "start (local)", "duration", "token", "kWh", "total", "stop"):
-        table.add_column(col, justify="right" if col in ("kWh", "total") else "left")
+    tz = _tz(cfg, utc)
+    title = f"sessions of station {cfg.station.id} (newest {limit}; times {tz.key})"
+    # No box, and long cells wrap (fold), never cut: an 80-column terminal shows everything.
+    table = Table(title=title, box=None, header_style="bold underline")
+    for col in ("session", "conn", "start", "duration", "token", "kWh", "total", "stop"):
+        table.add_column(
+            col,
+            justify="right" if col in ("kWh", "total") else "left",
+            no_wrap=col in ("session", "start", "duration"),
+            overflow="fold",
+        )
     for r in rows:
         start = from_us(0).fromisoformat(r["start"])
         end = r["end"] and from_us(0).fromisoformat(r["end"])
-        dur = "running" if not end else _duration((end - start).total_seconds())
+        dur = "running" if not end else duration((end - start).total_seconds())
         total = (
             "—"
             if r["total_incl_vat"] is None and r["total_excl_vat"] is None
@@ -97,7 +114,7 @@ def list_sessions(
         table.add_row(
             r["session_id"][:8],
             str(r["connector"]),
-            f"{start.astimezone(tz):%Y-%m-%d %H:%M:%S}",
+            f"{start.astimezone(tz):%Y-%m-%d %H:%M}",
             dur,
             f"{r['id_token']} ({r['auth_method']})",
             f"{Decimal(r['energy_wh']).scaleb(-3):.3f}",
@@ -107,18 +124,16 @@ def list_sessions(
     console.print(table)
 
 
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 @app.command("show")
 def show(
     session_id: Annotated[str, typer.Argument(help="session id (or a unique prefix)")],
     config: ConfigOpt = DEFAULT_CONFIG,
+    utc: UtcOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """One session: its record with cost breakdown, signed OCMF data, samples and events."""
+    """One session: its record with cost breakdown, signed OCMF data, samples and events.
+
+    Example: `evedge sessions show 0f3c9a52` (the id's first characters are enough)."""
     cfg, store = config_and_store(config)
     with store:
         s = store.session(session_id)
@@ -150,10 +165,10 @@ def show(
             }
         )
         return
-    tz = _tz(cfg)
+    tz = _tz(cfg, utc)
     console.print(f"[bold]session {s.id}[/] — connector {s.connector}, {s.state}, {s.status}")
     console.print(
-        f"started {from_us(s.started_ts).astimezone(tz):%Y-%m-%d %H:%M:%S %Z}, "
+        f"started {when(from_us(s.started_ts), tz)}, "
         f"authorized by {s.auth_method} ({mask(s.id_token)}), meter {s.meter_device} "
         f"(serial {s.meter_serial or '?'}), start register {s.start_wh:,} Wh",
         highlight=False,
@@ -163,10 +178,10 @@ def show(
     else:
         _show_record(rec, body, tz)
     ev = Table(title="events")
-    for col in ("time (local)", "status", "event", "detail"):
+    for col in (f"time ({tz.key})", "status", "event", "detail"):
         ev.add_column(col)
     for t, st, k, d in events:
-        ev.add_row(f"{from_us(t).astimezone(tz):%H:%M:%S.%f}"[:-3], st, k, d)
+        ev.add_row(when(from_us(t), tz, date=False), st, k, d)
     console.print(ev)
     console.print(f"{len(samples)} meter samples kept", highlight=False)
 
@@ -186,13 +201,14 @@ def _show_record(rec, body: dict[str, Any], tz: ZoneInfo) -> None:
         highlight=False,
     )
     console.print(
-        f"ended {body['end']} — {stop['reason']} by {stop['by']}"
+        f"ended {when(datetime.fromisoformat(body['end']), tz)} — {stop['reason']} by {stop['by']}"
         + (f": {stop['detail']}" if stop["detail"] else ""),
         highlight=False,
     )
     console.print(
         f"energy {body['energy_wh']:,} Wh (register {m['start_wh']:,} → {m['end_wh']:,} Wh), "
-        f"charging {body['charging_s']} s, parking {body['parking_s']} s",
+        f"charging {duration(float(body['charging_s']))}, "
+        f"parking {duration(float(body['parking_s']))}",
         highlight=False,
     )
     if body.get("cost"):

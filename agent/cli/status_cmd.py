@@ -82,12 +82,16 @@ def _print(r: StatusReport, lang: str) -> None:
 
     from agent.cli.common import console
     from agent.cli.live import HEALTH_STYLE
+    from agent.cli.paths import version
     from agent.events import HealthState
 
     source = "live from the service" if r.source == "service" else "from the store (service down)"
     console.print(
-        Text.assemble((f"station {r.station}", "bold"), f" {r.name}  ", (source, "dim")),
-    )
+        Text.assemble(
+            (f"station {r.station}", "bold"), f" {r.name}  ", (source, "dim"),
+            (f"  evedge {version()}", "dim"),
+        ),
+    )  # fmt: skip
     conns = Table(title="connectors")
     for col in ("connector", "status", "CP", "session", "energy", "cost", "power", "offered"):
         conns.add_column(col)
