@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 SYSTEM_DEPS := socat mosquitto
 
-.PHONY: test demo deps install install-service lint format bench fuzz clean
+.PHONY: test demo deps install install-service lint format bench fuzz clean release
 
 # Debian packages the tests need (real peers on loopback): installed when missing, as root.
 deps:
@@ -34,6 +34,12 @@ install: $(BIN)/.installed
 # Options go in ARGS, e.g. `make install-service ARGS="--now"` or ARGS="--dry-run".
 install-service:
 	systemd/install.sh $(ARGS)
+
+# A signed update archive of this checkout (dist/evedge-<version>.update): the wheelhouse
+# (pip wheel: needs the package index), signed with a test key made on first use in
+# build/release-keys (gitignored); its root.pem goes in the test station's [update] root_ca_file.
+release: install
+	$(BIN)/python -m agent.update.build --keys build/release-keys --out-dir dist
 
 lint: install
 	$(BIN)/ruff check .

@@ -9,9 +9,10 @@
 # Options:
 #   --dry-run       print every step, change nothing
 #   --destdir DIR   install below DIR (also $DESTDIR); user creation and systemctl are skipped
-#   --prefix DIR    where the venv goes (default /opt/evedge; the unit's ExecStart follows)
+#   --prefix DIR    where releases go (default /opt/evedge; the unit's paths follow): the
+#                   venv is PREFIX/releases/<version>/venv, PREFIX/current links to it
 #   --python PY     interpreter for the venv (default python3; needs 3.11+)
-#   --skip-venv     do not create or update the venv
+#   --skip-venv     do not create or update the venv nor switch PREFIX/current
 #   --now           start (or restart) the service after enabling it
 set -eu
 
@@ -45,7 +46,10 @@ case $PREFIX in /*) ;; *) echo "install.sh: --prefix must be absolute: $PREFIX" 
 USER_NAME=evedge
 CONF_DIR=/etc/evedge
 UNIT_DIR=/etc/systemd/system
-VENV=$PREFIX/venv
+# The checkout's version names its release; updates add more beside it (agent/update).
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$CHECKOUT/pyproject.toml")
+RELEASE=$PREFIX/releases/$VERSION
+VENV=$RELEASE/venv
 # On the real system the config is root:evedge; a staged tree has no such group yet.
 SYSTEM=1
 [ -n "$DESTDIR" ] && SYSTEM=0
@@ -75,14 +79,23 @@ else
     say "skip: user $USER_NAME and group dialout (staging under $DESTDIR)"
 fi
 
-# 2. The venv with the package built from this checkout (not editable: the checkout may go).
+# 2. The release's venv with the package built from this checkout (not editable: the
+#    checkout may go), marked complete, and `current` switched to it in one rename.
 if [ "$SKIP_VENV" = 0 ]; then
     [ -x "$DESTDIR$VENV/bin/python" ] || run "$PYTHON" -m venv "$DESTDIR$VENV"
     run "$DESTDIR$VENV/bin/python" -m pip install --quiet --upgrade pip
     run "$DESTDIR$VENV/bin/python" -m pip install --quiet --upgrade "$CHECKOUT"
+    say "+ echo evedge==$VERSION >$DESTDIR$RELEASE/COMPLETE"
+    [ "$DRY_RUN" = 1 ] || echo "evedge==$VERSION" >"$DESTDIR$RELEASE/COMPLETE"
+    run ln -sfn "$RELEASE" "$DESTDIR$PREFIX/.current.new"
+    run mv -T "$DESTDIR$PREFIX/.current.new" "$DESTDIR$PREFIX/current"
 else
-    say "skip: venv $DESTDIR$VENV (--skip-venv)"
+    say "skip: venv $DESTDIR$VENV and $DESTDIR$PREFIX/current (--skip-venv)"
 fi
+# The boot check the unit runs before each start (ExecStartPre), outside the releases, and
+# the interpreter it runs with: the real one behind the venvs, not a shim.
+run install -D -m 0644 "$CHECKOUT/agent/update/probation.py" "$DESTDIR$PREFIX/boot-check.py"
+BOOT_PY=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')
 
 # 3. The station config from the example, only if there is none.
 if [ "$SYSTEM" = 1 ]; then
@@ -95,7 +108,7 @@ if [ -e "$DESTDIR$CONF_DIR/station.toml" ]; then
 elif [ "$SYSTEM" = 1 ]; then
     run install -m 0640 -o root -g "$USER_NAME" "$CHECKOUT/config/station.example.toml" \
         "$CONF_DIR/station.toml"
-    say "edit $CONF_DIR/station.toml, then: $VENV/bin/evedge config check $CONF_DIR/station.toml"
+    say "edit $CONF_DIR/station.toml, then: $PREFIX/current/venv/bin/evedge config check $CONF_DIR/station.toml"
 else
     run install -m 0640 "$CHECKOUT/config/station.example.toml" "$DESTDIR$CONF_DIR/station.toml"
 fi
@@ -106,7 +119,8 @@ run install -D -m 0644 "$CHECKOUT/systemd/README.md" "$DESTDIR$PREFIX/systemd/RE
 run install -d -m 0755 "$DESTDIR$UNIT_DIR"
 say "+ install -m 0644 systemd/evedge.service $DESTDIR$UNIT_DIR/evedge.service (prefix $PREFIX)"
 if [ "$DRY_RUN" = 0 ]; then
-    sed "s#/opt/evedge#$PREFIX#g" "$CHECKOUT/systemd/evedge.service" \
+    sed -e "s#/opt/evedge#$PREFIX#g" -e "s#=+/usr/bin/python3 #=+$BOOT_PY #" \
+        "$CHECKOUT/systemd/evedge.service" \
         >"$DESTDIR$UNIT_DIR/evedge.service.tmp"
     chmod 0644 "$DESTDIR$UNIT_DIR/evedge.service.tmp"
     mv "$DESTDIR$UNIT_DIR/evedge.service.tmp" "$DESTDIR$UNIT_DIR/evedge.service"

@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from hil.station import SimStation
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "evedge.service"
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 INSTALL = ROOT / "systemd" / "install.sh"
 ANALYZE = shutil.which("systemd-analyze")
 NO_ANALYZE = (
@@ -71,7 +73,13 @@ def test_notify_watchdog_restart_and_stop_timeout(unit):
     assert svc["RestartForceExitStatus"] == ["75"]  # the OCPP hard reset
     # The agent's flush budget (10 s) plus commit and close fit in the stop timeout.
     assert svc["TimeoutStopSec"] == ["30s"]
-    assert svc["ExecStart"] == ["/opt/evedge/venv/bin/evedge run --config /etc/evedge/station.toml"]
+    assert svc["ExecStart"] == [
+        "/opt/evedge/current/venv/bin/evedge run --config /etc/evedge/station.toml"
+    ]
+    # The boot check of agent/update/probation.py, privileged ('+') and outside the releases.
+    assert svc["ExecStartPre"] == [
+        "+/usr/bin/python3 /opt/evedge/boot-check.py /var/lib/evedge/update"
+    ]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
@@ -134,7 +142,7 @@ def test_hardening(unit):
 def test_systemd_analyze_verify(tmp_path):
     # verify insists the ExecStart binary exists: point it at this checkout's venv.
     copy = tmp_path / "evedge.service"
-    copy.write_text(UNIT.read_text().replace("/opt/evedge/venv/bin/evedge", EVEDGE))
+    copy.write_text(UNIT.read_text().replace("/opt/evedge/current/venv/bin/evedge", EVEDGE))
     res = subprocess.run([ANALYZE, "verify", str(copy)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
@@ -143,7 +151,7 @@ def test_systemd_analyze_verify(tmp_path):
 @pytest.mark.skipif(ANALYZE is None, reason=NO_ANALYZE)
 def test_systemd_analyze_verify_names_a_missing_binary(tmp_path):
     copy = tmp_path / "evedge.service"
-    copy.write_text(UNIT.read_text().replace("/opt/evedge/venv", str(tmp_path / "nowhere")))
+    copy.write_text(UNIT.read_text().replace("/opt/evedge/current/venv", str(tmp_path / "nowhere")))
     res = subprocess.run([ANALYZE, "verify", str(copy)], capture_output=True, text=True)
     assert res.returncode != 0
     assert "is not executable: No such file or directory" in res.stderr
@@ -263,7 +271,9 @@ def test_install_dry_run_shows_every_step_and_changes_nothing(tmp_path):
     res = install("--dry-run", "--now", "--prefix", str(tmp_path / "opt"))
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert f"-m venv {tmp_path / 'opt' / 'venv'}" in out
+    release = tmp_path / "opt" / "releases" / VERSION
+    assert f"-m venv {release / 'venv'}" in out
+    assert f"mv -T {tmp_path / 'opt' / '.current.new'} {tmp_path / 'opt' / 'current'}" in out
     assert f"pip install --quiet --upgrade {ROOT}" in out
     assert "/etc/systemd/system/evedge.service" in out
     assert "systemctl enable evedge.service" in out
@@ -283,9 +293,16 @@ def test_install_into_a_destdir_is_idempotent_and_keeps_the_station_config(tmp_p
     assert conf.read_text() == (ROOT / "config" / "station.example.toml").read_text()
     assert oct(conf.stat().st_mode & 0o777) == "0o640"
     assert oct(unit_file.stat().st_mode & 0o777) == "0o644"
-    assert parse_unit(unit_file.read_text())["Service"]["ExecStart"] == [
-        "/srv/evedge/venv/bin/evedge run --config /etc/evedge/station.toml"
+    svc = parse_unit(unit_file.read_text())["Service"]
+    assert svc["ExecStart"] == [
+        "/srv/evedge/current/venv/bin/evedge run --config /etc/evedge/station.toml"
     ]
+    # The boot check runs with the real interpreter behind the venvs, not a shim.
+    py, script, state = svc["ExecStartPre"][0].removeprefix("+").split()
+    assert os.path.isfile(py) and os.access(py, os.X_OK) and os.path.isabs(py)
+    assert (script, state) == ("/srv/evedge/boot-check.py", "/var/lib/evedge/update")
+    boot_check = root / "srv" / "evedge" / "boot-check.py"
+    assert boot_check.read_text() == (ROOT / "agent" / "update" / "probation.py").read_text()
 
     conf.write_text('[station]\nid = "EDITED"\n')
     again = install("--skip-venv", "--prefix", "/srv/evedge", env={"DESTDIR": str(root)})
@@ -302,6 +319,7 @@ def test_install_into_a_destdir_is_idempotent_and_keeps_the_station_config(tmp_p
         "srv",
         "srv/evedge",
         "srv/evedge/README.md",
+        "srv/evedge/boot-check.py",
         "srv/evedge/systemd",
         "srv/evedge/systemd/README.md",
     ]

@@ -212,3 +212,26 @@ def test_download_retries_honoured_and_clamped(tmp_path, pki):
 def test_missing_file_is_download_failed(tmp_path, pki):
     err, seen, _ = refused(tmp_path, pki, tmp_path / "nope.update")
     assert err.status == S.DOWNLOAD_FAILED and seen == [S.DOWNLOAD_FAILED]
+
+
+def test_make_release_builds_an_archive_its_test_root_verifies(tmp_path, wheels, capsys):
+    from agent.update import build
+
+    keydir = tmp_path / "keys"
+    args = ["--keys", str(keydir), "--out-dir", str(tmp_path / "dist"),
+            "--wheelhouse", str(wheels[0].parent)]  # fmt: skip
+    build.main(args)
+    root = (keydir / "root.pem").read_bytes()
+    assert oct((keydir / "signer.key").stat().st_mode & 0o777) == "0o600"
+    build.main(args)  # the second build signs with the same test key
+    assert (keydir / "root.pem").read_bytes() == root
+    out = tmp_path / "dist" / "evedge-2.0.0.update"
+    assert f"{out}  (root: {keydir / 'root.pem'})" in capsys.readouterr().out
+    seen: list = []
+    c = UpdateConfig(root_ca_file=keydir / "root.pem", releases_dir=tmp_path / "r",
+                     current_link=tmp_path / "c")  # fmt: skip
+    m = Updater(c, tmp_path, LATEST_VERSION, seen.append, lambda: None).apply(
+        Request(str(out)), dry_run=True
+    )
+    assert m.requirement == "evedge==2.0.0" and len(m.files) == 2
+    assert seen == [S.SIGNATURE_VERIFIED]
