@@ -21,6 +21,7 @@ redacted the same way (an OCPP payload's `configurationKey` entries, say).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -88,6 +89,16 @@ def redact(_logger: Any, _name: str, event_dict: dict) -> dict:
     """structlog processor: mask secrets and id tokens in the event's fields (see the module
     docstring). Defence in depth: callers mask already; a slip must not reach the journal."""
     return _redact_fields(event_dict)
+
+
+def json_logs_by_default(stream=None, environ=None) -> bool:
+    """JSON lines for a service, a readable console for a person: JSON under systemd (it sets
+    JOURNAL_STREAM or INVOCATION_ID) or when stderr is not a terminal (a pipe, a file, a
+    container's log driver), the console on an interactive terminal."""
+    env = os.environ if environ is None else environ
+    if "JOURNAL_STREAM" in env or "INVOCATION_ID" in env:
+        return True
+    return not (stream or sys.stderr).isatty()
 
 
 def setup_logging(level: str = "info", json: bool = False, stream=None) -> None:

@@ -118,3 +118,22 @@ def test_exceptions_still_render_with_their_traceback(captured):
 )
 def test_secret_ocpp_key_names(name, secret):
     assert is_secret_name(name) is secret
+
+
+def test_console_logs_on_a_terminal_json_under_systemd_or_into_a_pipe() -> None:
+    import os
+
+    from agent.logsetup import json_logs_by_default
+
+    leader, follower = os.openpty()
+    read_end, write_end = os.pipe()
+    try:
+        with os.fdopen(follower, "w", closefd=False) as tty, os.fdopen(write_end, "w") as pipe:
+            assert json_logs_by_default(tty, environ={}) is False
+            assert json_logs_by_default(tty, environ={"JOURNAL_STREAM": "8:1234"}) is True
+            assert json_logs_by_default(tty, environ={"INVOCATION_ID": "ab12"}) is True
+            assert json_logs_by_default(pipe, environ={}) is True
+    finally:
+        os.close(leader)
+        os.close(follower)
+        os.close(read_end)

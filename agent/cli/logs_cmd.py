@@ -1,8 +1,9 @@
 """`evedge logs`: the service's log from the systemd journal (journalctl -u evedge).
 
 The journal is per systemd unit, not per station config: `--unit` picks it, `--config` is
-accepted like on every command and not used. An empty journal is said so on stderr (exit 0,
-no lines on stdout), with where the log goes instead.
+accepted like on every command and not used. No journal, or none of the unit's lines in it,
+is exit 3 with one message saying where the log goes instead (with --json also the JSON
+error object on stdout).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from agent.cli.common import DEFAULT_CONFIG, Exit, fail, note
+from agent.cli.common import DEFAULT_CONFIG, Exit, fail
 
 UNIT = "evedge"
 NO_ENTRIES = "-- No entries --"  # what journalctl prints for an empty selection
@@ -34,7 +35,9 @@ def logs(
     ] = DEFAULT_CONFIG,
     json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
-    """Show the service's log (journalctl -u evedge); exit 3 without a journal."""
+    """Show the service's log (journalctl -u evedge); exit 3 without a journal.
+
+    Example: `evedge logs --since "1 hour ago" --json` (one journal entry per line)."""
     journalctl = shutil.which("journalctl")
     if journalctl is None:
         raise fail(
@@ -57,12 +60,12 @@ def logs(
         lines = [ln for ln in out.stdout.splitlines() if ln.strip() and ln != NO_ENTRIES]
         if rc == 0 and not lines:
             why = out.stderr.strip() or "the journal holds no lines of it"
-            note(
+            raise fail(
                 f"no journal entries for the unit {unit} ({why}). Is the service installed "
                 "under another unit name (--unit)? Outside systemd the agent logs to the "
-                "stderr of `evedge run`."
+                "stderr of `evedge run`.",
+                Exit.UNREACHABLE,
             )
-            return
         sys.stdout.write("".join(ln + "\n" for ln in lines))
         sys.stderr.write(out.stderr)
     if rc != 0:

@@ -307,8 +307,13 @@ def config_check(
 def run(
     config: ConfigOpt = DEFAULT_CONFIG,
     json_logs: Annotated[
-        bool, typer.Option("--json-logs/--console-logs", help="JSON lines (service default)")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--json-logs/--console-logs",
+            help="log format (default: JSON under systemd or into a pipe, console on a terminal)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the agent: poll every device, publish readings, keep the store.
 
@@ -325,13 +330,13 @@ def _run(config: Path, json_logs: bool) -> None:
 
     from agent.api.server import ApiStartError
     from agent.cli.common import Exit, fail, load_or_exit
-    from agent.logsetup import setup_logging
+    from agent.logsetup import json_logs_by_default, setup_logging
     from agent.mqtt.config import MqttConfigError
     from agent.ocpp.service import HardReset, OcppSetupError
     from agent.runtime import run_agent
 
     cfg = load_or_exit(config)
-    setup_logging(cfg.log.level, json=json_logs)
+    setup_logging(cfg.log.level, json=json_logs_by_default() if json_logs is None else json_logs)
     try:
         asyncio.run(run_agent(cfg))
     except (OcppSetupError, MqttConfigError, ApiStartError) as e:

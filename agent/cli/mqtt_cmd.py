@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.logsetup import setup_logging
 from agent.mqtt.config import MqttConfigError
 from agent.mqtt.connection import Connection, Handlers
 from agent.mqtt.schema import COMMITTED, render, schemas, write_schemas
@@ -60,14 +62,25 @@ def schemas_cmd(
 @app.command("check")
 def check(
     config: ConfigOpt = DEFAULT_CONFIG,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 10.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 3.0,
     json: JsonOpt = False,
 ) -> None:
     """Connect to the configured broker once (TLS, credentials) and disconnect: exit 0 when
-    it accepted us, 3 when it could not be reached or refused, 2 for a config problem."""
+    it accepted us, 3 when it could not be reached or refused, 2 for a config problem.
+
+    A broker that is down is one line at once (a TCP connect first), not retries.
+    Example: `evedge mqtt check -c /etc/evedge/station.toml`"""
     cfg = load_or_exit(config)
     if cfg.mqtt is None:
         raise fail(f"{config}: no [mqtt] section", Exit.USAGE)
+    setup_logging("critical")  # the client's reconnect lines: the verdict is the one line
+    broker = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+    try:
+        socket.create_connection((cfg.mqtt.host, cfg.mqtt.port), timeout=timeout).close()
+    except OSError as e:
+        raise fail(
+            f"broker {broker}: cannot connect: {e.strerror or e}", Exit.UNREACHABLE
+        ) from None
     topics = Topics(cfg.mqtt.topic_prefix, cfg.station.id)
     up = threading.Event()
     # A separate client id: the check must not take over the running service's session.
