@@ -235,3 +235,38 @@ def test_make_release_builds_an_archive_its_test_root_verifies(tmp_path, wheels,
     )
     assert m.requirement == "evedge==2.0.0" and len(m.files) == 2
     assert seen == [S.SIGNATURE_VERIFIED]
+
+
+def test_release_needing_a_newer_config_format_is_refused(tmp_path, pki, wheels):
+    import json
+
+    from agent.update.build import manifest
+
+    doc = json.loads(manifest("2.0.0", "evedge==2.0.0", wheels, StoreSchema(
+        version=LATEST_VERSION, readable_by=LATEST_VERSION)))  # fmt: skip
+    doc["min_config_schema"] = 2
+    raw = json.dumps(doc).encode()
+    pack(tmp_path / "a.update", raw, keys.sign(pki.signer_key, raw), keys.pem(pki.signer), wheels)
+    err, _, _ = refused(tmp_path, pki, tmp_path / "a.update")
+    assert err.status == S.INSTALL_VERIFICATION_FAILED and "config schema 2" in str(err)
+
+
+def test_cli_dry_run_and_its_errors(tmp_path, pki, wheels):
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+
+    a = pki.archive(tmp_path / "a.update", wheels, "2.0.0")
+    conf = tmp_path / "station.toml"
+    conf.write_text(
+        f'[station]\nid = "T"\n[store]\npath = "{tmp_path / "evedge.db"}"\n[update]\n'
+        f'root_ca_file = "{pki.roots_file}"\nreleases_dir = "{tmp_path / "r"}"\n'
+    )
+    run = CliRunner().invoke
+    r = run(app, ["update", "apply", str(a), "--config", str(conf), "--dry-run"])
+    assert r.exit_code == 0 and "release 2.0.0: signature and files verified" in r.output
+    bad = pki.archive(tmp_path / "b.update", wheels, "2.0.0", key=keys.new_key())
+    r = run(app, ["update", "apply", str(bad), "--config", str(conf), "--dry-run"])
+    assert r.exit_code == 1 and "InvalidSignature: the manifest's signature" in r.output
+    r = run(app, ["update", "apply", str(a), "--config", str(conf), "--at", "2026-12-08T02:00"])
+    assert r.exit_code == 2 and "needs a UTC offset" in r.output

@@ -37,7 +37,8 @@ def apply(
         float | None, typer.Option(help="seconds between download tries (clamped)")
     ] = None,
     at: Annotated[
-        datetime | None, typer.Option(help="install at this time (ISO 8601, with offset)")
+        str | None,
+        typer.Option(help="install at this time (ISO 8601 with offset, OCPP installDateTime)"),
     ] = None,
 ) -> None:
     """Verify and install a signed update, restart into it, roll back if it is not healthy.
@@ -48,8 +49,7 @@ def apply(
     from agent.update.status import UpdateRefused
 
     cfg = load_or_exit(config)
-    if at is not None and at.tzinfo is None:
-        raise fail("--at needs a UTC offset, e.g. 2026-12-08T02:00:00+00:00", Exit.USAGE)
+    install_at = _instant(at) if at is not None else None
     u = cfg.update
     updater = Updater(
         u,
@@ -60,7 +60,7 @@ def apply(
         api_socket=cfg.api.socket if cfg.api else None,
     )
     try:
-        m = updater.apply(Request(location, retries, retry_interval, at), dry_run=dry_run)
+        m = updater.apply(Request(location, retries, retry_interval, install_at), dry_run=dry_run)
     except UpdateRefused as e:
         raise fail(f"{e.status}: {e}", Exit.CHECK_FAILED) from None
     if dry_run:
@@ -70,6 +70,16 @@ def apply(
     if outcome != "committed":
         raise fail(f"release {m.version} was not healthy: rolled back", Exit.CHECK_FAILED)
     console.print(f"release {m.version} installed and healthy")
+
+
+def _instant(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(f"--at {text!r} is not an ISO 8601 time", Exit.USAGE) from None
+    if t.tzinfo is None:
+        raise fail("--at needs a UTC offset, e.g. 2026-12-08T02:00:00+00:00", Exit.USAGE)
+    return t
 
 
 @app.command("status")

@@ -77,8 +77,9 @@ def begin(
     _write_json(state_dir / PROBATION, doc)
 
 
-def _switch(link: Path, target: str) -> None:
-    # The same atomic switch as releases.switch, repeated here to stay stdlib-only.
+def switch_link(link: Path, target: str | Path) -> None:
+    """Point `link` at `target` atomically: a symlink under a temporary name, then rename
+    (a crash at any point leaves `link` on one whole release)."""
     tmp = link.with_name(f".{link.name}.new")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target)
@@ -96,7 +97,7 @@ def rollback(state_dir: Path, reason: str) -> str:
     p = read(state_dir)
     if p is None:
         raise LookupError("no release on probation: nothing to roll back to automatically")
-    _switch(Path(p["link"]), p["previous"])
+    switch_link(Path(p["link"]), p["previous"])
     _log("rolled_back", version=p["version"], to=p["previous"], reason=reason)
     return _end(state_dir, p, "rolled_back", reason)
 

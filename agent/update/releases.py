@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.update import probation
 from agent.update.status import UpdateRefused, UpdateStatus
 
 log = structlog.get_logger(__name__)
@@ -83,9 +84,6 @@ def _pip(python: Path) -> list[str]:
 
 
 def switch(link: Path, target: Path) -> None:
-    """Point `link` at `target` atomically: a symlink under a temporary name, then rename."""
-    tmp = link.with_name(f".{link.name}.new")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    os.replace(tmp, link)
+    """Point `link` at `target` atomically (probation.switch_link) and log it."""
+    probation.switch_link(link, target)
     log.info("update.switched", current=str(target))

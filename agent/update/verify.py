@@ -5,8 +5,8 @@ Each failure raises UpdateRefused with its OCPP status and logs its security eve
   may not sign code: InvalidSignature + InvalidFirmwareSigningCertificate;
 - the manifest's signature does not verify: InvalidSignature + InvalidFirmwareSignature;
 - a file's SHA-256 differs, a file is missing or unlisted: InstallVerificationFailed;
-- the release's store schema could not be read by this release after a rollback:
-  InstallVerificationFailed (see check_store for the rule).
+- the release needs a newer config format, or its store schema could not be read by this
+  release after a rollback: InstallVerificationFailed (see check_store for the rule).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from agent.update.archive import Manifest, Unpacked, sha256_file
 from agent.update.status import UpdateRefused, UpdateStatus, security_event
 
+# The station.toml format this release reads. A release whose manifest needs a newer one
+# (min_config_schema) would not start on this station's config: refused before installing.
+CONFIG_SCHEMA = 1
 BAD_CERT = "InvalidFirmwareSigningCertificate"
 BAD_SIGNATURE = "InvalidFirmwareSignature"
 
@@ -142,6 +145,16 @@ def verify_files(u: Unpacked) -> None:
             )
 
 
+def check_config(m: Manifest, config_schema: int = CONFIG_SCHEMA) -> None:
+    """Refuse a release that needs a newer station.toml format than this station has."""
+    if m.min_config_schema > config_schema:
+        raise UpdateRefused(
+            UpdateStatus.INSTALL_VERIFICATION_FAILED,
+            f"release {m.version} needs config schema {m.min_config_schema}, this station's "
+            f"config is schema {config_schema}",
+        )
+
+
 def check_store(m: Manifest, running_schema: int) -> None:
     """The store rule (migrations are forward-only; the store is shared by every release).
 
@@ -169,4 +182,5 @@ def verify(u: Unpacked, roots: list[x509.Certificate], running_schema: int) -> N
     signer = verify_chain(u.signer_pem, roots)
     verify_signature(signer, u.manifest_bytes, u.signature)
     verify_files(u)
+    check_config(u.manifest)
     check_store(u.manifest, running_schema)
