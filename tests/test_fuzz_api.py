@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import short_tmpdir
 from fuzzing import FUZZ_SETTINGS, assert_alive
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from schema_strategy import from_schema
 from sessions_helpers import billed_config, running
@@ -116,7 +116,7 @@ class ApiLive(Live):
 
     def check(self, line: bytes) -> None:
         before = self.run(self._health())["api"]["internal_errors"]
-        too_long = len(line) + 1 > MAX_LINE  # answered, then the connection is closed
+        too_long = len(line) > MAX_LINE  # answered, then the connection is closed
         expected = 1 if too_long or not line.strip() else 2  # a blank line gets no answer
         answers = self.run(self._exchange(line, expected), timeout=60)
         if too_long:
@@ -144,5 +144,7 @@ def live(tmp_path_factory):
 
 @FUZZ_SETTINGS
 @given(LINES)
+@example(b'{"op": "' + b"x" * (MAX_LINE - 10) + b'"}')  # exactly the limit: served
+@example(b'{"op": "' + b"x" * (MAX_LINE - 9) + b'"}')  # one byte more: too long
 def test_every_line_gets_one_answer_and_the_session_goes_on(live, line):
     live.check(line)
