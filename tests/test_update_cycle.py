@@ -9,6 +9,8 @@ import json
 import os
 import sqlite3
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -67,8 +69,16 @@ def site(tmp_path) -> Site:
 def test_good_update_installs_side_by_side_and_is_committed(site):
     site.release("2.0.0", "healthy")
     up = site.updater()
+    # installDateTime an hour ahead: a test clock that the updater's waits move on.
+    now = [datetime(2026, 12, 8, 2, 0, tzinfo=UTC)]
+    waits: list[float] = []
+    up.clock = lambda: now[0]
+    up.sleep = lambda s: (waits.append(s), now.__setitem__(0, now[0] + timedelta(seconds=s)))
+    at = now[0] + timedelta(hours=1)
     with http_server(site.tmp / "www") as url:
-        m = up.apply(Request(f"{url}/evedge-2.0.0.update", retries=1))
+        m = up.apply(Request(f"{url}/evedge-2.0.0.update", retries=1, install_at=at))
+    assert sum(waits) == 3600 and now[0] == at  # installed once the time came, not before
+    up.sleep = time.sleep  # settle waits for the real marker
     assert site.seen == [
         S.DOWNLOADING, S.DOWNLOADED, S.SIGNATURE_VERIFIED, S.INSTALLING, S.INSTALL_REBOOTING
     ]  # fmt: skip

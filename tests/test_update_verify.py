@@ -3,6 +3,7 @@ event (no install here; tests/test_update_cycle.py installs)."""
 
 from __future__ import annotations
 
+import os
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -270,3 +271,27 @@ def test_cli_dry_run_and_its_errors(tmp_path, pki, wheels):
     assert r.exit_code == 1 and "InvalidSignature: the manifest's signature" in r.output
     r = run(app, ["update", "apply", str(a), "--config", str(conf), "--at", "2026-12-08T02:00"])
     assert r.exit_code == 2 and "needs a UTC offset" in r.output
+
+
+def test_cli_boot_check_counts_a_start_on_probation(tmp_path):
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+    from agent.update import probation
+
+    conf = tmp_path / "station.toml"
+    conf.write_text(f'[station]\nid = "T"\n[store]\npath = "{tmp_path / "evedge.db"}"\n')
+    state = tmp_path / "update"  # beside the store
+    (tmp_path / "releases" / "1.0.0").mkdir(parents=True)
+    probation.begin(state, "2.0.0", str(tmp_path / "releases" / "1.0.0"), tmp_path / "current",
+                    healthy_within_s=300, max_boots=1)  # fmt: skip
+    run = CliRunner().invoke
+    r = run(app, ["update", "boot-check", "--config", str(conf)])
+    assert r.exit_code == 0 and r.output.strip() == "probation"
+    assert probation.read(state)["boots"] == 1
+    r = run(app, ["update", "boot-check", "--config", str(conf)])  # the 2nd start: over max
+    said, outcome = r.output.strip().splitlines()  # the journal line, then the outcome
+    assert outcome == "rolled_back" and '"event": "update.rolled_back"' in said
+    assert os.readlink(tmp_path / "current") == str(tmp_path / "releases" / "1.0.0")
+    r = run(app, ["update", "boot-check", "--config", str(conf)])
+    assert r.output.strip() == "stable"

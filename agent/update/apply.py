@@ -65,6 +65,7 @@ class Updater:
         restart: Callable[[], None],
         api_socket: Path | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.cfg = cfg
         self.state_dir = state_dir
@@ -73,6 +74,7 @@ class Updater:
         self.restart = restart
         self.api_socket = api_socket
         self.sleep = sleep
+        self.clock = clock  # wall clock for installDateTime
 
     def report(self, status: UpdateStatus) -> None:
         log.info("update.status", status=str(status))
@@ -149,7 +151,7 @@ class Updater:
         return dest
 
     def _wait_until(self, at: datetime | None) -> None:
-        while at is not None and (left := (at - datetime.now(UTC)).total_seconds()) > 0:
+        while at is not None and (left := (at - self.clock()).total_seconds()) > 0:
             log.info("update.waiting_for_install_time", install_at=at.isoformat())
             self.sleep(min(left, 60.0))
 
