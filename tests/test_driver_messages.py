@@ -197,15 +197,15 @@ def test_other_connector_is_offered_only_while_it_works():
 def test_driver_fixable_faults_come_first_whatever_their_order():
     view = ConnectorView(1, status="Faulted")
     early = datetime(2026, 1, 1, tzinfo=UTC)
-    view.on_fault_raised(rule_fault("evse_meter_comm", [1], ts=early))  # not driver-fixable
+    view.on_fault_raised(rule_fault("welded_contactor", [1], ts=early))  # not driver-fixable
     view.on_fault_raised(rule_fault("connector_lock_failure", [1]))  # driver-fixable, later
     msg = render(view, others=[])
-    assert msg.faults == ["connector_lock_failure", "evse_meter_comm"]
+    assert msg.faults == ["connector_lock_failure", "welded_contactor"]
     rules = load_rules()
     en = msg.lines["en"]
     assert en[:2] == [
         rules["connector_lock_failure"].driver_message.en,
-        rules["evse_meter_comm"].driver_message.en,
+        rules["welded_contactor"].driver_message.en,
     ]
     i = en.index("What you can do:")
     assert en[i + 1] == "Push the plug in fully, or try another cable."
