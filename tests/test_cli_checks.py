@@ -52,3 +52,23 @@ def test_logs_without_entries_of_the_unit_is_exit_3_also_as_json() -> None:
     res = evedge("logs", "--unit", unit, "--json")
     assert res.returncode == 3
     assert json.loads(res.stdout)["error"]["code"] == "unreachable"
+
+
+def test_diagnose_probes_the_configured_csms_and_broker(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as csms:
+        csms.bind(("127.0.0.1", 0))
+        csms.listen()
+        port = csms.getsockname()[1]
+        config = demo_config(tmp_path, csms=port)
+        cfg = load_config(config)
+        res = evedge("diagnose", "-c", str(config), "--json", "--reads", "2", "--gap", "0")
+    doc = json.loads(res.stdout)
+    cloud = {f["target"]: f for f in doc["findings"] if f["check"] == "cloud"}
+    assert cloud[f"127.0.0.1:{port}"]["ok"], cloud
+    assert cloud[f"127.0.0.1:{port}"]["message"] == "CSMS reachable (TCP)"
+    broker = cloud[f"127.0.0.1:{cfg.mqtt.port}"]
+    assert not broker["ok"]
+    assert broker["message"] == f"cannot connect to MQTT broker 127.0.0.1:{cfg.mqtt.port}"
+    assert res.returncode == 1

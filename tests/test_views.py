@@ -84,3 +84,50 @@ def test_live_view_without_faults_says_so() -> None:
     state = demo_state()
     state.faults.clear()
     assert "no active faults" in check("live-no-faults", render(state, now=NOW), 80)
+
+
+def test_status_writes_sync_and_api_counters_as_words_not_dicts() -> None:
+    from agent.cli import common
+    from agent.cli.status_cmd import _print
+    from agent.ops import StatusReport
+
+    report = StatusReport(
+        station="DEMO-0001",
+        source="service",
+        connectors=[],
+        devices=[],
+        faults=[],
+        sync={
+            "ocpp": {
+                "connected": True,
+                "boot_status": "Accepted",
+                "url": "ws://csms/DEMO",
+                "outbox": {
+                    "pending": 2,
+                    "by_action": {"MeterValues": 2},
+                    "sent_since_start": 40,
+                    "transactions_without_id": 0,
+                },
+            },
+            "mqtt": {
+                "connected": False,
+                "broker": "broker:8883",
+                "published": 5,
+                "acked": 5,
+                "backlog": 0,
+                "last_error": "connection refused",
+            },
+        },
+        backlog={"charge_records": 0, "ocpp": 2},
+        api={"connections": 1, "refused_by_limits": 0},
+    )
+    with common.console.capture() as cap:
+        _print(report, "en")
+    text = cap.get()
+    assert "{" not in text and "=" not in text, text
+    said = " ".join(text.split())
+    assert "OCPP ● connected boot Accepted ws://csms/DEMO" in said, said
+    assert "outbox 2 waiting (MeterValues 2) · 40 delivered" in said
+    assert "MQTT ● offline broker broker:8883" in said and "last error: connection refused" in said
+    assert "backlog (not yet confirmed by the cloud): charge records 0, ocpp 2" in said
+    assert "local API: connections 1, refused by limits 0" in said

@@ -204,7 +204,8 @@ def _mark(up: bool | None) -> Text:
     return Text("● connected", style="bold green") if up else Text("● offline", style="bold red")
 
 
-def _ocpp_lines(st: dict[str, Any], acknowledged: list[int]) -> list[Text | str]:
+def ocpp_lines(st: dict[str, Any], acknowledged: list[int]) -> list[Text | str]:
+    """The OCPP link in words: connected, boot, outbox, transactions, last error."""
     head = Text.assemble(_mark(st.get("connected")), f"  boot {st.get('boot_status') or '—'}")
     head.append(f"  {st.get('url', '')}", style="dim")
     lines: list[Text | str] = [head]
@@ -224,7 +225,8 @@ def _ocpp_lines(st: dict[str, Any], acknowledged: list[int]) -> list[Text | str]
     return lines
 
 
-def _mqtt_lines(st: dict[str, Any]) -> list[Text | str]:
+def mqtt_lines(st: dict[str, Any]) -> list[Text | str]:
+    """The MQTT link in words: connected, broker, published/acknowledged, backlog."""
     head = Text.assemble(_mark(st.get("connected")), f"  broker {st.get('broker', '—')}")
     lines: list[Text | str] = [head]
     lines.append(
@@ -247,7 +249,7 @@ def _sync_panel(state: LiveState) -> Panel | None:
     for name, label in (("ocpp", "OCPP"), ("mqtt", "MQTT")):
         st = state.sync.get(name)
         if st is not None:
-            lines = _ocpp_lines(st, state.acknowledged) if name == "ocpp" else _mqtt_lines(st)
+            lines = ocpp_lines(st, state.acknowledged) if name == "ocpp" else mqtt_lines(st)
             for i, line in enumerate(lines):
                 grid.add_row(Text(label if i == 0 else "", style="bold"), line)
         elif name in state.sync_skipped:

@@ -72,6 +72,11 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False) -> None:
     _print(report, cfg.diagnosis.language)
 
 
+def _words(fields: dict) -> str:
+    """`connections 2, refused 0` — a service's counters as words, not a dict."""
+    return ", ".join(f"{k.replace('_', ' ')} {'—' if v is None else v}" for k, v in fields.items())
+
+
 def _dash(v: object, unit: str = "") -> str:
     return "—" if v is None else f"{v}{unit}"
 
@@ -81,7 +86,7 @@ def _print(r: StatusReport, lang: str) -> None:
     from rich.text import Text
 
     from agent.cli.common import console
-    from agent.cli.live import HEALTH_STYLE
+    from agent.cli.live import HEALTH_STYLE, mqtt_lines, ocpp_lines
     from agent.cli.paths import version
     from agent.events import HealthState
 
@@ -121,17 +126,21 @@ def _print(r: StatusReport, lang: str) -> None:
             Text(_dash(h.last_error), style="red" if h.state != HealthState.OK else "dim"),
         )
     console.print(devs)
-    sync = Table(title="sync")
-    for col in ("channel", "state"):
-        sync.add_column(col)
+    sync = Table.grid(padding=(0, 2))
     for name, st in r.sync.items():
-        sync.add_row(name, ", ".join(f"{k}={v}" for k, v in st.items()))
-    backlog = ", ".join(f"{k}: {v}" for k, v in r.backlog.items())
+        if name in ("ocpp", "mqtt"):
+            lines = ocpp_lines(st, []) if name == "ocpp" else mqtt_lines(st)
+        else:
+            lines = [_words(st)]
+        for i, line in enumerate(lines):
+            sync.add_row(Text(name.upper() if i == 0 else "", style="bold"), line)
+    backlog = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r.backlog.items())
     if r.sync:
+        console.print(Text("cloud sync", style="bold"))
         console.print(sync)
     console.print(f"backlog (not yet confirmed by the cloud): {backlog or '—'}")
     if r.api is not None:  # connections and what the limits and the wall caught
-        console.print("local API: " + ", ".join(f"{k}={v}" for k, v in r.api.items()))
+        console.print(f"local API: {_words(r.api)}", highlight=False)
     if not r.faults:
         console.print("[green]no active faults[/]")
         return

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.fmt import station_tz, when
 from agent.cli.service import read
 from agent.cli.store_open import writable_store
 from agent.config import StationConfig
@@ -53,6 +54,10 @@ def tickets(
         list_cmd(config=config, limit=limit, json=json)
 
 
+def _zone(tz) -> str:
+    return getattr(tz, "key", None) or "local"
+
+
 @app.command("list")
 def list_cmd(config: ConfigOpt = DEFAULT_CONFIG, limit: int = 50, json: JsonOpt = False) -> None:
     """List tickets, newest first, with whether the cloud has them."""
@@ -66,15 +71,21 @@ def list_cmd(config: ConfigOpt = DEFAULT_CONFIG, limit: int = 50, json: JsonOpt 
     if not rows:
         console.print("no tickets")
         return
-    table = Table(title=f"tickets of station {cfg.station.id} (newest first)")
-    for col in ("id", "created", "connector", "source", "category", "faults", "cloud", "text"):
-        table.add_column(col)
+    tz = station_tz(cfg)
+    table = Table(
+        title=f"tickets of station {cfg.station.id} (newest first; times {_zone(tz)})",
+        box=None,
+        header_style="bold underline",
+    )
+    for col in ("id", "created", "conn", "source", "category", "faults", "cloud", "text"):
+        # An id or a date is never cut (`tickets show` needs the whole id); text wraps.
+        table.add_column(col, no_wrap=col in ("id", "created"), overflow="fold")
     for st in rows:
         t = st.ticket
         text = t.text if len(t.text) <= 40 else t.text[:39] + "…"
         table.add_row(
             t.id,
-            t.created.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            f"{t.created.astimezone(tz):%Y-%m-%d %H:%M}",
             str(t.connector),
             t.source,
             t.category,
@@ -103,7 +114,8 @@ def show(
         return
     t, s = st.ticket, st.ticket.snapshot
     console.print(f"[bold]{t.id}[/] · station {t.station} · connector {t.connector}")
-    console.print(f"created {t.created.astimezone():%Y-%m-%d %H:%M:%S} via {t.source}, "
+    tz = station_tz(cfg)
+    console.print(f"created {when(t.created, tz)} via {t.source}, "
                   f"category {t.category}, language {t.lang}, cloud: {_queued(st)}")  # fmt: skip
     console.print(f"text: {t.text or '—'}", highlight=False, markup=False)
     if t.contact:
@@ -125,7 +137,7 @@ def show(
             table.add_column(col)
         for r in s.readings:
             table.add_row(
-                r.device, r.quantity, f"{r.value} {r.unit}".strip(), f"{r.ts.astimezone():%H:%M:%S}"
+                r.device, r.quantity, f"{r.value} {r.unit}".strip(), when(r.ts, tz, date=False)
             )
         console.print(table)
     for h in s.health:

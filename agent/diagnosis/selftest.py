@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.bus import EventBus
 from agent.config import StationConfig
@@ -265,6 +266,20 @@ async def run_selftest(
     return findings
 
 
+def configured_endpoints(cfg: StationConfig) -> dict[str, str]:
+    """The central system and the broker the config names, host:port -> what it is: the
+    self-test probes them besides `[diagnosis] cloud_endpoints`."""
+    out: dict[str, str] = {}
+    if cfg.ocpp is not None:
+        u = urlsplit(cfg.ocpp.url)
+        if u.hostname:
+            port = u.port or (443 if u.scheme == "wss" else 80)
+            out[f"{u.hostname}:{port}"] = "CSMS"
+    if cfg.mqtt is not None:
+        out[f"{cfg.mqtt.host}:{cfg.mqtt.port}"] = "MQTT broker"
+    return out
+
+
 async def _station_checks(
     cfg: StationConfig, rules: Mapping[str, Rule], facts: StationFacts
 ) -> list[Finding]:
@@ -304,9 +319,11 @@ async def _station_checks(
             )
         else:
             out.append(Finding("disk", "station", True, f"{pct:.1f} % free", evidence=evidence))
-    for ep in dcfg.cloud_endpoints:
+    configured = configured_endpoints(cfg)
+    for ep in dict.fromkeys([*configured, *dcfg.cloud_endpoints]):
+        what = f"{configured[ep]} " if ep in configured else ""
         if await reachable(ep):
-            out.append(Finding("cloud", ep, True, "reachable (TCP)"))
+            out.append(Finding("cloud", ep, True, f"{what}reachable (TCP)"))
         else:
             out.append(
                 _guided(
@@ -316,7 +333,7 @@ async def _station_checks(
                     check="cloud",
                     target=ep,
                     ok=False,
-                    message=f"cannot connect to {ep}",
+                    message=f"cannot connect to {what}{ep}",
                 )
             )
     return out
