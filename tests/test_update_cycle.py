@@ -253,3 +253,29 @@ def test_failed_install_keeps_the_running_release(site):
     assert not (site.releases / "2.0.0").exists()
     assert releases.current_version(site.link) == "1.0.0" and site.started() == ["1.0.0"]
     assert probation.read(site.state) is None
+
+
+def test_prune_keeps_the_current_and_previous_release(tmp_path):
+    for v in ("1.0.0", "2.0.0", "3.0.0"):
+        (tmp_path / v / "venv").mkdir(parents=True)
+        (tmp_path / v / releases.COMPLETE).write_text("x")
+    assert releases.prune(tmp_path, {"3.0.0", "2.0.0"}) == ["1.0.0"]
+    assert releases.installed(tmp_path) == ["2.0.0", "3.0.0"]
+
+
+def test_one_update_at_a_time(tmp_path):
+    import fcntl
+
+    pki = make_pki(tmp_path)
+    c = UpdateConfig(root_ca_file=pki.roots_file, releases_dir=tmp_path / "r",
+                     current_link=tmp_path / "c")  # fmt: skip
+    state = tmp_path / "update"
+    state.mkdir()
+    seen: list = []
+    with (state / "apply.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running `update apply` holds it
+        with pytest.raises(UpdateRefused, match="another update is being applied"):
+            Updater(c, state, LATEST_VERSION, seen.append, lambda: None).apply(
+                Request(str(tmp_path / "x.update")), dry_run=True
+            )
+    assert seen == [S.INSTALLATION_FAILED]

@@ -10,11 +10,13 @@ back (InstallationFailed). Every refusal raises UpdateRefused after reporting it
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,11 +85,25 @@ class Updater:
     def apply(self, req: Request, dry_run: bool = False) -> Manifest:
         """Fetch, verify and (unless `dry_run`) install and switch to the release; restart."""
         try:
-            return self._apply(req, dry_run)
+            with self._exclusive():
+                return self._apply(req, dry_run)
         except UpdateRefused as e:
             log.warning("update.refused", status=str(e.status), reason=str(e))
             self.report(e.status)
             raise
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One update at a time (the CLI and an OCPP request could overlap)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.state_dir / "apply.lock").open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UpdateRefused(
+                    UpdateStatus.INSTALLATION_FAILED, "another update is being applied"
+                ) from None
+            yield
 
     def _apply(self, req: Request, dry_run: bool) -> Manifest:
         with tempfile.TemporaryDirectory(prefix="evedge-update-") as tmp:
@@ -180,5 +196,8 @@ class Updater:
             )
             self.restart()
         ok = outcome == "committed"
+        if ok:  # keep the new release and its fallback; older ones only take room
+            last = probation.read(self.state_dir, probation.LAST) or {}
+            releases.prune(self.cfg.releases_dir, {version, Path(last.get("previous", "")).name})
         self.report(UpdateStatus.INSTALLED if ok else UpdateStatus.INSTALLATION_FAILED)
         return outcome

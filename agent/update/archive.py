@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,9 +91,8 @@ def unpack(archive: Path, into: Path) -> Unpacked:
                     raise ArchiveError(f"{archive}: member {name!r} is not a regular file")
                 dest = into / name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(m)
-                with dest.open("wb") as out:
-                    out.write(src.read())
+                with tar.extractfile(m) as src, dest.open("wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ArchiveError(f"{archive}: not a readable update archive: {e}") from e
     for need in (MANIFEST, SIGNATURE, SIGNER):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -52,7 +51,12 @@ def download(
                     raise UpdateRefused(
                         UpdateStatus.DOWNLOAD_FAILED, f"{url}: {length} bytes is too large"
                     )
-                shutil.copyfileobj(r, out, 1 << 20)
+                while chunk := r.read(1 << 20):
+                    out.write(chunk)
+                    if out.tell() > MAX_BYTES:  # no or a false Content-Length
+                        raise UpdateRefused(
+                            UpdateStatus.DOWNLOAD_FAILED, f"{url}: more than {MAX_BYTES} bytes"
+                        )
                 if length and out.tell() != length:
                     raise OSError(f"short read: {out.tell()} of {length} bytes")
             return

@@ -39,6 +39,19 @@ def installed(releases_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in releases_dir.glob(f"*/{COMPLETE}"))
 
 
+def prune(releases_dir: Path, keep: set[str]) -> list[str]:
+    """Remove every release directory but those named in `keep` (the current and the one
+    before it: a rollback target); returns the versions removed."""
+    gone = []
+    for d in sorted(releases_dir.iterdir()) if releases_dir.is_dir() else []:
+        if d.is_dir() and d.name not in keep:
+            shutil.rmtree(d)
+            gone.append(d.name)
+    if gone:
+        log.info("update.pruned", releases=gone)
+    return gone
+
+
 def install(releases_dir: Path, version: str, wheelhouse: Path, requirement: str) -> Path:
     """Create `<version>/venv` and pip-install `requirement` from `wheelhouse` only.
 
