@@ -9,8 +9,9 @@ times, as a technician types them (a fresh process each time, wall clock):
 - the baseline: `mbpoll` reading the same registers (`-t 3:float -B -0 -r 0 -c 3 -1`);
   skipped with a message when mbpoll is not installed (`apt-get install mbpoll`)
 
-Prints median and min of N runs, the ratio of each median to mbpoll's, and the goal check
-(no assertion: the machine's load shows in the figures).
+Prints median and min of N runs, the CPU time (user + system) per run — what the command
+costs whatever the machine's load — the ratio of each median to mbpoll's, and the goal check
+(no assertion: the load shows in the wall figures).
 Usage: .venv/bin/python bench/cli_latency.py [--runs N]
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -56,15 +58,26 @@ def demo_config(tmp: Path) -> tuple[Path, int]:
     return path, meter
 
 
+CPU_MS: list[float] = []  # per timed() call: mean CPU time per run (ms)
+
+
+def _children_cpu_s() -> float:
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
 def timed(cmd: list[str], runs: int) -> list[float]:
-    """Wall times (ms) of `runs` runs of `cmd`; exits if one fails."""
+    """Wall times (ms) of `runs` runs of `cmd` (their mean CPU time appended to CPU_MS);
+    exits if one fails."""
     times = []
+    cpu0 = _children_cpu_s()
     for _ in range(runs):
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
         times.append((time.perf_counter() - t0) * 1000)
         if res.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    CPU_MS.append((_children_cpu_s() - cpu0) * 1000 / runs)
     return times
 
 
@@ -118,31 +131,10 @@ def main() -> None:
             if mbpoll is None:
                 print("mbpoll is not installed (apt-get install mbpoll): no baseline")
             else:
-                base = statistics.median(
-                    timed(
-                        [
-                            mbpoll,
-                            "-m",
-                            "tcp",
-                            "-p",
-                            str(meter),
-                            "-a",
-                            "1",
-                            "-t",
-                            "3:float",
-                            "-B",
-                            "-0",
-                            "-r",
-                            "0",
-                            "-c",
-                            "3",
-                            "-1",
-                            "127.0.0.1",
-                        ],
-                        runs,
-                    )
-                )
-                rows["mbpoll (same registers, baseline)"] = [base]
+                mb = [mbpoll, "-m", "tcp", "-p", str(meter), "-a", "1", "-t", "3:float"]
+                baseline = timed([*mb, "-B", "-0", "-r", "0", "-c", "3", "-1", "127.0.0.1"], runs)
+                base = statistics.median(baseline)
+                rows["mbpoll (same registers, baseline)"] = baseline
         finally:
             demo.send_signal(signal.SIGINT)
             try:
@@ -151,11 +143,11 @@ def main() -> None:
                 demo.kill()
                 demo.wait()
     print(f"CLI latency, wall clock, {runs} runs each, load {os.getloadavg()[0]:.1f}")
-    print(f"{'command':38} {'median':>9} {'min':>9} {'× mbpoll':>9}")
-    for name, t in rows.items():
+    print(f"{'command':36} {'median':>9} {'min':>9} {'CPU/run':>9} {'× mbpoll':>9}")
+    for (name, t), cpu in zip(rows.items(), CPU_MS, strict=True):
         med = statistics.median(t)
         ratio = f"{med / base:8.1f}×" if base else "      —"
-        print(f"{name:38} {med:7.0f} ms {min(t):6.0f} ms {ratio}")
+        print(f"{name:36} {med:6.0f} ms {min(t):6.0f} ms {cpu:6.0f} ms {ratio}")
     for name in ("evedge --help", "evedge status --json"):
         med = statistics.median(rows[name])
         verdict = "meets" if med <= GOAL_MS else "misses"

@@ -81,3 +81,31 @@ def test_version_is_the_installed_one() -> None:
 
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.stdout == f"evedge {metadata.version('evedge')}\n"
+
+
+def test_report_plot_has_title_legend_vat_axes_from_zero_and_groups(conf, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from agent.cli.report_plot import usage_figure
+    from agent.config import load_config
+    from agent.sessions.report import build_report
+    from agent.sessions.store import SessionStore
+
+    cfg = load_config(conf)
+    today = date.today()
+    with SessionStore(cfg.store.path) as store:
+        rows = build_report(store, period="day", start=today - timedelta(days=2),
+                            end=today + timedelta(days=1), tz="Europe/Berlin",
+                            connectors=[1], by="token", now=None)  # fmt: skip
+    fig = usage_figure(rows, "TEST", "token")
+    ax, ax2 = fig.axes
+    assert ax.get_title() == (
+        f"station TEST: energy and revenue {today - timedelta(days=2)} to {today}, per token"
+    )
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["energy, token FREEVEND", "revenue (incl. VAT)"], legend
+    assert ax.get_ylim()[0] == 0 and ax2.get_ylim()[0] == 0
+    assert "EUR incl. VAT" in ax2.get_ylabel()
+    png = tmp_path / "usage.png"
+    r = runner.invoke(app, ["report", "-c", conf, "--by", "connector", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
 from agent.cli.fmt import duration
+from agent.cli.report_plot import plot_usage
 from agent.cli.service import read, store_note
 from agent.cli.store_open import config_and_store
 from agent.kpi import render
@@ -31,7 +32,6 @@ from agent.sessions.report import (
     build_report,
     day_after,
     default_range,
-    plot_report,
 )
 
 
@@ -165,8 +165,8 @@ def report(
                 now=datetime.now(ZoneInfo(tz)),
             )
         if plot is not None:
-            plot_report(rows, str(plot))
-    except ReportError as e:
+            plot_usage(rows, str(plot), cfg.station.id, None if by is None else by.value)
+    except (ReportError, PlotError) as e:
         raise fail(str(e), Exit.USAGE) from None
     out = [r.to_json() for r in rows]
     if json or fmt == FormatOpt.json:

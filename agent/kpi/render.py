@@ -94,9 +94,9 @@ def table(rep: KpiReport) -> tuple[Table, list[str]]:
     return t, notes
 
 
-def figure(rep: KpiReport) -> Any:
-    """Monthly and 12-month uptime per connector (a matplotlib Figure; the `plot` extra):
-    title with station and period, a legend, the y axis from 0 to 100 %."""
+def pyplot() -> Any:
+    """matplotlib.pyplot without a display (Agg); PlotError when the `plot` extra is missing.
+    Shared by the KPI plot and the usage report's (agent/cli/report_plot.py)."""
     try:
         import matplotlib
 
@@ -104,6 +104,19 @@ def figure(rep: KpiReport) -> Any:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PlotError("--plot needs matplotlib: pip install 'evedge[plot]'") from None
+    return plt
+
+
+def save(fig: Any, path: str) -> None:
+    """Write a figure to a PNG at `path` and release it."""
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
+def figure(rep: KpiReport) -> Any:
+    """Monthly and 12-month uptime per connector (a matplotlib Figure; the `plot` extra):
+    title with station and period, a legend, the y axis from 0 to 100 %."""
+    plt = pyplot()
     first = rep.connectors[0].months if rep.connectors else []
     labels = [m.month for m in first]
     fig, ax = plt.subplots(figsize=(max(6, len(labels) * 0.6), 4))
@@ -125,8 +138,4 @@ def figure(rep: KpiReport) -> Any:
 
 def plot(rep: KpiReport, path: str) -> None:
     """figure() into a PNG at `path`."""
-    fig = figure(rep)  # first: it says so when matplotlib is missing
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(figure(rep), path)

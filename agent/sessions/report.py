@@ -240,37 +240,3 @@ def build_report(
         row.idle_s = row.idle_s.quantize(Decimal(1), ROUND_HALF_UP)
         row.fault_downtime_s = row.fault_downtime_s.quantize(Decimal(1), ROUND_HALF_UP)
     return list(rows.values())
-
-
-def plot_report(rows: list[ReportRow], path: str) -> None:
-    """Energy (bars) and revenue (line) per bucket into a PNG; needs matplotlib (the
-    `plot` extra). Grouped reports are summed per bucket."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ReportError("--plot needs matplotlib: pip install 'evedge[plot]'") from None
-    labels: list[str] = []
-    energy: dict[str, Decimal] = defaultdict(Decimal)
-    revenue: dict[str, Decimal] = defaultdict(Decimal)
-    for r in rows:
-        if r.period not in energy:
-            labels.append(r.period)
-        energy[r.period] += Decimal(r.energy_wh).scaleb(-3)
-        revenue[r.period] += (
-            r.revenue_incl_vat if r.revenue_incl_vat is not None else r.revenue_excl_vat
-        )
-    currency = next((r.currency for r in rows if r.currency), "")
-    fig, ax = plt.subplots(figsize=(max(6, len(labels) * 0.4), 4))
-    ax.bar(labels, [float(energy[k]) for k in labels], color="#4c78a8", label="energy")
-    ax.set_ylabel("energy (kWh)")
-    ax.tick_params(axis="x", rotation=60)
-    ax2 = ax.twinx()
-    ax2.plot(labels, [float(revenue[k]) for k in labels], color="#f58518", marker="o")
-    ax2.set_ylabel(f"revenue ({currency})".replace(" ()", ""))
-    ax.set_title("energy and revenue")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
