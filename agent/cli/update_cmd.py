@@ -44,12 +44,14 @@ def apply(
     """Verify and install a signed update, restart into it, roll back if it is not healthy.
 
     Prints each OCPP status; exit 1 with the final status when the update is refused."""
+    from agent.logsetup import setup_logging
     from agent.store.migrations import LATEST_VERSION
     from agent.update.apply import Request, Updater, systemctl_restart
     from agent.update.status import UpdateRefused
 
     cfg = load_or_exit(config)
     install_at = _instant(at) if at is not None else None
+    setup_logging("warning")  # stderr: security events and failures; stdout: the statuses
     u = cfg.update
     updater = Updater(
         u,

@@ -1,11 +1,14 @@
 """One update, start to end, reporting OCPP statuses: the CLI and an OCPP handler drive this.
 
     Downloading → Downloaded → SignatureVerified → (installDateTime, sessions end) →
-    Installing → InstallRebooting → Installed, or a final failure status (status.FINAL).
+    Installing → InstallRebooting → Installed, or a failure status that ends it
+    (DownloadFailed, InvalidSignature, InstallVerificationFailed, InstallationFailed).
 
 `Updater.apply` stops at InstallRebooting (the service restarts into the new release);
 `Updater.settle` then waits for the release's health marker and reports Installed, or rolls
 back (InstallationFailed). Every refusal raises UpdateRefused after reporting its status.
+Both block (downloads, pip, waits): an async caller such as an OCPP handler runs them with
+asyncio.to_thread, and its report callback is called from that thread.
 """
 
 from __future__ import annotations

@@ -25,17 +25,6 @@ class UpdateStatus(StrEnum):
     INSTALLATION_FAILED = "InstallationFailed"
 
 
-# The statuses that end an update (an OCPP handler stops reporting after one of them).
-FINAL = frozenset(
-    {
-        UpdateStatus.DOWNLOAD_FAILED,
-        UpdateStatus.INVALID_SIGNATURE,
-        UpdateStatus.INSTALL_VERIFICATION_FAILED,
-        UpdateStatus.INSTALLED,
-        UpdateStatus.INSTALLATION_FAILED,
-    }
-)
-
 Reporter = Callable[[UpdateStatus], None]
 
 
