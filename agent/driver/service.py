@@ -92,7 +92,9 @@ class DriverService:
             )
             while True:
                 try:
-                    ev = await asyncio.wait_for(self._sub.get(), self.dcfg.refresh_s)
+                    # asyncio.timeout: Python 3.11's wait_for may lose stop()'s cancel.
+                    async with asyncio.timeout(self.dcfg.refresh_s):
+                        ev = await self._sub.get()
                 except TimeoutError:
                     self.refresh()
                     continue

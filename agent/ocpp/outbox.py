@@ -442,7 +442,9 @@ class Outbox:
     async def _sleep(self, seconds: float) -> None:
         assert self._wake is not None
         with suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            # asyncio.timeout: Python 3.11's wait_for may lose a cancel.
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _send(
         self,

@@ -327,7 +327,9 @@ class OcppService:
             interval = self.keys.get_int("HeartbeatInterval")
             self._heartbeat_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._heartbeat_changed.wait(), interval or None)
+                # asyncio.timeout: Python 3.11's wait_for may lose a cancel.
+                async with asyncio.timeout(interval or None):
+                    await self._heartbeat_changed.wait()
                 continue  # the interval changed: start over with the new one
             try:
                 await cp.send_heartbeat()
