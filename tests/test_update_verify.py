@@ -295,3 +295,21 @@ def test_cli_boot_check_counts_a_start_on_probation(tmp_path):
     assert os.readlink(tmp_path / "current") == str(tmp_path / "releases" / "1.0.0")
     r = run(app, ["update", "boot-check", "--config", str(conf)])
     assert r.output.strip() == "stable"
+
+
+def test_https_download_checks_the_server_against_download_ca_file(tmp_path, pki, wheels):
+    from update_helpers import tls_context
+
+    www = tmp_path / "www"
+    www.mkdir()
+    pki.archive(www / "a.update", wheels, "2.0.0")
+    tls = tls_context(tmp_path, pki)
+    seen: list = []
+    with http_server(www, tls) as url:
+        assert url.startswith("https://")
+        up = updater(tmp_path, pki, seen, download_ca_file=pki.roots_file)
+        assert up.apply(Request(f"{url}/a.update"), dry_run=True).version == "2.0.0"
+        # The system's CAs do not know the test root: the same server is refused.
+        err, _, _ = refused(tmp_path, pki, f"{url}/a.update")
+    assert seen == [S.DOWNLOADING, S.DOWNLOADED, S.SIGNATURE_VERIFIED]
+    assert err.status == S.DOWNLOAD_FAILED and "CERTIFICATE_VERIFY_FAILED" in str(err)

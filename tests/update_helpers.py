@@ -9,6 +9,7 @@ import functools
 import hashlib
 import http.server
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,7 +17,11 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from agent.update import keys, probation, releases
 from agent.update.archive import StoreSchema
@@ -192,16 +197,42 @@ def wait_for(pred: Callable[[], bool], timeout: float = 60, what: str = "") -> N
         time.sleep(0.05)
 
 
+LOOPBACK = ip_address("127.0.0.1")
+
+
+def tls_context(tmp: Path, pki: Pki) -> ssl.SSLContext:
+    """A server context for 127.0.0.1 with a certificate from `pki`'s root."""
+    key = keys.new_key()
+    base = keys.certificate("127.0.0.1", key, (pki.root, pki.root_key), code_signing=False)
+    cert = (
+        x509.CertificateBuilder(
+            subject_name=base.subject, issuer_name=base.issuer, public_key=base.public_key(),
+            serial_number=base.serial_number, not_valid_before=base.not_valid_before_utc,
+            not_valid_after=base.not_valid_after_utc,
+            extensions=[e for e in base.extensions if e.oid != x509.KeyUsage.oid],
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK)]), False)
+        .sign(pki.root_key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp / "tls.pem").write_bytes(keys.pem(cert))
+    (tmp / "tls.key").write_bytes(keys.key_pem(key))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp / "tls.pem", tmp / "tls.key")
+    return ctx
+
+
 @contextlib.contextmanager
-def http_server(directory: Path) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 serving `directory`; yields its base URL."""
+def http_server(directory: Path, tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    """A real HTTP(S) server on 127.0.0.1 serving `directory`; yields its base URL."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *a: None  # type: ignore[attr-defined]
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{srv.server_address[1]}"
     finally:
         srv.shutdown()
         srv.server_close()

@@ -165,7 +165,7 @@ class Updater:
             req.retries, req.retry_interval_s, self.cfg.max_retries, self.cfg.retry_interval_s
         )
         dest = work / "update.tar"
-        download(req.location, dest, n, gap, sleep=self.sleep)
+        download(req.location, dest, n, gap, sleep=self.sleep, ca_file=self.cfg.download_ca_file)
         self.report(UpdateStatus.DOWNLOADED)
         return dest
 

@@ -25,6 +25,9 @@ class UpdateConfig(BaseModel):
     root_ca_file: Path | None = Field(
         default=None, description="PEM root certificate(s); without it every update is refused"
     )
+    download_ca_file: Path | None = Field(
+        default=None, description="PEM CAs for https downloads; default: the system's"
+    )
     releases_dir: Path = Path("/opt/evedge/releases")
     current_link: Path = Path("/opt/evedge/current")
     healthy_within_s: float = Field(default=300, gt=0, le=3600)
