@@ -72,7 +72,7 @@ def test_live_view_puts_faults_and_health_first_and_fits(width: int) -> None:
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= width
     order = [next(i for i, x in enumerate(lines) if key in x)
-             for key in ("faults (2 active", "device health", "connector 1 —")]  # fmt: skip
+             for key in ("active faults: 2", "device health", "connector 1 —")]  # fmt: skip
     assert order == sorted(order), order
     assert "2026-12-08 15:30:00 CET" in lines[0] and "up 1 h 02 min" in lines[0]
     joined = " ".join(text.replace("│", " ").split())

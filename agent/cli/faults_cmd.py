@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import DEFAULT_CONFIG, Exit, console, emit_json, fail, load_or_exit
+from agent.cli.labels import labels
 from agent.diagnosis.clearing import ClearFaultInput
 from agent.diagnosis.store import FaultLog, FaultRecord
 from agent.logsetup import setup_logging
@@ -73,8 +74,9 @@ def faults(
             }
         )
         return
+    words = labels(lang)
     if not records:
-        console.print("[green]no active faults[/]" if not history else "no faults recorded")
+        console.print(f"[green]{words.no_active}[/]" if not history else words.no_faults)
         return
     console.print(_table(records, lang, history))
     if not history:
@@ -85,7 +87,8 @@ def faults(
             c = r.cleared
             if c is not None and c.reason == "manual":
                 console.print(
-                    f"{r.raised.fault_id}: cleared {_when(c.ts)} by {c.by}: {c.note}",
+                    f"{r.raised.fault_id}: {words.cleared} {_when(c.ts)} {words.by} {c.by}: "
+                    f"{c.note}",
                     highlight=False,
                 )
 
@@ -160,11 +163,11 @@ def _when(ts: datetime) -> str:
 
 
 def _table(records: list[FaultRecord], lang: str, history: bool) -> Table:
-    title = "fault history (newest first)" if history else "active faults"
-    table = Table(title=title)
-    for col in ("raised", "fault", "where", "severity", "Faulted", "OCPP 1.6"):
+    w = labels(lang)
+    table = Table(title=w.history if history else w.active_faults)
+    for col in (w.raised, w.fault, w.where, w.severity, w.faulted, "OCPP 1.6"):
         table.add_column(col)
-    table.add_column("cleared" if history else "clears")
+    table.add_column(w.cleared if history else w.clears)
     for r in records:
         f = r.raised
         row = [
@@ -172,12 +175,12 @@ def _table(records: list[FaultRecord], lang: str, history: bool) -> Table:
             f.title.get(lang, f.rule),
             f.scope,
             Text(f.severity, style=SEVERITY_STYLE.get(f.severity, "")),
-            "yes" if f.faulted else "no",
+            w.yes if f.faulted else w.no,
             f.codes.error_code,
         ]
         if history:
             c = r.cleared
-            row.append(f"{_when(c.ts)} ({c.reason})" if c else Text("active", style="bold"))
+            row.append(f"{_when(c.ts)} ({c.reason})" if c else Text(w.active, style="bold"))
         else:
             row.append(Text(how_it_clears(r), style="bold" if r.latched else ""))
         table.add_row(*row)
@@ -185,10 +188,10 @@ def _table(records: list[FaultRecord], lang: str, history: bool) -> Table:
 
 
 def _details(r: FaultRecord, lang: str) -> Panel:
-    f = r.raised
+    f, w = r.raised, labels(lang)
     # Text, not markup: evidence and vendor texts may contain brackets.
     lines: list[Text | str] = [Text(f.root_cause.get(lang, ""), style="bold")]
-    lines.append(f"driver: {f.driver_message.get(lang, '')}")
+    lines.append(f"{w.driver}: {f.driver_message.get(lang, '')}")
     codes = f.codes
     lines.append(
         f"OCPP 1.6 {codes.error_code}, vendorId {codes.vendor_id}, vendorErrorCode "
@@ -196,16 +199,16 @@ def _details(r: FaultRecord, lang: str) -> Panel:
         f"{codes.component}.{codes.variable}; confidence {f.confidence:.0%}"
     )
     if f.explains:
-        lines.append("explains: " + ", ".join(f"{s.title} ({s.scope})" for s in f.explains))
-    lines.append(f"clears: {how_it_clears(r)}")
+        lines.append(f"{w.explains}: " + ", ".join(f"{s.title} ({s.scope})" for s in f.explains))
+    lines.append(f"{w.clears}: {how_it_clears(r)}")
     if f.side != "unknown" or f.side_basis:
-        lines.append(f"side: {f.side} — {f.side_basis}")
+        lines.append(f"{w.side}: {f.side} — {f.side_basis}")
     if f.evidence:
-        lines.append("evidence:")
+        lines.append(f"{w.evidence}:")
         for e in f.evidence[:8]:
-            when = f" at {e.ts.astimezone():%H:%M:%S}" if e.ts else ""
+            when = f" {w.at} {e.ts.astimezone():%H:%M:%S}" if e.ts else ""
             lines.append(f"  {e.name} = {e.value}{' ' + e.unit if e.unit else ''}{when}")
-    lines.append("what to do:")
+    lines.append(f"{w.what_to_do}:")
     for i, step in enumerate(f.technician_steps.get(lang, []), 1):
         lines.append(f"  {i}. {step}")
     style = SEVERITY_STYLE.get(f.severity, "")

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.faults_cmd import SEVERITY_STYLE, how_it_clears
+from agent.cli.labels import labels
 from agent.diagnosis.store import FaultRecord
 from agent.events import FaultCleared, FaultLatch, FaultRaised
 
@@ -28,8 +29,9 @@ def track(faults: dict[str, FaultRecord], event: object) -> None:
 
 def faults_panel(faults: dict[str, FaultRecord], lang: str = "en") -> Panel:
     """The active faults, most severe first; a one-line green panel when there are none."""
+    w = labels(lang)
     if not faults:
-        return Panel(Text("no active faults", style="green"), title="faults", border_style="green")
+        return Panel(Text(w.no_active, style="green"), title=w.fault, border_style="green")
     order = list(SEVERITY_STYLE)
     lines: list[Text | Table] = []
     records = sorted(
@@ -43,7 +45,7 @@ def faults_panel(faults: dict[str, FaultRecord], lang: str = "en") -> Panel:
                 ("● ", SEVERITY_STYLE.get(f.severity, "")),
                 (f.title.get(lang, f.rule), "bold"),
                 f" · {f.scope} · {f.severity}",
-                (" · connector Faulted" if f.faulted else "", "red"),
+                (f" · {w.faulted}" if f.faulted else "", "red"),
                 f" · {f.fault_id}",
             )
         )
@@ -51,15 +53,15 @@ def faults_panel(faults: dict[str, FaultRecord], lang: str = "en") -> Panel:
         grid = Table.grid(padding=(0, 1))
         grid.add_column(width=8)
         grid.add_column()
-        grid.add_row("  cause", f.root_cause.get(lang, ""))
+        grid.add_row(f"  {w.cause}", f.root_cause.get(lang, ""))
         steps = f.technician_steps.get(lang) or []
         if steps:
-            grid.add_row("  do", steps[0])
-        grid.add_row("  clears", Text(how_it_clears(r), style="bold" if r.latched else ""))
+            grid.add_row(f"  {w.do}", steps[0])
+        grid.add_row(f"  {w.clears}", Text(how_it_clears(r), style="bold" if r.latched else ""))
         lines.append(grid)
     worst = records[0].raised.severity
     return Panel(
         Group(*lines),
-        title=f"faults ({len(records)} active; details: evedge faults)",
+        title=f"{w.active_faults}: {len(records)} ({w.details})",
         border_style=SEVERITY_STYLE.get(worst, "red"),
     )
