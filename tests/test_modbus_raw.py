@@ -69,6 +69,16 @@ def test_raw_reads_the_simulated_meter_and_names_evse_codes(sim: Path) -> None: 
     assert code["quantity"] == "evse_error_code" and code["value"] == 7
     assert code["meaning"] == "7 (unlocking in progress)"
 
+    # `modbus read` applies the same table, and repeats with --watch.
+    res = run("modbus", "read", "--profile", "phoenix-ev-charge-control",
+              "--tcp", f"127.0.0.1:{evse}", "--unit", "255")  # fmt: skip
+    assert "7 (unlocking in progress)" in " ".join(res.stdout.replace("│", " ").split())
+    res = run("modbus", "read", "--profile", "eastron-sdm630", "--tcp", f"127.0.0.1:{meter}",
+              "--watch", "0.2", "--polls", "2", "--json")  # fmt: skip
+    docs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.returncode == 0 and len(docs) == 2, res.stderr
+    assert all(200 < d["values"]["voltage_l1"]["value"] < 260 for d in docs)
+
 
 def test_raw_refuses_bad_options_with_what_is_allowed() -> None:
     for args, said in (

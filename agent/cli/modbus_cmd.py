@@ -8,7 +8,9 @@ polls the line a command names with --serial, the direct command is refused: `re
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,6 +51,11 @@ DeviceOpt = Annotated[
     str | None,
     typer.Option("--device", help="a device of the station config, through the running service"),
 ]
+WatchOpt = Annotated[
+    float | None,
+    typer.Option("--watch", min=0.1, help="repeat every S seconds, changes highlighted"),
+]
+PollsOpt = Annotated[int | None, typer.Option("--polls", min=1, help="with --watch: stop after N")]
 UnitOpt = Annotated[int | None, typer.Option("--unit", help="unit id (default: the profile's)")]
 
 
@@ -149,17 +156,36 @@ def read(
     parity: ParityOpt = "N",
     stopbits: StopOpt = 1,
     timeout: TimeoutOpt = 1.0,
+    watch: WatchOpt = None,
+    polls: PollsOpt = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     json: JsonOpt = False,
 ) -> None:
     """Read every quantity of a device and print it decoded: with --device, the service's
-    newest readings (it owns the bus); else directly with --profile and --tcp/--serial."""
+    newest readings (it owns the bus); else directly with --profile and --tcp/--serial.
+
+    Example: `evedge modbus read --profile eastron-sdm630 --tcp 127.0.0.1:15021 --watch 1`
+    (repeats every second, changed values highlighted; Ctrl-C stops)."""
     if device_name is not None:
         _only_device(profile, tcp, serial)
         res = control(load_or_exit(config), "readings", device=device_name)
         _print_service_readings(device_name, res["readings"], json)
         return
     prof, settings, unit_id = _direct(config, profile, unit, tcp, serial, baud, parity, stopbits)
+    previous: dict[str, Any] | None = None
+    for n in itertools.count(1):
+        previous = _read_once(prof, settings, unit_id, timeout, json, previous)
+        if watch is None or (polls is not None and n >= polls):
+            return
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return
+
+
+def _read_once(prof, settings, unit_id: int, timeout: float, json: bool, previous):
+    """One direct read of every quantity, printed (changes since `previous` highlighted);
+    returns the values. Exits 3 when nothing answered, 1 when some reads failed."""
 
     async def go() -> tuple[Device, CycleResult, CycleResult]:
         device = Device("cli", prof, Link(settings, timeout_s=timeout), unit_id)
@@ -192,12 +218,13 @@ def read(
             }
         )
     elif values or not cycle.aborted:
-        _print_values(prof, device, link, values, failures, cycle)
+        _print_values(prof, device, link, values, failures, cycle, previous)
     if cycle.aborted:
         last = cycle.failures[-1] if cycle.failures else "no answer"
         raise fail(f"read nothing from unit {device.unit} on {link.name}: {last}", Exit.UNREACHABLE)
     if failures:
         raise typer.Exit(int(Exit.CHECK_FAILED))
+    return values
 
 
 def _print_service_readings(device: str, readings: list[dict[str, Any]], json: bool) -> None:
@@ -222,7 +249,9 @@ def _print_service_readings(device: str, readings: list[dict[str, Any]], json: b
         raise fail(f"the service has no readings of {device} yet", Exit.CHECK_FAILED)
 
 
-def _print_values(prof, device: Device, link: Link, values, failures, cycle: CycleResult) -> None:
+def _print_values(
+    prof, device: Device, link: Link, values, failures, cycle: CycleResult, previous=None
+) -> None:
     table = Table(title=f"{prof.manufacturer} {prof.model} — unit {device.unit} on {link.name}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -233,9 +262,10 @@ def _print_values(prof, device: Device, link: Link, values, failures, cycle: Cyc
             continue
         v = values[reg.quantity]
         shown = "n/a" if v is None else with_meaning(prof, reg.quantity, v)
+        changed = previous is not None and previous.get(reg.quantity) != v
         table.add_row(
             reg.quantity,
-            shown,
+            Text(shown, style="bold reverse" if changed else ""),
             quantities.get(reg.quantity).unit,
             f"{reg.function} {reg.address} {reg.type}",
         )
@@ -396,12 +426,8 @@ def raw(
     profile: Annotated[
         str | None, typer.Option("--profile", help="name the values by this device profile")
     ] = None,
-    watch: Annotated[
-        float | None, typer.Option("--watch", min=0.1, help="repeat every S seconds")
-    ] = None,
-    polls: Annotated[
-        int | None, typer.Option("--polls", min=1, help="with --watch: stop after N")
-    ] = None,
+    watch: WatchOpt = None,
+    polls: PollsOpt = None,
     tcp: TcpOpt = None,
     serial: SerialOpt = None,
     baud: BaudOpt = 9600,
