@@ -10,7 +10,7 @@ import re
 from datetime import date, timedelta
 
 import pytest
-from sessions_helpers import copy_store, record_sessions
+from test_records import copy, recorded  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from agent.cli.main import app
@@ -18,14 +18,10 @@ from agent.cli.main import app
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    return record_sessions(tmp_path_factory.mktemp("views"), 2)
-
-
 @pytest.fixture
-def conf(recorded, tmp_path):
-    return str(copy_store(*recorded, tmp_path)[1])
+def conf(copy):  # noqa: F811  (the imported fixture)
+    """A private copy of test_records' store (three sessions today) and its config."""
+    return str(copy[1])
 
 
 def words(text: str) -> str:
@@ -64,7 +60,7 @@ def test_sessions_list_ids_are_taken_by_show_in_one_time_format(conf) -> None:
     assert "…" not in r.stdout and "times Europe/Berlin" in words(r.stdout), r.stdout
     rows = [line.split()[0] for line in r.stdout.splitlines()
             if re.match(r" ?[0-9a-f]{8} ", line)]  # fmt: skip
-    assert len(rows) == 2 and all(len(sid) == 8 for sid in rows), rows
+    assert len(rows) == 3 and all(len(sid) == 8 for sid in rows), rows
     shown = runner.invoke(app, ["sessions", "show", rows[0], "-c", conf], terminal_width=80)
     assert shown.exit_code == 0, shown.output
     said = words(shown.stdout)

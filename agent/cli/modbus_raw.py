@@ -17,7 +17,7 @@ from rich.text import Text
 from agent.cli.common import Exit, console, emit_json, fail
 from agent.cli.meaning import with_meaning
 from drivers.profile import Profile, ProfileError, load_profile
-from drivers.transport import Link, ModbusFailure, SerialSettings, TcpSettings
+from drivers.transport import Link, ModbusFailure, SerialSettings, TcpSettings, describe
 
 RawType = Literal["u16", "s16", "u32", "s32", "f32"]
 Order = Literal["abcd", "cdab", "badc", "dcba"]
@@ -104,16 +104,9 @@ def raw_read(
     try:
         asyncio.run(go())
     except ModbusFailure as e:
-        raise fail(f"{where} on {describe_settings(settings)}: {e}", Exit.UNREACHABLE) from None
+        raise fail(f"{where} on {describe(settings)}: {e}", Exit.UNREACHABLE) from None
     except KeyboardInterrupt:
         pass
-
-
-def describe_settings(settings: SerialSettings | TcpSettings) -> str:
-    """`127.0.0.1:502` or `/dev/ttyUSB0`."""
-    if isinstance(settings, TcpSettings):
-        return f"{settings.host}:{settings.port}"
-    return settings.port
 
 
 def _show(link, where, type_, order, address, per, words, values, names, previous, prof, json):
