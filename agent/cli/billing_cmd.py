@@ -27,7 +27,9 @@ def verify(config: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False) -> None:
     store's guard triggers and its head against the signed checkpoint (newest records
     deleted, anchor rewritten), OCMF signatures, signed readings vs. billed energy, every
     column copied from a record's body, and that no closed session lacks its record. Exit 1
-    naming each record with a problem."""
+    naming each record with a problem.
+
+    Example: `evedge billing verify -c /etc/evedge/station.toml --json`"""
     cfg, store = config_and_store(config)
     agent_key = None
     if cfg.billing is not None and (cfg.billing.key_dir / KEY_FILE).exists():
@@ -73,7 +75,9 @@ def reseal(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """After a tamper finding was investigated (and the store restored if records were lost):
     re-create the store's guard triggers and sign its present chain head as the checkpoint.
     Run it as the agent's user: it needs the OCMF signing key. What was accepted is logged
-    (security.resealed)."""
+    (security.resealed).
+
+    Example: `evedge billing reseal -c /etc/evedge/station.toml`"""
     cfg, readonly = config_and_store(config)
     readonly.close()
     if cfg.billing is None:

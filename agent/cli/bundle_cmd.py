@@ -37,7 +37,9 @@ def bundle(
     ] = DEFAULT_CONFIG,
     json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Write the diagnostics bundle: faults, device health, config without secrets, logs."""
+    """Write the diagnostics bundle: faults, device health, config without secrets, logs.
+
+    Example: `evedge bundle -o /tmp/evedge-bundle.tar.gz --since 2025-03-01T00:00:00Z`"""
     cfg = load_or_exit(config)
     lo, hi = _when(since, "--since"), _when(until, "--until")
     store = None

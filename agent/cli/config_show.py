@@ -89,7 +89,9 @@ def config_show(
     ),
     json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Show the effective config, defaults included, with passwords, keys and tokens masked."""
+    """Show the effective config, defaults included, with passwords, keys and tokens masked.
+
+    Example: `evedge config show -c /etc/evedge/station.toml --json`"""
     cfg = load_or_exit(config)
     data = mask_secrets(cfg.model_dump(mode="json"))
     if json:

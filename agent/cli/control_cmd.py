@@ -40,7 +40,9 @@ def start(
     config: ConfigOpt = DEFAULT_CONFIG,
     json: JsonOpt = False,
 ) -> None:
-    """Start a session on CONNECTOR (the vehicle must be plugged in, or plug it in next)."""
+    """Start a session on CONNECTOR (the vehicle must be plugged in, or plug it in next).
+
+    Example: `evedge start 1 --id-token DE-ABC-123`"""
     cfg = load_or_exit(config)
     args = {"connector": connector} | ({} if id_token is None else {"id_token": id_token})
     _show(control(cfg, "start", **args), json)
@@ -49,7 +51,9 @@ def start(
 def stop(
     connector: ConnectorArg, config: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False
 ) -> None:
-    """Stop the session on CONNECTOR (its charge record is written as usual)."""
+    """Stop the session on CONNECTOR (its charge record is written as usual).
+
+    Example: `evedge stop 1`"""
     cfg = load_or_exit(config)
     _show(control(cfg, "stop", connector=connector), json)
 
@@ -60,7 +64,9 @@ def limit(
     config: ConfigOpt = DEFAULT_CONFIG,
     json: JsonOpt = False,
 ) -> None:
-    """Limit the current CONNECTOR offers to the vehicle; 'none' clears the local limit."""
+    """Limit the current CONNECTOR offers to the vehicle; 'none' clears the local limit.
+
+    Example: `evedge limit 1 16   (then: evedge limit 1 none)`"""
     cfg = load_or_exit(config)
     value: float | None
     if amps.lower() in CLEAR:

@@ -33,6 +33,8 @@ def diagnose(
     """Self-test the station: bus scan, P ≈ Σ V·I, energy register, clock, disk, cloud.
 
     Exit 0 when every check passes, 1 when one finds a problem.
+
+    Example: `evedge diagnose -c /etc/evedge/station.toml --lang de`
     """
     cfg = load_or_exit(config)
     setup_logging("warning")  # logs to stderr: stdout is the report (or the JSON)

@@ -101,7 +101,9 @@ def clear(
     json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Clear an active fault as a technician (a latched hardware fault after the repair).
-    Recorded in the fault history with who, when and the note."""
+    Recorded in the fault history with who, when and the note.
+
+    Example: `evedge faults clear 20261208T022828Z-66eee2 --note "contactor replaced"`"""
     from pydantic import ValidationError
 
     from agent.cli.service import control

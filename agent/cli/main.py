@@ -259,7 +259,9 @@ def config_check(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="same as FILE")] = None,
     json: JsonOpt = False,
 ) -> None:
-    """Validate a station config: every problem with its field path, exit 2 if any."""
+    """Validate a station config: every problem with its field path, exit 2 if any.
+
+    Example: `evedge config check /etc/evedge/station.toml`"""
     from rich.table import Table
     from rich.text import Text
 
@@ -317,7 +319,9 @@ def run(
 ) -> None:
     """Run the agent: poll every device, publish readings, keep the store.
 
-    Exits 75 after an OCPP hard reset (the unit's Restart=on-failure starts it again)."""
+    Exits 75 after an OCPP hard reset (the unit's Restart=on-failure starts it again).
+
+    Example: `evedge run -c /etc/evedge/station.toml --console-logs`"""
     # A SIGTERM before the event loop's handler exists (systemd stopping a unit that is still
     # starting, a test stopping a fresh agent) stops like Ctrl-C: a clean exit 0, no kill.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -390,7 +394,9 @@ def demo(
     short_help="Run the simulated station alone (Modbus servers + control port).",
 )
 def sim(config: ConfigOpt = DEMO_CONFIG) -> None:
-    """Run the simulated station alone (Modbus servers + control port), for tests and HIL."""
+    """Run the simulated station alone (Modbus servers + control port), for tests and HIL.
+
+    Example: `evedge sim -c config/demo.toml   (then: evedge simctl plug 1)`"""
     import asyncio
 
     from agent.cli.common import Exit, console, fail, load_or_exit

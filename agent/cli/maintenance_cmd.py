@@ -52,7 +52,10 @@ def add(
     config: ConfigOpt = DEFAULT_CONFIG,
     json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Add a maintenance window."""
+    """Add a maintenance window.
+
+    Example: `evedge maintenance add --connector 1 --from 2025-03-01T08:00+01:00
+    --to 2025-03-01T12:00+01:00 --note "meter swap"`"""
     cfg = load_or_exit(config)
     t0, t1 = _when(start, "--from"), _when(end, "--to")
     if connector is not None and connector not in {c.id for c in cfg.connector}:
@@ -77,7 +80,9 @@ def list_(
     config: ConfigOpt = DEFAULT_CONFIG,
     json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """List the maintenance windows."""
+    """List the maintenance windows.
+
+    Example: `evedge maintenance list --json`"""
     cfg = load_or_exit(config)
     with _open(cfg, config) as store, store.reading() as c:
         found = windows(c, 0, 2**62)

@@ -309,7 +309,9 @@ def write(
     json: JsonOpt = False,
 ) -> None:
     """Write one quantity and read it back. With --device, through the running service
-    (it owns the bus); else directly with --profile and --tcp/--serial."""
+    (it owns the bus); else directly with --profile and --tcp/--serial.
+
+    Example: `evedge modbus write offered_current_a 16 --device evse1`"""
     setup_logging("warning")  # logs to stderr: stdout is the answer (or the JSON)
     parsed = parse_value(value)
     if device is not None:
@@ -366,7 +368,9 @@ def scan(
 ) -> None:
     """Find the unit ids that answer on a bus. An exception reply counts: the device is there.
 
-    Refused on a serial line the running service polls (see `evedge status` for its devices)."""
+    Refused on a serial line the running service polls (see `evedge status` for its devices).
+
+    Example: `evedge modbus scan --serial /dev/ttyUSB0 --baud 9600 --from 1 --to 10`"""
     if not 0 <= first <= last <= 255:
         raise fail("unit ids must satisfy 0 <= --from <= --to <= 255", Exit.USAGE)
     if function not in ("input", "holding"):

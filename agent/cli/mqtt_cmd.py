@@ -31,7 +31,9 @@ def schemas_cmd(
     json: JsonOpt = False,
 ) -> None:
     """Generate the JSON Schema of every MQTT payload from its model (exit 1 with --check
-    when the folder differs)."""
+    when the folder differs).
+
+    Example: `evedge mqtt schemas --out docs/mqtt --check`"""
     if check:
         docs = schemas()
         stale = sorted(

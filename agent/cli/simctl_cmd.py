@@ -95,7 +95,9 @@ def plug(
     phases: Annotated[int | None, typer.Option(help="1 or 3")] = None,
     config: ConfigOpt = DEMO_CONFIG,
 ) -> None:
-    """A car plugs in at CONNECTOR."""
+    """A car plugs in at CONNECTOR.
+
+    Example: `evedge simctl plug 1 --max-current 16 --phases 1`"""
     _send(
         config,
         {
@@ -110,7 +112,9 @@ def plug(
 
 @app.command("unplug")
 def unplug(connector: int, config: ConfigOpt = DEMO_CONFIG) -> None:
-    """The car at CONNECTOR leaves."""
+    """The car at CONNECTOR leaves.
+
+    Example: `evedge simctl unplug 1`"""
     _send(config, {"cmd": "unplug", "connector": connector})
     console.print(f"connector {connector}: vehicle unplugged")
 
@@ -121,7 +125,9 @@ def suspend(
     resume: Annotated[bool, typer.Option("--resume", help="resume instead")] = False,
     config: ConfigOpt = DEMO_CONFIG,
 ) -> None:
-    """The car at CONNECTOR pauses charging (or resumes with --resume)."""
+    """The car at CONNECTOR pauses charging (or resumes with --resume).
+
+    Example: `evedge simctl suspend 1   (then: evedge simctl suspend 1 --resume)`"""
     _send(config, {"cmd": "suspend", "connector": connector, "suspended": not resume})
     console.print(f"connector {connector}: {'resumed' if resume else 'suspended'} by the vehicle")
 
@@ -140,7 +146,9 @@ def inject(
     config: ConfigOpt = DEMO_CONFIG,
     json: JsonOpt = False,
 ) -> None:
-    """Inject a fault, e.g. `evedge simctl inject voltage_sag --connector 1 --set volts=40`.
+    """Inject a fault.
+
+    Example: `evedge simctl inject voltage_sag --connector 1 --set volts=40`
 
     A fault the configured EVSE cannot report (no register, no error code for it) is
     refused with what is missing (exit 1); `--anyway` injects it nonetheless."""
@@ -169,14 +177,18 @@ def clear(
     fault_id: Annotated[str | None, typer.Argument(help="fault id (default: all)")] = None,
     config: ConfigOpt = DEMO_CONFIG,
 ) -> None:
-    """Clear one injected fault, or all of them."""
+    """Clear one injected fault, or all of them.
+
+    Example: `evedge simctl clear f1`"""
     cleared = _send(config, {"cmd": "clear", "id": fault_id})["cleared"]
     console.print(f"cleared: {', '.join(cleared) if cleared else 'nothing'}")
 
 
 @app.command("faults")
 def faults(config: ConfigOpt = DEMO_CONFIG, json: JsonOpt = False) -> None:
-    """The active injected faults and every kind that can be injected."""
+    """The active injected faults and every kind that can be injected.
+
+    Example: `evedge simctl faults --json`"""
     result = _send(config, {"cmd": "list_faults"})
     if json:
         emit_json(result)
@@ -186,7 +198,9 @@ def faults(config: ConfigOpt = DEMO_CONFIG, json: JsonOpt = False) -> None:
 
 @app.command("snapshot")
 def snapshot(config: ConfigOpt = DEMO_CONFIG, json: JsonOpt = False) -> None:
-    """Every simulated device's values and every connector's state."""
+    """Every simulated device's values and every connector's state.
+
+    Example: `evedge simctl snapshot`"""
     result = _send(config, {"cmd": "snapshot"})
     if json:
         emit_json(result)

@@ -52,7 +52,9 @@ def fetch_status(cfg: StationConfig, result: dict | None = None) -> tuple[Status
 
 
 def status(config: ConfigOpt = DEFAULT_CONFIG, json: JsonOpt = False) -> None:
-    """Station, connectors, sessions, device health, sync and backlog, active faults."""
+    """Station, connectors, sessions, device health, sync and backlog, active faults.
+
+    Example: `evedge status -c /etc/evedge/station.toml --json`"""
     if json:
         from agent.cli.fastpath import print_answer, service_answer
 
@@ -201,7 +203,9 @@ def live(
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="one status JSON per poll")] = False,
 ) -> None:
-    """Live view of the running station (Ctrl-C to stop); exit 3 when the service is down."""
+    """Live view of the running station (Ctrl-C to stop); exit 3 when the service is down.
+
+    Example: `evedge live -c config/demo.toml --interval 2`"""
     from rich.live import Live
 
     from agent.cli.common import console, emit_json, load_or_exit

@@ -60,7 +60,9 @@ def _zone(tz) -> str:
 
 @app.command("list")
 def list_cmd(config: ConfigOpt = DEFAULT_CONFIG, limit: int = 50, json: JsonOpt = False) -> None:
-    """List tickets, newest first, with whether the cloud has them."""
+    """List tickets, newest first, with whether the cloud has them.
+
+    Example: `evedge tickets list --json`"""
     cfg = load_or_exit(config)
     setup_logging("warning")
     with _open(cfg, config) as store:
@@ -102,7 +104,9 @@ def show(
     config: ConfigOpt = DEFAULT_CONFIG,
     json: JsonOpt = False,
 ) -> None:
-    """One ticket with its full snapshot."""
+    """One ticket with its full snapshot.
+
+    Example: `evedge tickets show T-3F9A2C`"""
     cfg = load_or_exit(config)
     setup_logging("warning")
     with _open(cfg, config) as store:
@@ -156,7 +160,9 @@ def create(
     config: ConfigOpt = DEFAULT_CONFIG,
     json: JsonOpt = False,
 ) -> None:
-    """Create a ticket (technician, testing): by --connector, or by a QR --link."""
+    """Create a ticket (technician, testing): by --connector, or by a QR --link.
+
+    Example: `evedge tickets create --connector 1 --text "cable stuck"`"""
     cfg = load_or_exit(config)
     setup_logging("warning")
     if (connector is None) == (link is None):
