@@ -56,3 +56,25 @@ async def test_queued_meter_values_travel_in_bounded_batches(tmp_path):
     sent = [mv["timestamp"] for m in values for mv in m.payload["meterValue"]]
     assert sent == meter_value_rows(db)
     assert len({m.payload["transactionId"] for m in msgs[1:]}) == 1
+
+
+def test_meter_values_call_carries_the_stored_entries_unchanged():
+    """The shortcut in `to_call` (entries not converted to snake_case and back) sends exactly
+    what a full conversion would: the JSON the library puts on the wire equals the stored
+    payload plus the transaction id."""
+    from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
+
+    from agent.ocpp import metervalues as mv
+    from agent.ocpp.outbox import to_call
+
+    values = {"energy_import_wh": 1234.0, "power_w": 7200.0, "soc_pct": 55.0}
+    values |= {f"current_l{p}": 16.0 for p in (1, 2, 3)}
+    measurands = [mv.ENERGY, "Power.Active.Import", "Current.Import", "SoC"]
+    entries = [
+        mv.meter_value(t, mv.sampled_values(values, measurands, mv.PERIODIC))
+        for t in (1_700_000_000_000_000, 1_700_000_010_000_000)
+    ]
+    stored = {"connectorId": 2, "meterValue": entries}
+    wire = remove_nones(snake_to_camel_case(serialize_as_dict(to_call("MeterValues", stored, 7))))
+    assert wire == {**stored, "transactionId": 7}
+    assert len(entries[0]["sampledValue"]) >= 5  # the phases and SoC are in the check

@@ -180,7 +180,12 @@ class OcppService:
     # ------------------------------------------------------------------ OcppLink
 
     async def call(
-        self, payload: Any, *, triggered: bool = False, unique_id: str | None = None
+        self,
+        payload: Any,
+        *,
+        triggered: bool = False,
+        unique_id: str | None = None,
+        validate: bool = True,
     ) -> Any:
         """Send one call; see `OcppLink.call` (agent/ocpp/context.py). `unique_id`: the
         message id to use (the transaction outbox re-sends a message under the same id)."""
@@ -191,7 +196,9 @@ class OcppService:
         if not self.online.is_set() and not triggered and action != "BootNotification":
             raise OcppOffline(f"{action}: the CSMS has not accepted the boot yet")
         try:
-            return await cp.call(payload, suppress=False, unique_id=unique_id)
+            return await cp.call(
+                payload, suppress=False, unique_id=unique_id, skip_schema_validation=not validate
+            )
         except OCPPError as e:
             code = "FormationViolation" if e.code == "FormatViolation" else e.code
             raise OcppCallError(action, code, str(e.description)) from None
