@@ -162,3 +162,36 @@ def test_a_command_id_is_first_seen_once_even_across_restarts(tmp_path):
     assert ob.first_sight("cmd-0003", "get_status", far)
     assert ob.first_sight("cmd-0002", "get_status", far)
     ob.close()
+
+
+def _commit_syncs(ob: Outbox, work) -> list[int]:
+    """The `synchronous` level in force at each COMMIT that `work(ob)` makes."""
+    levels: list[int] = []
+
+    def trace(sql: str) -> None:
+        if sql.strip().upper() == "COMMIT":
+            levels.append(current[0])
+        elif sql.upper().startswith("PRAGMA SYNCHRONOUS ="):
+            current[0] = {"NORMAL": 1, "FULL": 2}[sql.split("=")[1].strip().upper()]
+
+    current = [ob._conn.execute("PRAGMA synchronous").fetchone()[0]]
+    ob._conn.set_trace_callback(trace)
+    try:
+        work(ob)
+    finally:
+        ob._conn.set_trace_callback(None)
+    assert ob._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again afterwards
+    return levels
+
+
+def test_live_streams_and_acknowledgements_commit_unsynced_everything_else_synced(tmp_path):
+    ob = outbox(tmp_path)
+    assert _commit_syncs(ob, lambda o: o.add([telemetry(), health()])) == [1]
+    # One billing-relevant message makes the whole transaction durable.
+    assert _commit_syncs(ob, lambda o: o.add([telemetry(), session_event(1)])) == [2]
+    assert _commit_syncs(ob, lambda o: o.add([session_event(2)])) == [2]
+    ids = [r.id for r in ob.pending(0, 100)]
+    assert _commit_syncs(ob, lambda o: o.delivered(ids)) == [1]
+    assert ob.pending(0, 100) == []
+    # After the unsynced commits each stream's numbers still advance (telemetry 3, sessions 3).
+    assert [m.seq for m in ob.add([telemetry(), session_event(3)])] == [3, 3]

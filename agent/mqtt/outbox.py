@@ -12,6 +12,14 @@ health, until the outbox is back under 90 % of `max_rows` (or no bulk message is
 Faults, sessions, charge records, replies, display messages and tickets are never dropped.
 Thinned messages leave gaps in `seq`; the count per stream is kept in `mqtt_state`.
 
+Disk syncs (flash wear, issue 16): a commit that enqueues only live streams, each message
+superseded by the next (`LIVE_STREAMS`), and every acknowledgement (the delete after PUBACK)
+commit with `synchronous = NORMAL`: not synced by themselves, only by the next FULL commit on
+the store file or the next WAL checkpoint. A power cut may lose the last of those live
+messages (their `seq` may then be reused by new messages with a new `msg_id`) and may
+forget an acknowledgement, so that message is published again (at-least-once, same `msg_id`).
+Everything else (faults, sessions, charge records, tickets, replies) commits with FULL.
+
 Synchronous and thread-safe: call it from worker threads.
 """
 
@@ -22,7 +30,8 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +49,10 @@ log = structlog.get_logger(__name__)
 
 BILLING_CURSOR = "cursor:billing"
 BILLING_BATCH = 200
+# Superseded by their next message: a lost one after a power cut costs nothing lasting.
+LIVE_STREAMS: frozenset[Stream] = frozenset(
+    {Stream.TELEMETRY, Stream.HEALTH, Stream.DISPLAY, Stream.KPI}
+)
 # Tables whose delivered_ts marks what the broker acknowledged (their outbox rows' ref).
 _MARKED = (("charge_records", Stream.BILLING_RECORDS), ("tickets", Stream.TICKETS))
 
@@ -99,8 +112,24 @@ class Outbox:
         if not items:
             return []
         now = now or utcnow()
-        with self._lock, transaction(self._conn) as c:
+        durable = any(it.stream not in LIVE_STREAMS for it in items)
+        with self._lock, self._tx(durable) as c:
             return [self._insert(c, it, now) for it in items]
+
+    @contextmanager
+    def _tx(self, durable: bool) -> Iterator[sqlite3.Connection]:
+        """A transaction committed with `synchronous` FULL (durable) or NORMAL (see the module
+        docstring). Call with the lock held."""
+        # The setting applies per connection to the following commits; set it outside the
+        # transaction and restore FULL so every other commit stays synced.
+        if not durable:
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with transaction(self._conn) as c:
+                yield c
+        finally:
+            if not durable:
+                self._conn.execute("PRAGMA synchronous = FULL")
 
     def _insert(self, c: sqlite3.Connection, item: Outgoing, now: datetime) -> Envelope:
         stream = item.stream
@@ -203,7 +232,8 @@ class Outbox:
             return 0
         n = 0
         now = to_us(utcnow())
-        with self._lock, transaction(self._conn) as c:
+        # Not synced: a lost delete only publishes the message once more (same msg_id).
+        with self._lock, self._tx(durable=False) as c:
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 marks = ",".join("?" * len(chunk))
@@ -298,7 +328,8 @@ class Outbox:
         """Record a command id; False if it was seen before (a replay). Also forgets ids whose
         commands expired (they are refused as expired anyway)."""
         now = to_us(utcnow())
-        with self._lock, transaction(self._conn) as c:
+        # Not synced: a lost delete only publishes the message once more (same msg_id).
+        with self._lock, self._tx(durable=False) as c:
             c.execute("DELETE FROM mqtt_seen_commands WHERE expires_ts < ?", (now,))
             cur = c.execute(
                 "INSERT OR IGNORE INTO mqtt_seen_commands (id, name, received_ts, expires_ts) "
