@@ -9,6 +9,7 @@ limit, or one the device reported as not available, is unknown (None).
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -214,7 +215,18 @@ class Scope:
 
     def role(self, name: str) -> str | None:
         """The device playing `name` (evse, meter, device) in this scope."""
-        return dict(self.roles).get(name)
+        return self.role_map.get(name)
+
+    # Built once per scope, not per lookup: every name in every condition goes through them.
+    @functools.cached_property
+    def role_map(self) -> dict[str, str]:
+        """role -> device."""
+        return dict(self.roles)
+
+    @functools.cached_property
+    def threshold_map(self) -> dict[str, float]:
+        """threshold name -> value (cfg.* in conditions)."""
+        return dict(self.thresholds)
 
     def related(self, other: Scope) -> bool:
         """True if the two scopes share a device (the station relates to everything)."""
@@ -317,7 +329,7 @@ class ScopeEnv:
         self.facts = facts
         self.sessions = sessions
         self.now = now
-        self.thresholds = dict(scope.thresholds)
+        self.thresholds = scope.threshold_map
         # name -> (value, unit, device, measured at); Evidence models only when raising
         self.evidence: dict[str, tuple[Value, str, str | None, datetime | None]] = {}
 

@@ -107,9 +107,12 @@ class Instance:
     # device of the scope has reported after it (see the module docstring).
     fresh_after: float | None = None
     expr: Expr = field(init=False)
+    evidence_expr: Expr | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.expr = self.rule.expr  # resolved once: evaluated every second
+        # Resolved once (the rule's are pydantic properties): evaluated on every batch.
+        self.expr = self.rule.expr
+        self.evidence_expr = self.rule.evidence_expr
 
     def reset(self) -> None:
         """Back to idle: the fault is over (or handed to its root cause)."""
@@ -312,7 +315,7 @@ class DiagnosisEngine:
                     inst.fresh_after = None
             inst.track(value, now)
             inst.env = env
-            evidence = inst.rule.evidence_expr
+            evidence = inst.evidence_expr
             if inst.latch is not None and evidence is not None:
                 ev_env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, session, now)
                 inst.track_evidence(evidence(ev_env), now)

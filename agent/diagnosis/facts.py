@@ -11,6 +11,7 @@ engine, or a HIL rig): since when charging is off for sure, and which vehicle is
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +87,30 @@ def disk_free(path: Path) -> tuple[float, float] | None:
     return usage.free * 100 / usage.total, usage.free / 1e6
 
 
+DISK_CACHE_S = 5.0
+
+
+class CachedDiskFree:
+    """disk_free(path), asked of the kernel at most every `ttl_s`: diagnosis evaluates on
+    every batch of readings, and a statvfs (with the walk up to an existing parent) each
+    time was most of a facts snapshot's cost. Free space does not move in 5 s in a way a
+    disk-full rule (minutes of raise_after) would notice."""
+
+    def __init__(
+        self, path: Path, ttl_s: float = DISK_CACHE_S, clock: Callable[[], float] = time.monotonic
+    ):
+        self.path, self.ttl_s, self.clock = path, ttl_s, clock
+        self._at: float | None = None
+        self._value: tuple[float, float] | None = None
+
+    def __call__(self) -> tuple[float, float] | None:
+        """(free %, free MB), at most `ttl_s` old."""
+        now = self.clock()
+        if self._at is None or now - self._at >= self.ttl_s:
+            self._value, self._at = disk_free(self.path), now
+        return self._value
+
+
 class StationFacts:
     """Station-level facts behind `station.*`; each is a provider so tests can set them."""
 
@@ -117,7 +142,7 @@ class StationFacts:
     @classmethod
     def for_store(cls, store_path: Path, cloud: CloudStatus | None = None) -> StationFacts:
         """The real providers: kernel clock state, free space where the store lives."""
-        return cls(kernel_clock_synced, lambda: disk_free(store_path), cloud)
+        return cls(kernel_clock_synced, CachedDiskFree(store_path), cloud)
 
     def snapshot(self, now: datetime) -> dict[str, Value]:
         """All facts at `now` (providers are called once per evaluation)."""
