@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.billing import ocmf
 from agent.sessions.times import from_us
 
 # Reading contexts (OCPP 1.6 ReadingContext).
@@ -134,6 +133,10 @@ def signed_value(record: str, context: str, public_key_hex: str | None) -> dict[
 
     `public_key_hex`: the DER key (hex, as `MeterPublicKey<n>` shows it) to send with this
     value, or None when PublicKeyWithSignedMeterValue says not to send it here."""
+    # Imported here: agent.config reaches this module (the measurand list), and ocmf
+    # brings in cryptography, which nothing else in a config load needs.
+    from agent.billing import ocmf
+
     parsed = ocmf.parse(record)
     key = "" if not public_key_hex else base64.b64encode(bytes.fromhex(public_key_hex)).decode()
     signed = {
