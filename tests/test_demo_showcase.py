@@ -7,7 +7,9 @@ everything (summary backlog 0)."""
 from __future__ import annotations
 
 import json
+import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -142,3 +144,28 @@ def test_peer_options_validate_and_point_the_config(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError, match=message):
             with_peers(cfg, csms, broker)
+
+
+def test_the_closing_summary_commands_work(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    config = demo_config(tmp_path)
+    res = subprocess.run(
+        [*EVEDGE, "demo", "--config", str(config), "--duration", "12"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, MOSQUITTO_ENV: str(tmp_path / "none")},  # no broker: records wait
+    )
+    assert res.returncode == 0, res.stderr
+    tail = res.stdout[res.stdout.index("demo stopped:") :]
+    written = int(re.match(r"demo stopped: (\d+) charge record", tail).group(1))
+    assert written >= 1 and f"left to deliver: charge_records {written}" in tail, tail
+    commands = [line.split() for line in tail.splitlines() if line.startswith("  evedge ")]
+    assert len(commands) == 5, tail
+    for cmd in commands[:-1]:  # the last one is for the next demo's simulator
+        args = [str(tmp_path / "usage.png") if a == "usage.png" else a for a in cmd[1:]]
+        ran = subprocess.run([*EVEDGE, *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        assert ran.returncode == 0, (cmd, ran.stderr)
+    assert (tmp_path / "usage.png").exists()

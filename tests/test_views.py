@@ -131,3 +131,10 @@ def test_status_writes_sync_and_api_counters_as_words_not_dicts() -> None:
     assert "MQTT ● offline broker broker:8883" in said and "last error: connection refused" in said
     assert "backlog (not yet confirmed by the cloud): charge records 0, ocpp 2" in said
     assert "local API: connections 1, refused by limits 0" in said
+
+
+def test_live_view_in_utc() -> None:
+    state = demo_state()
+    state.utc = True
+    head = check("live-utc", render(state, now=NOW), 80).splitlines()[0]
+    assert "2026-12-08 14:30:00 UTC" in head, head

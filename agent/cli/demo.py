@@ -370,20 +370,23 @@ class Summary:
         if self.as_json:
             emit_json({"type": "summary", "records": self.feed.records, "backlog": backlog})
             return
-        c = f" -c {self.config_path}"
-        waiting = ", ".join(f"{k} {v}" for k, v in backlog.items() if v) or "none"
-        lines = [
-            f"demo stopped: {self.feed.records} charge records written; left to deliver: {waiting}",
-            "try next:",
-            f"  evedge sessions list{c}            the sessions and their prices",
-            f"  evedge billing verify{c}           the records' signatures and chain",
-            f"  evedge report --plot{c}            usage report with a plot",
-            f"  evedge faults --history{c}         what diagnosis raised",
-            "  make demo, then in a second terminal:",
-            "  evedge simctl inject welded_contactor --connector 1   a fault to diagnose",
-        ]
-        for line in lines:
+        for line in self.feed.state.log:
             console.print(line, highlight=False, markup=False)
+        waiting = ", ".join(f"{k} {v}" for k, v in backlog.items() if v) or "none"
+        c = f" -c {self.config_path}"
+        records = f"{self.feed.records} charge record{'s' if self.feed.records != 1 else ''}"
+        lines = [
+            f"demo stopped: {records} written; left to deliver: {waiting}",
+            "try next — sessions and prices, the records' signatures, a usage plot, faults:",
+            f"  evedge sessions list{c}",
+            f"  evedge billing verify{c}",
+            f"  evedge report --plot usage.png{c}",
+            f"  evedge faults --history{c}",
+            "and during the next demo, in a second terminal, a fault to diagnose:",
+            f"  evedge simctl inject welded_contactor --connector 1{c}",
+        ]
+        for line in lines:  # not wrapped: a command stays one line to copy
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _say(as_json: bool):
@@ -436,7 +439,14 @@ async def _run(
         live = None
         if not as_json:
             live = screen.enter_context(
-                Live(render(state), console=console, refresh_per_second=4, screen=False)
+                # The alternate screen: each refresh replaces the whole view (no stale
+                # lines); the summary with the last events is printed after it.
+                Live(
+                    render(state),
+                    console=console,
+                    refresh_per_second=4,
+                    screen=console.is_terminal,
+                )
             )
         pump = asyncio.create_task(feed.run(live), name="demo feed")
         try:

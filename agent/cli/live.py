@@ -62,6 +62,7 @@ class LiveState:
     started: datetime | None = field(default_factory=utcnow)
     # fault id -> the active fault (raised, latched)
     faults: dict[str, FaultRecord] = field(default_factory=dict)
+    utc: bool = False  # times in UTC, not the station's zone
     listeners: list[Callable[[str], None]] = field(default_factory=list)
     # connector id -> its latest SessionEvent (status, session energy, running cost)
     sessions: dict[int, SessionEvent] = field(default_factory=dict)
@@ -100,7 +101,7 @@ class LiveState:
 
     def note(self, text: str) -> None:
         """Add a line to the event log shown under the view."""
-        self.log.append(f"{utcnow().astimezone(station_tz(self.cfg)):%H:%M:%S}  {text}")
+        self.log.append(f"{utcnow().astimezone(station_tz(self.cfg, self.utc)):%H:%M:%S}  {text}")
         for listener in self.listeners:
             listener(text)
 
@@ -304,7 +305,7 @@ class View:
         now = self.now or utcnow()
         head = Text.assemble(
             (f"station {state.cfg.station.id}", "bold"),
-            f" · {when(now, station_tz(state.cfg))}",
+            f" · {when(now, station_tz(state.cfg, state.utc))}",
         )
         if state.started is not None:
             head.append(f" · up {duration((now - state.started).total_seconds())}")

@@ -201,6 +201,9 @@ def live(
     count: Annotated[
         int | None, typer.Option("--count", min=1, help="stop after N polls (default: Ctrl-C)")
     ] = None,
+    utc: Annotated[
+        bool, typer.Option("--utc", help="times in UTC, not the station's zone")
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="one status JSON per poll")] = False,
 ) -> None:
     """Live view of the running station (Ctrl-C to stop); exit 3 when the service is down.
@@ -214,7 +217,7 @@ def live(
     from agent.ops import StatusReport
 
     cfg = load_or_exit(config)
-    state = LiveState(cfg, started=None)  # the viewer's start is not the service's
+    state = LiveState(cfg, started=None, utc=utc)  # the viewer's start is not the service's
     seen: set[str] = set()
     polls = itertools.count(1) if count is None else range(1, count + 1)
     with contextlib.suppress(KeyboardInterrupt):
@@ -224,7 +227,10 @@ def live(
                 if n != count:
                     time.sleep(interval)
             return
-        with Live(render(state), console=console, refresh_per_second=4, screen=False) as view:
+        # The terminal's alternate screen: each refresh replaces the whole view (no stale
+        # lines when it shrinks or is taller than the window); the shell is back on exit.
+        screen = console.is_terminal
+        with Live(render(state), console=console, refresh_per_second=4, screen=screen) as view:
             for n in polls:
                 report = StatusReport.model_validate(control(cfg, "status"))
                 feed(state, report, control(cfg, "readings")["readings"], seen)
