@@ -17,6 +17,7 @@ from agent.diagnosis.service import DiagnosisService
 from agent.kpi.history import FaultHistory
 from agent.ops import Ops
 from agent.sdnotify import Notifier
+from agent.security.log import SecurityLog, log_path_for
 from agent.station import Station, build_station
 from agent.store.db import Store
 from agent.store.space import configure_space
@@ -64,13 +65,16 @@ class Agent:
             commit_interval_s=cfg.store.readings_commit_s,
             max_batch=20_000,
         )
+        # The security events port (issue 15): one log, handed to every service that detects
+        # events; the services that carry them on (OCPP, MQTT) add themselves as sinks.
+        self.security = SecurityLog(log_path_for(cfg.store.path))
         # OCPP (issue 5) comes first: constructing it runs each profile's setup, where the
         # transactions profile registers the online authorizer the session engine asks.
         self.ocpp: OcppService | None = None
         if cfg.ocpp:
             from agent.ocpp.service import OcppService
 
-            self.ocpp = OcppService(cfg, self.bus)
+            self.ocpp = OcppService(cfg, self.bus, security=self.security)
         online = self.ocpp.ctx.parts.get("online_authorizer") if self.ocpp else None
         # Sessions and billing run only when the config has a [billing] section.
         self.sessions: SessionEngine | None = None
@@ -141,6 +145,7 @@ class Agent:
         )
         if self.api is not None:  # first: a second agent on the same station stops here
             await self.api.start()
+        self.security.record("StartupOfTheDevice", f"agent started, station {self.cfg.station.id}")
         self._tasks.append(asyncio.create_task(self.writer.run(), name="store-writer"))
         for p in self.station.pollers:
             self._tasks.append(asyncio.create_task(p.run(), name=f"poll {p.link.name}"))

@@ -370,6 +370,7 @@ class TestCsms:
             "MeterValues",
             "DiagnosticsStatusNotification",
             "FirmwareStatusNotification",
+            "SecurityEventNotification",  # OCPP 1.6 security whitepaper
         ):
             return {}
         return None

@@ -72,6 +72,9 @@ from agent.store.db import open_db, transaction
 log = structlog.get_logger(__name__)
 
 ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
+# Messages of no transaction (agent/security/: session_id '', connector 0): sent in the same
+# order and with the same retries and keeping, never waiting for a transaction id.
+NOTICES = ("SecurityEventNotification",)
 START_FALLBACK_ROUNDS = 2
 FALLBACK_TRANSACTION_ID = -1
 IDLE_POLL_S = 5.0  # backstop: a wake-up can be missed when a row commits in another thread
@@ -107,8 +110,8 @@ def enqueue_in(
     now_us: int,
 ) -> int:
     """Insert a message inside the caller's transaction (the session ledger's); its seq."""
-    if action not in ACTIONS:
-        raise ValueError(f"not a transaction message: {action}")
+    if action not in ACTIONS + NOTICES:
+        raise ValueError(f"not an outbox message: {action}")
     cur = c.execute(
         "INSERT INTO ocpp_outbox (session_id, connector, action, payload, created_ts) "
         "VALUES (?, ?, ?, ?, ?)",
@@ -147,7 +150,7 @@ def to_call(action: str, payload: dict[str, Any], transaction_id: int | None) ->
     leaves their keys as they are, and converting every key of a batch of hundreds of
     sampled values there and back was a large part of a batched CALL's cost."""
     body = dict(payload)
-    if action != "StartTransaction":
+    if action in ("MeterValues", "StopTransaction"):
         body["transactionId"] = transaction_id
     if action == "MeterValues":
         entries = body.pop("meterValue")
@@ -216,6 +219,15 @@ class Outbox:
         self.notify()
         return seq
 
+    def enqueue_notice(self, action: str, payload: dict[str, Any]) -> int:
+        """Queue a message of no transaction (NOTICES) in its own transaction; its seq."""
+        if action not in NOTICES:
+            raise ValueError(f"not a notice: {action}")
+        with self._tx() as c:
+            seq = enqueue_in(c, "", 0, action, payload, to_us(utcnow()))
+        self.notify()
+        return seq
+
     def head(self) -> OutboxRow | None:
         """The next message to send: the oldest undelivered, unparked one whose transaction
         id is known (or which is the StartTransaction that will give it)."""
@@ -224,8 +236,8 @@ class Outbox:
                 f"SELECT {_COLUMNS} FROM ocpp_outbox o "
                 "LEFT JOIN ocpp_transactions t ON t.session_id = o.session_id "
                 "WHERE o.delivered_ts IS NULL AND o.parked = 0 AND "
-                "(o.action = 'StartTransaction' OR t.transaction_id IS NOT NULL) "
-                "ORDER BY o.seq LIMIT 1"
+                "(o.action IN ('StartTransaction', 'SecurityEventNotification') "
+                "OR t.transaction_id IS NOT NULL) ORDER BY o.seq LIMIT 1"
             ).fetchone()
         return None if r is None else _row(r)
 

@@ -51,6 +51,8 @@ from agent.ocpp.handlers.core import (
     status_notification,
 )
 from agent.secretfile import SecretFileError, read_secret
+from agent.security.log import SecurityEvents, SecurityLog, log_path_for
+from agent.security.ocpp16 import outbox_sink
 from agent.sessions.model import StopReason
 from agent.sessions.times import to_us
 from agent.store.db import Store
@@ -78,7 +80,14 @@ class HardReset(Exception):
 class OcppService:
     """See the module docstring."""
 
-    def __init__(self, cfg: StationConfig, bus: EventBus, *, store: Store | None = None):
+    def __init__(
+        self,
+        cfg: StationConfig,
+        bus: EventBus,
+        *,
+        store: Store | None = None,
+        security: SecurityEvents | None = None,
+    ):
         if cfg.ocpp is None:
             raise ValueError("OcppService needs an [ocpp] section")
         self.cfg = cfg
@@ -116,6 +125,12 @@ class OcppService:
         self.keys.subscribe("HeartbeatInterval", lambda *_: self._heartbeat_changed.set())
         self._status_sub = bus.subscribe(SessionEvent, FaultRaised, FaultCleared, maxsize=10_000)
         EvedgeChargePoint.setup(self.ctx)
+        # The security events port (agent/security/): the composition root passes the
+        # agent's; alone (tests, CLI) the service writes the same log beside the store.
+        self.security = security or SecurityLog(log_path_for(cfg.store.path))
+        self.ctx.parts["security_events"] = self.security
+        self.security.add_sink(outbox_sink(self.ctx.parts["outbox"]))
+        self._security_failure: str | None = None  # one event per failure streak
 
     # ------------------------------------------------------------------ setup
 
@@ -265,6 +280,8 @@ class OcppService:
             self.last_error = f"HTTP {code} from the CSMS"
             hint = "check the password file and charge point id" if code in (401, 403) else None
             log.error("ocpp.connect_refused", url=self._safe_url(), status=code, hint=hint)
+            if code in (401, 403):
+                self._security_event("FailedToAuthenticateAtCsms", f"HTTP {code} at connect")
         except ssl.SSLCertVerificationError as e:
             self.last_error = f"TLS: {e.verify_message}"
             log.error(
@@ -273,14 +290,23 @@ class OcppService:
                 error=e.verify_message,
                 hint="the CSMS certificate does not verify against [ocpp] ca_file",
             )
+            self._security_event("InvalidCsmsCertificate", e.verify_message)
         except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as e:
             self.last_error = f"{type(e).__name__}: {e}"
             log.warning("ocpp.connect_failed", url=self._safe_url(), error=self.last_error)
         return booted
 
+    def _security_event(self, type: str, tech_info: str) -> None:
+        """Record a connect failure once per streak: reconnecting every few seconds must not
+        flood the log and the CSMS with the same event."""
+        if self._security_failure != type:
+            self._security_failure = type
+            self.security.record(type, tech_info)
+
     async def _serve(self, ws: ClientConnection) -> bool:
         cp = EvedgeChargePoint(self.ctx, ws, response_timeout=self.ocfg.call_timeout_s)
         self._ws, self.cp, self.connected = ws, cp, True
+        self._security_failure = None
         log.info("ocpp.connected", url=self._safe_url(), profile=self.ocfg.security_profile)
         reader = asyncio.create_task(cp.start(), name="ocpp receive")
         life = asyncio.create_task(self._boot_and_beat(cp), name="ocpp boot+heartbeat")

@@ -422,6 +422,46 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX kpi_maintenance_start ON kpi_maintenance (start_ts);
         """,
     ),
+    Migration(
+        11,
+        "ocpp outbox: security event notifications",
+        """
+        -- SecurityEventNotification (agent/security/) travels through the durable OCPP
+        -- outbox too, with session_id '' and connector 0: SQLite cannot alter a CHECK, so
+        -- the table is rebuilt with the same columns, rows, indexes, trigger and seq counter
+        -- (message ids tx-<seq> must never repeat). A previous release reading this table
+        -- never picks these rows (its head() wants a transaction), so a rollback is safe.
+        CREATE TABLE ocpp_outbox_v11 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL,
+            connector INTEGER NOT NULL,
+            action TEXT NOT NULL CHECK (action IN (
+                'StartTransaction', 'MeterValues', 'StopTransaction', 'SecurityEventNotification'
+            )),
+            payload TEXT NOT NULL,
+            created_ts INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            exhausted INTEGER NOT NULL DEFAULT 0,
+            parked INTEGER NOT NULL DEFAULT 0 CHECK (parked IN (0, 1)),
+            last_attempt_ts INTEGER,
+            last_error TEXT,
+            delivered_ts INTEGER
+        );
+        INSERT INTO ocpp_outbox_v11 SELECT * FROM ocpp_outbox;
+        DELETE FROM sqlite_sequence WHERE name = 'ocpp_outbox_v11';
+        INSERT INTO sqlite_sequence (name, seq)
+            SELECT 'ocpp_outbox_v11', seq FROM sqlite_sequence WHERE name = 'ocpp_outbox';
+        DROP TABLE ocpp_outbox;
+        ALTER TABLE ocpp_outbox_v11 RENAME TO ocpp_outbox;
+        CREATE INDEX ocpp_outbox_pending ON ocpp_outbox (seq) WHERE delivered_ts IS NULL;
+        CREATE INDEX ocpp_outbox_session ON ocpp_outbox (session_id, seq);
+        CREATE TRIGGER ocpp_outbox_kept
+        BEFORE DELETE ON ocpp_outbox WHEN OLD.delivered_ts IS NULL
+        BEGIN
+            SELECT RAISE(ABORT, 'an undelivered OCPP message is never deleted');
+        END;
+        """,
+    ),
 )
 
 LATEST_VERSION: int = MIGRATIONS[-1].version

@@ -232,6 +232,7 @@ class CoreMixin(OcppMixin):
 
     @on(Action.reset)
     async def _on_reset(self, type: str, **_: Any) -> Any:
+        self.ctx.parts["security_events"].record("ResetOrReboot", f"{type} Reset by the CSMS")
         await self._clear_latched(None, f"{type} Reset")
         return call_result.Reset(status=ResetStatus.accepted)
 

@@ -1,0 +1,136 @@
+"""The security log and the `SecurityEvents` port every service records events through.
+
+The log is a file beside the store (`<store>.security.jsonl`), JSON lines, append-only: one
+line per event, `{"seq", "timestamp", "type", "critical", "tech_info"}`. A critical event is
+fsynced before `record()` returns (it must survive a power cut right after a tamper or a
+reboot); others are flushed to the OS only. The file is rotated when it passes
+`max_bytes`: the full file becomes `.1` (the previous `.1` is dropped), so the log never uses
+more than about 2 x max_bytes of flash. `seq` keeps counting across rotations and restarts.
+
+After the line is written, each sink gets the event (the OCPP service queues a
+SecurityEventNotification in its durable outbox; the bus carries it to MQTT). A failing sink
+is logged and does not stop the others: the file already holds the event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from agent.events import utcnow
+from agent.security.catalog import Catalog, catalog
+
+log = structlog.get_logger(__name__)
+
+MAX_BYTES = 1_000_000  # per file; two files at most
+TECH_INFO_MAX = 255  # OCPP 1.6 security: techInfo is string[255]
+
+
+@dataclass(frozen=True)
+class SecurityEvent:
+    """One recorded event (the line of the log)."""
+
+    seq: int
+    timestamp: str  # ISO 8601 UTC, as OCPP sends it
+    type: str
+    critical: bool
+    tech_info: str | None
+
+
+class SecurityEvents(Protocol):
+    """The port: services call `record` where an event happens (OCPP 1.6J and 2.0.1 alike)."""
+
+    def record(self, type: str, tech_info: str | None = None) -> SecurityEvent:
+        """Write the event to the security log and hand it to the sinks."""
+        ...
+
+
+Sink = Callable[[SecurityEvent], None]
+
+
+def log_path_for(store_path: Path) -> Path:
+    """Where the security log of a store lives."""
+    return store_path.with_name(store_path.name + ".security.jsonl")
+
+
+class SecurityLog:
+    """The file-backed implementation of the port; see the module docstring. Thread-safe."""
+
+    def __init__(self, path: Path, *, max_bytes: int = MAX_BYTES, types: Catalog | None = None):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.types = types or catalog()
+        self._sinks: list[Sink] = []
+        self._lock = threading.Lock()
+        self._seq = self._last_seq()
+
+    def add_sink(self, sink: Sink) -> None:
+        """Also hand every later event to `sink` (called in the recording thread)."""
+        self._sinks.append(sink)
+
+    def record(self, type: str, tech_info: str | None = None) -> SecurityEvent:
+        """See `SecurityEvents.record`; ValueError for a type not in the catalog."""
+        kind = self.types.get(type)
+        info = None if tech_info is None else tech_info[:TECH_INFO_MAX]
+        with self._lock:
+            self._seq += 1
+            ev = SecurityEvent(self._seq, _iso(utcnow()), kind.type, kind.critical, info)
+            self._append(ev)
+        log.warning("security.event", type=ev.type, critical=ev.critical, tech_info=info)
+        for sink in self._sinks:
+            try:
+                sink(ev)
+            except Exception:
+                log.exception("security.sink_failed", type=ev.type, sink=repr(sink))
+        return ev
+
+    def events(
+        self, oldest: datetime | None = None, latest: datetime | None = None
+    ) -> Iterator[SecurityEvent]:
+        """Stored events, oldest first, within [oldest, latest] when given (GetLog)."""
+        for path in (self.path.with_name(self.path.name + ".1"), self.path):
+            for ev in _read(path):
+                ts = datetime.fromisoformat(ev.timestamp)
+                if (oldest is None or ts >= oldest) and (latest is None or ts <= latest):
+                    yield ev
+
+    def _append(self, ev: SecurityEvent) -> None:
+        line = json.dumps(asdict(ev), separators=(",", ":")) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            if ev.critical:
+                os.fsync(f.fileno())
+
+    def _last_seq(self) -> int:
+        last = 0
+        for ev in self.events():
+            last = max(last, ev.seq)
+        return last
+
+
+def _read(path: Path) -> Iterator[SecurityEvent]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return
+    for n, line in enumerate(lines, 1):
+        try:
+            yield SecurityEvent(**json.loads(line))
+        except (ValueError, TypeError):  # a line torn by a power cut: skip it, say so
+            log.warning("security.log_line_unreadable", path=str(path), line=n)
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
