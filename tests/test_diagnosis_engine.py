@@ -295,3 +295,32 @@ def test_next_due_tells_the_service_when_to_evaluate():
     s.volts(230)
     s.run(1)  # now it is the clear that is pending (10 s)
     assert s.engine.next_due() == pytest.approx(9.0, abs=0.5)
+
+
+def test_next_wake_at_a_look_back_windows_edge_between_polls():
+    s = Station()
+    s.meter.update(current_l1=16.0, power_w=3680.0)
+    s.evse["cp_state"] = "C"
+    for _ in range(20):  # charging: the register advances
+        s.energy += 1
+        s.run(1.0)
+    s.run(29.0)  # frozen: delta over 30 s reaches 0 at the last change + 30 s, between polls
+    assert s.raised("energy_register_frozen") == []
+    wake = s.engine.next_wake()
+    assert wake is not None and 0 < wake <= 1.0
+    assert s.engine.next_due() is None  # nothing pending: only the window's edge
+    s.t += timedelta(seconds=wake)
+    s.events.extend(s.engine.evaluate())  # no new readings: time alone turns it true
+    assert [f.rule for f in s.events if isinstance(f, FaultRaised)] == ["energy_register_frozen"]
+
+
+def test_next_wake_when_a_value_has_been_unavailable_long_enough():
+    s = Station()
+    s.run(2)
+    s.meter_quality = Quality.NOT_AVAILABLE
+    s.run(30)  # not available since the first bad poll: 29.5 s now
+    wake = s.engine.next_wake()
+    assert wake is not None and 0.5 <= wake <= 0.51
+    s.t += timedelta(seconds=wake)
+    s.events.extend(s.engine.evaluate())
+    assert rules_of(s.events) == ["meter_value_unavailable"]

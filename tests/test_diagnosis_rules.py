@@ -224,6 +224,7 @@ class Names:
     def __init__(self, **values):
         self.values = {k.replace("_", "."): v for k, v in values.items()}
         self.calls: list[tuple] = []
+        self.wakes: list[float] = []
 
     def kind(self, ref: Ref, reading: bool):
         if str(ref) not in self.kinds:
@@ -236,6 +237,9 @@ class Names:
     def reading_fn(self, fn, ref, seconds):
         self.calls.append((fn, str(ref), seconds))
         return self.values.get(f"{fn}.{ref}")
+
+    def wake_in(self, seconds):
+        self.wakes.append(seconds)
 
 
 def ev(text: str, **values):
@@ -310,3 +314,20 @@ def test_rules_file_example_in_the_docs_is_valid(tmp_path):
     p.write_text(text)
     (rule,) = load_rule_file(p)
     assert rule.id == "uv2" and rule.codes.mrec == "CX006"
+
+
+@pytest.mark.parametrize(
+    ("text", "values", "result", "wakes"),
+    [
+        ("unavailable(a.x) > 30", {"unavailable_a_x": 12.0}, False, [18.0]),
+        ("unavailable(a.x) > 30", {"unavailable_a_x": 0.0}, False, []),  # available: stays 0
+        ("unavailable(a.x) > 30", {"unavailable_a_x": 31.0}, True, []),
+        ("age(a.x) >= a.y", {"age_a_x": 0.0, "a_y": 10.0}, False, [10.0]),
+        ("age(a.x) > 5", {}, None, []),  # unknown: nothing to wait for
+        ("delta(a.x, 30) > 5", {"delta_a_x": 1.0}, False, []),  # not growing with time
+    ],
+)
+def test_a_growing_comparison_says_when_it_turns(text, values, result, wakes):
+    env = Names(**values)
+    assert compile_expr(text, env)(env) is result
+    assert env.wakes == wakes

@@ -332,6 +332,9 @@ class ScopeEnv:
         self.thresholds = scope.threshold_map
         # name -> (value, unit, device, measured at); Evidence models only when raising
         self.evidence: dict[str, tuple[Value, str, str | None, datetime | None]] = {}
+        # The earliest engine time a value handed out changes by time alone (a look-back
+        # window's edge, `unavailable(q) > 30` reached): the engine wakes then.
+        self.wake: float | None = None
 
     # The Env protocol -----------------------------------------------------------------
 
@@ -381,7 +384,15 @@ class ScopeEnv:
             unit += "/s"
         return self._note(label, value, unit, dev.name)
 
+    def wake_in(self, seconds: float) -> None:
+        """See Env.wake_in; 1 ms later, when `>` has turned too (values are rounded to ms)."""
+        self._wake_at(self.now + max(seconds, 0.0) + 0.001)
+
     # helpers ----------------------------------------------------------------------------
+
+    def _wake_at(self, t: float) -> None:
+        if self.wake is None or t < self.wake:
+            self.wake = t
 
     def fresh(self, dev: DeviceState, q: str) -> tuple[Value, datetime] | None:
         """(value, measured at) of a fresh good reading of `dev`, now."""
@@ -400,6 +411,7 @@ class ScopeEnv:
         hist = dev.histories.get(q)
         if current is None or hist is None or seconds is None:
             return None
+        self._window_edge(hist, seconds)
         if fn in ("min_over", "max_over"):
             values = hist.window(now, seconds)
             if not values:
@@ -413,6 +425,15 @@ class ScopeEnv:
             return diff
         span = now - ref[0]
         return diff / span if span > 0 else None
+
+    def _window_edge(self, hist: History, seconds: float) -> None:
+        """Wake when the window first covers `seconds` of history, and when the last change
+        leaves it: if the reading stays as it is, that is when delta() turns 0 and
+        min_over()/max_over() settle (a frozen register between two polls). Earlier
+        changes leave it while readings still arrive, which evaluate anyway."""
+        for t in (hist.start, hist.points[-1][0] if hist.points else None):
+            if t is not None and t + seconds > self.now:
+                self._wake_at(t + seconds)
 
     def _device(self, role: str) -> DeviceState | None:
         name = self.scope.role(role)

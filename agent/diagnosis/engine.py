@@ -106,6 +106,8 @@ class Instance:
     # Released by its cause at this engine time: the condition counts again once every
     # device of the scope has reported after it (see the module docstring).
     fresh_after: float | None = None
+    # When a value of the last evaluation changes by time alone (ScopeEnv.wake).
+    wake_at: float | None = None
     expr: Expr = field(init=False)
     evidence_expr: Expr | None = field(init=False)
 
@@ -314,12 +316,14 @@ class DiagnosisEngine:
                 else:
                     inst.fresh_after = None
             inst.track(value, now)
-            inst.env = env
+            inst.env, inst.wake_at = env, env.wake
             evidence = inst.evidence_expr
             if inst.latch is not None and evidence is not None:
                 ev_env = ScopeEnv(inst.scope, self.devices, self.bus_kinds, facts, session, now)
                 inst.track_evidence(evidence(ev_env), now)
                 inst.evidence_env = ev_env
+                if ev_env.wake is not None:
+                    inst.wake_at = min(ev_env.wake, inst.wake_at or ev_env.wake)
         out: list[Event] = []
         for inst in self.instances:
             if inst.status == "active" and inst.rule.latches:
@@ -385,6 +389,17 @@ class DiagnosisEngine:
             elif i.status != "idle" and i.value is False and i.false_since is not None:
                 due.append(i.false_since + i.effective_clear_after())
         return max(0.0, min(due) - now) if due else None
+
+    def next_wake(self) -> float | None:
+        """Seconds until the service should evaluate again: next_due(), or earlier when a
+        condition changes by time alone (a look-back window's edge, a not-available time
+        reached) between two readings. None: only new data can change anything."""
+        now = self.clock().timestamp()
+        due = self.next_due()
+        wakes = [i.wake_at - now for i in self.instances if i.wake_at is not None]
+        if due is not None:
+            wakes.append(due)
+        return max(0.0, min(wakes)) if wakes else None
 
     # -------------------------------------------------------------------- latching
 

@@ -85,6 +85,11 @@ class Env(Protocol):
         """The value of age/unavailable/delta/rate/min_over/max_over for a reading."""
         ...
 
+    def wake_in(self, seconds: float) -> None:
+        """A comparison will change by the passing of time alone in `seconds` (e.g.
+        `unavailable(q) > 30` now at 12 s: in 18 s), so the caller can evaluate again then."""
+        ...
+
 
 Fn = Callable[[Env], Value]
 
@@ -274,6 +279,9 @@ class _Compiler:
             steps.append((cmp, right))
             kind = rk
 
+        if _grows_past(n):
+            return self._growing_compare(first, steps[0][1], steps[0][0], n), "bool"
+
         def compare(e: Env) -> Value:
             a = first(e)
             unknown = False
@@ -291,6 +299,30 @@ class _Compiler:
             return None if unknown else True
 
         return compare, "bool"
+
+    @staticmethod
+    def _growing_compare(
+        first: Fn, right: Fn, cmp: Callable[[Any, Any], bool], n: ast.Compare
+    ) -> Fn:
+        """`age(q) > x` / `unavailable(q) >= x`: the left side grows with time between
+        readings, so a False tells the env when it turns True (a wake-up, not a poll)."""
+        assert isinstance(n.left, ast.Call) and isinstance(n.left.func, ast.Name)
+        growing_at_zero = n.left.func.id == "age"  # unavailable 0 = available: not growing
+
+        def compare(e: Env) -> Value:
+            a, b = first(e), right(e)
+            if a is None or b is None:
+                return None
+            try:
+                if cmp(a, b):
+                    return True
+                if a > 0 or growing_at_zero:
+                    e.wake_in(b - a)
+            except TypeError:
+                return None
+            return False
+
+        return compare
 
     def _literal_set(self, n: ast.expr, kind: Kind) -> frozenset:
         if not isinstance(n, ast.Tuple | ast.List | ast.Set):
@@ -376,6 +408,18 @@ class _Compiler:
                 raise ExprError(f"{name}(): window must be in (0, {MAX_WINDOW_S:g}] s")
             self.windows[ref] = max(self.windows.get(ref, 0.0), seconds)
         return (lambda e: e.reading_fn(name, ref, seconds)), "num"
+
+
+def _grows_past(n: ast.Compare) -> bool:
+    """`age(q) > x` or `unavailable(q) >= x`: one comparison whose left side grows with time."""
+    left = n.left
+    return (
+        len(n.ops) == 1
+        and isinstance(n.ops[0], ast.Gt | ast.GtE)
+        and isinstance(left, ast.Call)
+        and isinstance(left.func, ast.Name)
+        and left.func.id in ("age", "unavailable")
+    )
 
 
 def _clash(a: Kind, b: Kind, op: ast.cmpop) -> bool:

@@ -99,9 +99,10 @@ class DiagnosisService:
             if self.dcfg.cloud_endpoints and self.facts.cloud is self.cloud:
                 probe = asyncio.create_task(self._probe_cloud(), name="diagnosis cloud probe")
             while True:
-                # Wake on the next event, the tick, or the moment a pending fault is due,
-                # whichever comes first: raise/clear times are kept to the millisecond.
-                due = self.engine.next_due()
+                # Wake on the next event, the tick, the moment a pending fault is due or a
+                # condition turns by time alone, whichever comes first: raise/clear times
+                # are kept to the millisecond.
+                due = self.engine.next_wake()
                 wait = self.tick_s if due is None else min(self.tick_s, due + 0.001)
                 try:
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel
