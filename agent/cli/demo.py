@@ -383,7 +383,7 @@ class Summary:
             f"  evedge report --plot usage.png{c}",
             f"  evedge faults --history{c}",
             "and during the next demo, in a second terminal, a fault to diagnose:",
-            f"  evedge simctl inject welded_contactor --connector 1{c}",
+            f"  evedge simctl inject evse_error_code --connector 1 --set code=12{c}",
         ]
         for line in lines:  # not wrapped: a command stays one line to copy
             console.print(line, highlight=False, markup=False, soft_wrap=True)
