@@ -7,7 +7,7 @@ Errors name the file, the field path and the problem, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -91,6 +91,21 @@ class StoreConfig(_Section):
     )
     readings_commit_s: float = Field(
         default=1, gt=0, le=60, description="readings ring: one commit per this many seconds"
+    )
+    readings_keep_s: float = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="readings ring: a value within its deadband is stored again after this"
+        " many seconds (0: store every reading)",
+    )
+    readings_deadband_pct: float = Field(
+        default=1.0, ge=0, le=100, description="readings ring: relative deadband, % of the value"
+    )
+    readings_deadband: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"*_wh": 10.0, "*_varh": 10.0},
+        description="readings ring: absolute deadband by quantity or pattern (in its unit),"
+        " instead of the %",
     )
 
     @field_validator("path")

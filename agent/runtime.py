@@ -21,6 +21,7 @@ from agent.security.log import SecurityLog, log_path_for
 from agent.station import Station, build_station
 from agent.store.db import Store
 from agent.store.space import configure_space
+from agent.store.thinning import Deadband
 from agent.store.writer import StoreWriter
 from agent.tasks import cancel_and_wait, supervise
 from agent.update.health import report_healthy
@@ -64,6 +65,11 @@ class Agent:
             # device and quantity), so fewer, larger batches write far less.
             commit_interval_s=cfg.store.readings_commit_s,
             max_batch=20_000,
+            retention=Deadband(
+                pct=cfg.store.readings_deadband_pct,
+                absolute=cfg.store.readings_deadband,
+                keep_s=cfg.store.readings_keep_s,
+            ),
         )
         # The security events port (issue 15): one log, handed to every service that detects
         # events; the services that carry them on (OCPP, MQTT) add themselves as sinks.

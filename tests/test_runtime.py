@@ -22,7 +22,8 @@ async def test_agent_polls_the_station_into_the_store(tmp_path):
              interval_s=0.1),
         connectors=({"id": 1, "evse": "evse1", "meter": "meter1", "max_current_a": 32},),
         timeout_s=0.5,
-        extra=f'[store]\npath = "{db}"\n',
+        # Every poll into the ring: the retention policy has its own tests (test_store_thinning).
+        extra=f'[store]\npath = "{db}"\nreadings_keep_s = 0\n',
     )  # fmt: skip
     sim = SimStation(cfg, tick_s=None)
     sim.plug_in(1)

@@ -18,6 +18,7 @@ from agent.bus import EventBus
 from agent.events import READINGS, DeviceHealth, Event, utcnow
 from agent.store.db import Store
 from agent.store.space import disk_full_tolerated
+from agent.store.thinning import Deadband, Thinner
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,7 @@ class WriterStats:
     lost: int = 0  # events given up after write failures (pending buffer full)
     pruned: int = 0
     thinned: int = 0  # readings not stored: the disk is below [store] min_free_disk_mb or full
+    skipped: int = 0  # readings not stored: within the deadband of a stored one (retention)
 
 
 class StoreWriter:
@@ -50,6 +52,7 @@ class StoreWriter:
         prune_interval_s: float = 300.0,
         queue_size: int = 50_000,
         max_pending: int = 100_000,
+        retention: Deadband | None = None,
     ):
         self.store = store
         self.max_rows = max_rows
@@ -59,6 +62,7 @@ class StoreWriter:
         self.prune_interval_s = prune_interval_s
         self.max_pending = max_pending
         self.stats = WriterStats()
+        self._thinner = Thinner(retention or Deadband())
         # Subscribe now, not in run(): nothing published before the task starts is missed.
         self._sub = bus.subscribe(*READINGS, DeviceHealth, maxsize=queue_size)
         self._pending: list[Event] = []
@@ -94,7 +98,7 @@ class StoreWriter:
             self._stop_getter()
             self._drain(limit=None)
             self._sub.close()
-            await self._flush()
+            await self._flush(final=True)
             if self._pending:
                 log.error(
                     "store.unsaved_on_stop", path=str(self.store.path), rows=len(self._pending)
@@ -153,12 +157,13 @@ class StoreWriter:
                 return
             self._pending.append(ev)
 
-    async def _flush(self) -> None:
-        """Commit `_pending` in a worker thread; on failure keep it for the next attempt."""
-        if not self._pending:
+    async def _flush(self, final: bool = False) -> None:
+        """Commit `_pending` in a worker thread; on failure keep it for the next attempt.
+        `final`: also the newest reading of each series the retention policy held back."""
+        if not self._pending and not final:
             return
         batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
+        task = asyncio.ensure_future(asyncio.to_thread(self._write, batch, final))
         try:
             ok = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -183,7 +188,7 @@ class StoreWriter:
             self.stats.lost += excess
             log.error("store.events_lost", path=str(self.store.path), rows=excess)
 
-    def _write(self, batch: list[Event]) -> bool:
+    def _write(self, batch: list[Event], final: bool = False) -> bool:
         """Worker thread: one transaction for the batch. True when committed or given up on
         for lack of disk space (telemetry yields its room to billing, never retried)."""
         # A device cycle's values arrive as one event; the rows are one per value.
@@ -197,9 +202,23 @@ class StoreWriter:
             ):
                 newest[e.device] = e
         healths = list(newest.values())
+        seen = len(readings)
+        readings, stored = self._thinner.select(readings)
+        skipped = seen - len(readings)
+        if final:
+            # The newest value of each series, so the ring's latest are exact after a clean stop.
+            for h in self._thinner.held():
+                key = (h.device, h.quantity)
+                if key not in stored or stored[key].ts < h.ts:
+                    readings.append(h)
+                    stored[key] = h
+                    skipped -= 1  # counted when it was held back
+        if not readings and not healths:
+            self.stats.skipped += skipped
+            return True
         if readings and self.store.space.low():
             self.stats.thinned += len(readings)
-            readings = []
+            readings, stored = [], {}
         t0 = time.perf_counter()
         try:
             n = None
@@ -214,6 +233,8 @@ class StoreWriter:
                 "store.write_failed", path=str(self.store.path), rows=len(batch), error=str(e)
             )
             return False
+        self._thinner.commit(stored)
+        self.stats.skipped += skipped
         self.stats.written += n
         self.stats.batches += 1
         self.stats.last_commit_ts = utcnow()
