@@ -93,9 +93,12 @@ def _range(period: str, today: date, first: date | None, last: date | None) -> t
     that ends before it starts, naming the dates the user gave."""
     if first is not None and last is not None and first > last:
         raise fail(f"--from {first} is after --to {last}: give the earlier date first", Exit.USAGE)
-    start, end = default_range(period, last or today)
-    if last is not None:
-        end = day_after(last)
+    try:
+        given_end = None if last is None else day_after(last)
+        start, end = default_range(period, last or today)
+    except ReportError as e:
+        raise fail(str(e), Exit.USAGE) from None
+    end = given_end or end
     if first is not None:
         start = first
         if first >= end:

@@ -100,10 +100,13 @@ def label(d: date, period: Period) -> str:
 
 def default_range(period: Period, today: date) -> tuple[date, date]:
     """The last DEFAULT_SPAN buckets up to and including today's (end exclusive)."""
-    start = bucket_start(today, period)
-    for _ in range(DEFAULT_SPAN[period] - 1):
-        start = bucket_start(start - timedelta(days=1), period)
-    return start, next_bucket(bucket_start(today, period), period)
+    try:
+        start = bucket_start(today, period)
+        for _ in range(DEFAULT_SPAN[period] - 1):
+            start = bucket_start(start - timedelta(days=1), period)
+        return start, next_bucket(bucket_start(today, period), period)
+    except OverflowError:
+        raise ReportError(f"{today} is too close to the calendar's edge for a report") from None
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
