@@ -17,7 +17,10 @@ is checked against the store afterwards (all delivered, none twice).
 
 `--rtt-ms` makes the CSMS answer every call that late (a real network's round trip);
 `--batch` is `[ocpp] meter_values_batch` (1: every queued MeterValues alone, the baseline
-for the batched drain).
+for the batched drain; the agent's default is 40). At one CALL in flight (OCPP 1.6 §4.1.1)
+the round trips alone bound the drain from below: each session's StartTransaction and
+StopTransaction are two CALLs whatever the batch, so the 7-day default (500 sessions) needs
+at least 1,000 x RTT plus its MeterValues CALLs; the bound is printed.
 
 Usage: .venv/bin/python bench/ocpp_backlog.py [--sessions 500] [--minutes 20]
        [--baseline-s 20] [--poll-s 0.1] [--rtt-ms 0] [--batch 1]
@@ -250,6 +253,11 @@ async def main(args: argparse.Namespace) -> None:
             f"drain at {args.rtt_ms:g} ms RTT, batch {args.batch}: {delivered} messages in "
             f"{calls} CALLs in {drain_s:.1f} s = {delivered / drain_s:.0f} msg/s "
             f"({1000 * drain_s / calls:.2f} ms per CALL, one in flight at a time)"
+        )
+        floor = calls * args.rtt_ms / 1000  # OCPP 1.6 §4.1.1: one CALL in flight at a time
+        print(
+            f"round trips alone: {calls} x {args.rtt_ms:g} ms = {floor:.1f} s; the agent, "
+            f"the CSMS and the link add {drain_s - floor:.1f} s"
         )
         print(f"transactions with their own CSMS id: {ids[1]} of {ids[0]}")
         print(f"poll interval, nominal {1000 * args.poll_s:.0f} ms:")

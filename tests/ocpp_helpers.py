@@ -83,13 +83,17 @@ async def until_online(rig: Rig, timeout: float = 10) -> None:
     await rig.until(rig.agent.ocpp.online.is_set, timeout, "OCPP online")
 
 
-def tx_messages(csms: TestCsms) -> list[Received]:
+def tx_messages(csms: TestCsms, db: Path | None = None) -> list[Received]:
     """Transaction messages the CSMS received, one per OCPP message id (a retry of a message
-    re-uses its id), in arrival order."""
+    re-uses its id), in arrival order. With the agent's store `db`, batched MeterValues are
+    split into their queued rows first (`unbatch`); without it a batch fails the test."""
+    calls = [r for r in csms.received.get(CP, []) if r.action in TX_ACTIONS]
+    if db is not None:
+        calls = unbatch(calls, db)
     seen: dict[str, Received] = {}
-    for r in csms.received.get(CP, []):
-        if r.action in TX_ACTIONS and r.unique_id not in seen:
-            seen[r.unique_id] = r
+    for r in calls:
+        assert r.unique_id.count("-") == 1, f"batched {r.unique_id}: pass the store to split it"
+        seen.setdefault(r.unique_id, r)
     return list(seen.values())
 
 
@@ -163,6 +167,47 @@ def session_counts(db: Path) -> tuple[int, int]:
     finally:
         c.close()
     return rows.get("active", 0), rows.get("closed", 0)
+
+
+def unbatch(received: list[Received], db: Path) -> list[Received]:
+    """The CSMS's received CALLs with every batched MeterValues (id `tx-<first>-<last>`,
+    agent/ocpp/outbox.py) split into the queued rows it carried, each as if it had arrived
+    alone under its row's id `tx-<seq>` with that row's entries, so checks written per
+    queued message (exactly once, in order, ids, energies) apply unchanged. Asserts that a
+    batch carried nothing but the stored entries of whole rows `first`..`last` of one
+    session, in queue order (a row it did not carry must arrive elsewhere: the callers'
+    checks of every queued row)."""
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = c.execute(
+            "SELECT seq, session_id, payload FROM ocpp_outbox WHERE action = 'MeterValues'"
+        ).fetchall()
+    finally:
+        c.close()
+    stored = {seq: (sid, json.loads(p)["meterValue"]) for seq, sid, p in rows}
+    out: list[Received] = []
+    for r in received:
+        ends = r.unique_id.removeprefix("tx-").split("-")
+        if r.action != "MeterValues" or len(ends) != 2:
+            out.append(r)
+            continue
+        first, last = int(ends[0]), int(ends[1])
+        sid, entries = stored[first][0], r.payload["meterValue"]
+        # The rows it carried, in order; a row in the range may have gone earlier on its
+        # own (the successors of a parked row do), so rows are matched, not assumed.
+        seqs, at = [], 0
+        for s in range(first, last + 1):
+            rows_entries = stored[s][1] if s in stored and stored[s][0] == sid else None
+            if rows_entries and entries[at : at + len(rows_entries)] == rows_entries:
+                seqs.append(s)
+                at += len(rows_entries)
+        carried = seqs[:1] == [first] and seqs[-1:] == [last] and at == len(entries)
+        assert carried, f"{r.unique_id}: not its rows' entries"
+        out += [
+            Received(r.action, {**r.payload, "meterValue": stored[s][1]}, r.time, f"tx-{s}")
+            for s in seqs
+        ]
+    return out
 
 
 def queued(db: Path) -> int:

@@ -40,6 +40,7 @@ from chaos_checks import (
     records_unacknowledged,
 )
 from mqtt_helpers import Backend, Broker
+from ocpp_helpers import unbatch
 
 from agent.billing.keys import load_or_create_key, public_key_hex
 from agent.sessions.records import verify_records
@@ -263,7 +264,8 @@ async def test_kill_9_with_cloud_outages_loses_and_duplicates_nothing(tmp_path):
         report = verify_records(s, public_key_hex(load_or_create_key(tmp_path / "keys")))
         assert not s.active_sessions()
         assert s.closed_without_record() == []
-    ocpp = check_ocpp(csms.received.get(CP, []), ocpp_outbox(db), ids, records)
+    # Batched MeterValues split into their queued rows (asserting they carried exactly those).
+    ocpp = check_ocpp(unbatch(csms.received.get(CP, []), db), ocpp_outbox(db), ids, records)
     mqtt = check_mqtt(
         ((m.topic, m.payload) for m in backend.snapshot()), mqtt_last_seqs(db), records
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from ocpp_helpers import CP, csms_running, ocpp_config, ocpp_rig, queued, tx_messages
+from ocpp_helpers import CP, TX_ACTIONS, csms_running, ocpp_config, ocpp_rig, queued, tx_messages
 
 BATCH = 4
 
@@ -42,7 +42,11 @@ async def test_queued_meter_values_travel_in_bounded_batches(tmp_path):
             await csms.start()
             await csms.wait_for("StopTransaction", CP, timeout=30)
             await rig.until(lambda: queued(db) == 0, 30, "the backlog delivered")
-    msgs = tx_messages(csms)
+    msgs: dict[str, object] = {}  # as they came: one per message id (a retry re-uses it)
+    for r in csms.received[CP]:
+        if r.action in TX_ACTIONS:
+            msgs.setdefault(r.unique_id, r)
+    msgs = list(msgs.values())
     assert msgs[0].action == "StartTransaction"
     assert msgs[-1].action == "StopTransaction"
     values = [m for m in msgs if m.action == "MeterValues"]
@@ -56,6 +60,17 @@ async def test_queued_meter_values_travel_in_bounded_batches(tmp_path):
     sent = [mv["timestamp"] for m in values for mv in m.payload["meterValue"]]
     assert sent == meter_value_rows(db)
     assert len({m.payload["transactionId"] for m in msgs[1:]}) == 1
+    # Split into its rows (what the other OCPP tests check), the stream is the queue.
+    rows = tx_messages(csms, db)
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        seqs = [s for (s,) in c.execute("SELECT seq FROM ocpp_outbox ORDER BY seq")]
+    finally:
+        c.close()
+    assert [m.unique_id for m in rows] == [f"tx-{s}" for s in seqs]
+    assert [
+        mv["timestamp"] for m in rows if m.action == "MeterValues" for mv in m.payload["meterValue"]
+    ] == meter_value_rows(db)
 
 
 def test_meter_values_call_carries_the_stored_entries_unchanged():

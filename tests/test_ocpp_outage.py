@@ -104,7 +104,8 @@ async def test_csms_outage_in_the_middle_of_sessions(tmp_path):
             stored = [m for m in outbox.messages() if m[1] in TX_ACTIONS]
     finally:
         await csms.stop()
-    msgs = tx_messages(csms)
+    msgs = tx_messages(csms, cfg.store.path)
+    assert any(r.unique_id.count("-") == 2 for r in csms.received[CP]), "no batch: default on"
     assert [int(m.unique_id[3:]) for m in msgs] == [seq for seq, *_ in stored], dump(csms)
     sessions = check_stream(msgs, 100)
     assert len(sessions) == 3
@@ -153,7 +154,7 @@ async def test_kill_9_with_a_queued_backlog_delivers_everything_once(tmp_path):
         await agent.stop_async()
         sim.stop()
         await csms.stop()
-    msgs = tx_messages(csms)
+    msgs = tx_messages(csms, db)
     sessions = check_stream(msgs, 500)
     assert len(sessions) == 4, dump(csms)
     with SessionStore(db) as st:
