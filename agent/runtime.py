@@ -17,6 +17,7 @@ from agent.diagnosis.service import DiagnosisService
 from agent.kpi.history import FaultHistory
 from agent.ops import Ops
 from agent.sdnotify import Notifier
+from agent.security.bus import bus_sink
 from agent.security.log import SecurityLog, log_path_for
 from agent.station import Station, build_station
 from agent.store.db import Store
@@ -74,6 +75,7 @@ class Agent:
         # The security events port (issue 15): one log, handed to every service that detects
         # events; the services that carry them on (OCPP, MQTT) add themselves as sinks.
         self.security = SecurityLog(log_path_for(cfg.store.path))
+        self.security.add_sink(bus_sink(self.bus))
         # OCPP (issue 5) comes first: constructing it runs each profile's setup, where the
         # transactions profile registers the online authorizer the session engine asks.
         self.ocpp: OcppService | None = None

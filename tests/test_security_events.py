@@ -104,7 +104,7 @@ def test_log_window_by_time(tmp_path):
     stamps = ["2026-01-01T00:00:00.000Z", "2026-01-02T00:00:00.000Z", "2026-01-03T00:00:00.000Z"]
     path.write_text(
         "".join(
-            json.dumps({"seq": n, "timestamp": t, "type": "InvalidMessages", "critical": False,
+            json.dumps({"seq": n, "ts": t, "type": "InvalidMessages", "critical": False,
                         "tech_info": None}) + "\n"
             for n, t in enumerate(stamps, 1)
         )

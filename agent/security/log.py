@@ -1,7 +1,8 @@
 """The security log and the `SecurityEvents` port every service records events through.
 
 The log is a file beside the store (`<store>.security.jsonl`), JSON lines, append-only: one
-line per event, `{"seq", "timestamp", "type", "critical", "tech_info"}`. A critical event is
+line per event, `{"ts", "seq", "type", "critical", "tech_info"}` (a `SecurityEvent`, also
+the bus event the MQTT `security/events` stream carries). A critical event is
 fsynced before `record()` returns (it must survive a power cut right after a tamper or a
 reboot); others are flushed to the OS only. The file is rotated when it passes
 `max_bytes`: the full file becomes `.1` (the previous `.1` is dropped), so the log never uses
@@ -14,18 +15,17 @@ is logged and does not stop the others: the file already holds the event.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 import structlog
+from pydantic import Field, ValidationError
 
-from agent.events import utcnow
+from agent.events import Event
 from agent.security.catalog import Catalog, catalog
 
 log = structlog.get_logger(__name__)
@@ -34,15 +34,13 @@ MAX_BYTES = 1_000_000  # per file; two files at most
 TECH_INFO_MAX = 255  # OCPP 1.6 security: techInfo is string[255]
 
 
-@dataclass(frozen=True)
-class SecurityEvent:
-    """One recorded event (the line of the log)."""
+class SecurityEvent(Event):
+    """One recorded security event: a line of the log, and a bus event (`ts`: when)."""
 
-    seq: int
-    timestamp: str  # ISO 8601 UTC, as OCPP sends it
-    type: str
+    seq: int = Field(ge=1, description="counts on across restarts and rotations")
+    type: str = Field(description="the OCPP security event type (agent/security/events.toml)")
     critical: bool
-    tech_info: str | None
+    tech_info: str | None = Field(default=None, max_length=TECH_INFO_MAX)
 
 
 class SecurityEvents(Protocol):
@@ -82,7 +80,9 @@ class SecurityLog:
         info = None if tech_info is None else tech_info[:TECH_INFO_MAX]
         with self._lock:
             self._seq += 1
-            ev = SecurityEvent(self._seq, _iso(utcnow()), kind.type, kind.critical, info)
+            ev = SecurityEvent(
+                seq=self._seq, type=kind.type, critical=kind.critical, tech_info=info
+            )
             self._append(ev)
         log.warning("security.event", type=ev.type, critical=ev.critical, tech_info=info)
         for sink in self._sinks:
@@ -98,12 +98,11 @@ class SecurityLog:
         """Stored events, oldest first, within [oldest, latest] when given (GetLog)."""
         for path in (self.path.with_name(self.path.name + ".1"), self.path):
             for ev in _read(path):
-                ts = datetime.fromisoformat(ev.timestamp)
-                if (oldest is None or ts >= oldest) and (latest is None or ts <= latest):
+                if (oldest is None or ev.ts >= oldest) and (latest is None or ev.ts <= latest):
                     yield ev
 
     def _append(self, ev: SecurityEvent) -> None:
-        line = json.dumps(asdict(ev), separators=(",", ":")) + "\n"
+        line = ev.model_dump_json() + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
@@ -127,10 +126,6 @@ def _read(path: Path) -> Iterator[SecurityEvent]:
         return
     for n, line in enumerate(lines, 1):
         try:
-            yield SecurityEvent(**json.loads(line))
-        except (ValueError, TypeError):  # a line torn by a power cut: skip it, say so
+            yield SecurityEvent.model_validate_json(line)
+        except ValidationError:  # a line torn by a power cut: skip it, say so
             log.warning("security.log_line_unreadable", path=str(path), line=n)
-
-
-def _iso(t: datetime) -> str:
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")

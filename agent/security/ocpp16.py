@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Protocol
 
 from agent.security.log import SecurityEvent, Sink
@@ -17,7 +18,8 @@ class NoticeQueue(Protocol):
 
 def payload(ev: SecurityEvent) -> dict:
     """The camelCase request body of an event."""
-    body = {"type": ev.type, "timestamp": ev.timestamp}
+    stamp = ev.ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    body = {"type": ev.type, "timestamp": stamp}
     if ev.tech_info:
         body["techInfo"] = ev.tech_info
     return body
