@@ -89,7 +89,9 @@ class Agent:
         if cfg.billing:
             from agent.sessions.engine import SessionEngine
 
-            self.sessions = SessionEngine(cfg, self.bus, self.station.devices, online=online)
+            self.sessions = SessionEngine(
+                cfg, self.bus, self.station.devices, online=online, security=self.security
+            )
         if self.ocpp is not None and self.sessions is not None:
             self.ocpp.attach_sessions(self.sessions)
         profiles = {name: d.profile for name, d in self.station.devices.items()}
@@ -136,7 +138,7 @@ class Agent:
         if cfg.mqtt:
             from agent.mqtt.service import MqttService
 
-            self.mqtt = MqttService(cfg, self.bus, self.ops)
+            self.mqtt = MqttService(cfg, self.bus, self.ops, security=self.security)
         if self.diagnosis is not None and self.mqtt is not None:  # rule mqtt_billing_refused
             stats = self.mqtt.publisher.stats
             self.diagnosis.facts.mqtt_billing_refused = lambda: stats.refused_kept

@@ -4,17 +4,24 @@ durable OCPP outbox — also when they happened while the CSMS could not be reac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from datetime import datetime
 from pathlib import Path
 
+import jsonschema
 import pytest
+from mqtt_helpers import Backend
 from ocpp.messages import Call, validate_payload
 from ocpp.v16 import call
 from ocpp_helpers import CP, csms_running, ocpp_config, ocpp_rig, ocpp_service
+from sessions_helpers import billed_config, running
+from test_mqtt_commands import expires
+from test_mqtt_sync import STATION, with_mqtt
 from test_ocpp_security import PASSWORD, config, pki, server_ssl  # noqa: F401 (fixture)
 
+from agent.mqtt.schema import COMMITTED
 from agent.security.catalog import load_catalog
 from agent.security.log import SecurityLog, log_path_for
 from agent.store.db import Store
@@ -206,3 +213,72 @@ def test_outbox_migration_keeps_rows_trigger_and_sequence(tmp_path):
             c.execute("DELETE FROM ocpp_outbox")
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
             c.execute(add + "('', 0, 'Heartbeat', '{}', 5)")
+
+
+async def test_invalid_frames_and_a_security_key_change_are_events(tmp_path):
+    async with csms_running() as csms:
+        cfg = ocpp_config(tmp_path, csms.url)
+        async with ocpp_rig(cfg, csms):
+            for n in range(3):  # a burst: one event, the rest counted into the next one
+                answer = await csms.send_raw(CP, f'[2, "bad-{n}", "Reset", {{"type": 5}}]')
+                assert answer[0] == 4
+            res = await csms.call(CP, call.ChangeConfiguration(key="SecurityProfile", value="0"))
+            assert res.status == "Accepted"
+            await until(
+                lambda: "ReconfigurationOfSecurityParameters" in types(csms), 10, "reconfig"
+            )
+        invalid = [p for p in await schema_checked(csms) if p["type"] == "InvalidMessages"]
+        assert len(invalid) == 1 and "Reset refused" in invalid[0]["techInfo"]
+        change = next(
+            p for p in notifications(csms) if p["type"] == "ReconfigurationOfSecurityParameters"
+        )
+        assert change["techInfo"] == "SecurityProfile changed by the CSMS"
+
+
+async def test_a_broken_billing_store_at_start_is_a_tamper_event_at_the_csms(tmp_path):
+    async with csms_running() as csms:
+        cfg = ocpp_config(tmp_path, csms.url)
+        Store(cfg.store.path).close()
+        with sqlite3.connect(cfg.store.path) as c:
+            c.execute("DROP TRIGGER charge_records_immutable")
+        async with ocpp_rig(cfg, csms):
+            await until(lambda: "TamperDetectionActivated" in types(csms), 10, "tamper event")
+    tamper = next(p for p in notifications(csms) if p["type"] == "TamperDetectionActivated")
+    assert "charge_records_immutable" in tamper["techInfo"]
+    assert any(
+        x["type"] == "TamperDetectionActivated" and x["critical"] for x in logged(cfg.store.path)
+    )
+
+
+async def test_a_replayed_mqtt_command_is_an_event_on_the_security_stream(tmp_path, broker):
+    backend = Backend(broker).connect()
+    cfg = with_mqtt(billed_config(tmp_path), broker)
+    schema = json.loads((COMMITTED / "security-events.json").read_text())
+    try:
+        async with running(cfg):
+            payload = {"id": "cmd-status-0001", "expires": expires(60), "args": {}}
+            for _ in range(2):  # the second one is a replay
+                await asyncio.to_thread(backend.command, STATION, "get_status", payload)
+            await asyncio.to_thread(
+                backend.wait,
+                lambda ms: any(
+                    m.json()["event"]["type"] == "AttemptedReplayAttacks"
+                    for m in ms
+                    if m.topic.endswith("/security/events")
+                ),
+                20,
+                "replay event on security/events",
+            )
+        # At-least-once: a message may come twice, with the same msg_id.
+        docs = list({m.json()["msg_id"]: m.json() for m in backend.on("security/events")}.values())
+    finally:
+        backend.close()
+    for d in docs:
+        jsonschema.validate(d, schema)
+    assert [d["event"]["type"] for d in docs][:2] == [
+        "StartupOfTheDevice",
+        "AttemptedReplayAttacks",
+    ]
+    assert [d["seq"] for d in docs] == sorted({d["seq"] for d in docs})
+    assert "cmd-status-0001" in docs[1]["event"]["tech_info"]
+    assert any(x["type"] == "AttemptedReplayAttacks" for x in logged(cfg.store.path))

@@ -28,6 +28,7 @@ from agent.mqtt.outbox import Outbox, Outgoing
 from agent.mqtt.payloads import COMMANDS, CommandError, CommandRequest
 from agent.mqtt.topics import Stream, Topics
 from agent.ops import OpError, Ops
+from agent.security.throttle import Throttled
 from agent.sessions.times import to_us
 from agent.walls import MAX_JSON_DEPTH, RateLimited, Wall, json_too_deep
 
@@ -78,8 +79,17 @@ def command_id_of(raw: Any) -> str | None:
 class CommandHandler:
     """Turns one incoming command into one reply in the outbox."""
 
-    def __init__(self, ops: Ops, outbox: Outbox, topics: Topics, max_ttl_s: float, max_bytes: int):
+    def __init__(
+        self,
+        ops: Ops,
+        outbox: Outbox,
+        topics: Topics,
+        max_ttl_s: float,
+        max_bytes: int,
+        security: Throttled,
+    ):
         self.ops = ops
+        self.security = security  # AttemptedReplayAttacks, rate-limited
         self.outbox = outbox
         self.topics = topics
         self.max_ttl = timedelta(seconds=max_ttl_s)
@@ -107,6 +117,8 @@ class CommandHandler:
         except Refused as e:
             log.warning("mqtt.command.refused", command=name, id=command_id, code=e.code,
                         reason=e.message)  # fmt: skip
+            if e.code == "replayed":
+                self.security.record("AttemptedReplayAttacks", f"MQTT {name}: {e.message}")
             return self._reply(msg, name, command_id, error=(e.code, e.message))
         except OpError as e:
             log.warning("mqtt.command.failed", command=name, id=command_id, code=e.code,

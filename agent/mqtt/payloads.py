@@ -37,6 +37,7 @@ from agent.ops import (
     StatusReport,
     TariffResult,
 )
+from agent.security.log import SecurityEvent
 from agent.tickets.model import ReportInput, Source, Ticket
 
 SCHEMA_VERSION = 1
@@ -151,6 +152,14 @@ class TicketMessage(Envelope):
 
     stream: Literal["tickets"] = "tickets"
     ticket: Ticket
+
+
+class SecurityEventMessage(Envelope):
+    """`security/events`: every security event the station recorded (agent/security/), in
+    order; the same events go to the CSMS as SecurityEventNotification."""
+
+    stream: Literal["security/events"] = "security/events"
+    event: SecurityEvent
 
 
 class KpiMessage(Envelope):
@@ -293,6 +302,7 @@ MESSAGES: dict[str, type[Envelope]] = {
         ChargeRecordMessage,
         DisplayMessage,
         TicketMessage,
+        SecurityEventMessage,
         KpiMessage,
         CommandReply,
     )

@@ -41,6 +41,8 @@ from agent.mqtt.payloads import StatusMessage
 from agent.mqtt.publisher import Publisher
 from agent.mqtt.topics import Stream, Topics
 from agent.ops import Ops
+from agent.security.log import SecurityEvent, SecurityEvents, SecurityLog, log_path_for
+from agent.security.throttle import Throttled
 from agent.sessions.times import to_us
 from agent.store.space import disk_full_tolerated
 from agent.tasks import cancel_and_wait
@@ -64,7 +66,9 @@ def agent_version() -> str:
 class MqttService:
     """See the module docstring. Construct before the pollers start (it subscribes here)."""
 
-    def __init__(self, cfg: StationConfig, bus: EventBus, ops: Ops):
+    def __init__(
+        self, cfg: StationConfig, bus: EventBus, ops: Ops, security: SecurityEvents | None = None
+    ):
         assert cfg.mqtt is not None
         self.cfg = cfg
         self.m: MqttConfig = cfg.mqtt
@@ -74,9 +78,12 @@ class MqttService:
             cfg.store.path, self.topics, Retention(self.m.outbox_max_rows, self.m.min_free_disk_mb)
         )
         self.publisher = Publisher(self.outbox, self.m.inflight_window, self.m.protocol == "5")
+        # Alone (tests, CLI) the service writes the agent's security log beside the store.
+        security = security or SecurityLog(log_path_for(cfg.store.path))
         self.commands = CommandHandler(
-            ops, self.outbox, self.topics, self.m.command_max_ttl_s, self.m.command_max_bytes
-        )
+            ops, self.outbox, self.topics, self.m.command_max_ttl_s, self.m.command_max_bytes,
+            Throttled(security),
+        )  # fmt: skip
         self.connection = Connection(
             self.m,
             self.m.client_id or f"evedge-{cfg.station.id}",
@@ -100,6 +107,7 @@ class MqttService:
             ChargeRecordWritten,
             DriverMessage,
             TicketCreated,
+            SecurityEvent,
             maxsize=50_000,
             name="mqtt.events",
         )
@@ -322,6 +330,8 @@ class MqttService:
             return [Outgoing(Stream.HEALTH, {"health": ev})]
         if isinstance(ev, SessionEvent):
             return [Outgoing(Stream.SESSION_EVENTS, {"event": ev})]
+        if isinstance(ev, SecurityEvent):
+            return [Outgoing(Stream.SECURITY_EVENTS, {"event": ev})]
         if isinstance(ev, DriverMessage):
             return [
                 Outgoing(

@@ -23,6 +23,7 @@ class Stream(StrEnum):
     BILLING_RECORDS = "billing/records"
     DISPLAY = "display"
     TICKETS = "tickets"
+    SECURITY_EVENTS = "security/events"
     KPI = "kpi"
     REPLIES = "replies"
 

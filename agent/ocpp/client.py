@@ -234,7 +234,9 @@ class EvedgeChargePoint(
             msg = unpack(raw_msg)
         except OCPPError as e:
             code = _code(e)
-            self._refusals(code, "ocpp.bad_frame", code=code, cause=_details(e).get("cause"))
+            cause = _details(e).get("cause")
+            self._refusals(code, "ocpp.bad_frame", code=code, cause=cause)
+            self._invalid(f"bad frame from the CSMS: {code}: {cause}")
             # An unparseable CALLRESULT/CALLERROR has nobody to answer to: its call times out.
             if _is_call(raw_msg):
                 await self._send(
@@ -246,6 +248,12 @@ class EvedgeChargePoint(
             await self._send(error.to_json())
             return
         await super().route_message(raw_msg)
+
+    def _invalid(self, tech_info: str) -> None:
+        """The security event InvalidMessages (rate-limited by the service's Throttled)."""
+        throttled = self.ctx.parts.get("invalid_messages")  # None: a bare context (tests)
+        if throttled is not None:
+            throttled.record("InvalidMessages", tech_info)
 
     async def _send(self, message: str) -> None:
         if message.startswith(("[3,", "[4,")):
@@ -265,6 +273,8 @@ class EvedgeChargePoint(
             # Validation could not evaluate a constraint (e.g. 1e308 vs multipleOf 0.1).
             error = _unexpected(e)
         action = str(msg.action)[:50]
+        if error.code not in ("NotImplemented", "NotSupported"):  # unknown is not invalid
+            self._invalid(f"{action} refused: {error.code}: {_details(error).get('cause')}")
         self._refusals(
             f"{action} {error.code}",
             "ocpp.call_refused",

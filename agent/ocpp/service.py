@@ -53,6 +53,7 @@ from agent.ocpp.handlers.core import (
 from agent.secretfile import SecretFileError, read_secret
 from agent.security.log import SecurityEvents, SecurityLog, log_path_for
 from agent.security.ocpp16 import outbox_sink
+from agent.security.throttle import Throttled
 from agent.sessions.model import StopReason
 from agent.sessions.times import to_us
 from agent.store.db import Store
@@ -65,6 +66,8 @@ SUBPROTOCOL = "ocpp1.6"
 EXIT_HARD_RESET = 75  # EX_TEMPFAIL: systemd's Restart=on-failure restarts the agent
 BOOT_RETRY_S = 30  # when the CSMS's boot answer carries no interval, or no answer came
 PROFILE_KEY = "security_profile"
+# Configuration keys whose change is a security event (whitepaper: security parameters).
+SECURITY_KEYS = ("SecurityProfile", "AuthorizationKey")
 
 
 class OcppSetupError(Exception):
@@ -129,7 +132,10 @@ class OcppService:
         # agent's; alone (tests, CLI) the service writes the same log beside the store.
         self.security = security or SecurityLog(log_path_for(cfg.store.path))
         self.ctx.parts["security_events"] = self.security
+        self.ctx.parts["invalid_messages"] = Throttled(self.security)  # the wall's refusals
         self.security.add_sink(outbox_sink(self.ctx.parts["outbox"]))
+        for key in SECURITY_KEYS:  # changed by the CSMS (ChangeConfiguration accepted)
+            self.keys.subscribe(key, self._security_key_changed)
         self._security_failure: str | None = None  # one event per failure streak
 
     # ------------------------------------------------------------------ setup
@@ -295,6 +301,10 @@ class OcppService:
             self.last_error = f"{type(e).__name__}: {e}"
             log.warning("ocpp.connect_failed", url=self._safe_url(), error=self.last_error)
         return booted
+
+    def _security_key_changed(self, key: str, value: str) -> None:
+        # The value may be a secret (AuthorizationKey): only the key's name is recorded.
+        self.security.record("ReconfigurationOfSecurityParameters", f"{key} changed by the CSMS")
 
     def _security_event(self, type: str, tech_info: str) -> None:
         """Record a connect failure once per streak: reconnecting every few seconds must not

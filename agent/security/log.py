@@ -47,7 +47,8 @@ class SecurityEvents(Protocol):
     """The port: services call `record` where an event happens (OCPP 1.6J and 2.0.1 alike)."""
 
     def record(self, type: str, tech_info: str | None = None) -> SecurityEvent:
-        """Write the event to the security log and hand it to the sinks."""
+        """Write the event to the security log and hand it to the sinks. Not from inside a
+        store write transaction: a sink (the OCPP outbox) writes to the store."""
         ...
 
 

@@ -36,6 +36,7 @@ from agent.billing.usable import check_usable
 from agent.bus import EventBus
 from agent.config import StationConfig
 from agent.events import READINGS, DeviceHealth, HealthState, utcnow
+from agent.security.log import SecurityEvents
 from agent.sessions.auth import Authorizer, OnlineAuthorizer
 from agent.sessions.clock import clock_status
 from agent.sessions.config import (
@@ -136,6 +137,7 @@ class SessionEngine:
         online: OnlineAuthorizer | None = None,
         terminal: PaymentTerminal | None = None,
         signing_meters: dict[int, SigningMeter] | None = None,
+        security: SecurityEvents | None = None,
     ):
         if cfg.billing is None:
             raise ValueError("the session engine needs a [billing] section in the config")
@@ -153,8 +155,8 @@ class SessionEngine:
             signing_meters = _signing_meters(cfg, devices, gateway)
         self._meter_signers = {c: MeterSigner(m) for c, m in (signing_meters or {}).items()}
         self.ledger = Ledger(self.store, cfg.station.id, AgentSigner(self.key, gateway))
-        self.integrity = Integrity(self.store, cfg.station.id, self.key)
-        self.integrity.start()  # logs security.tamper_detected on a finding
+        self.integrity = Integrity(self.store, cfg.station.id, self.key, security)
+        self.integrity.start()  # a finding: security.tamper_detected, TamperDetectionActivated
         self.ledger.integrity = self.integrity
         self.authorizer = Authorizer(self.store, cfg.auth, online)
         # The remotely set tariff (state directory) or the config's file: see choose_tariff.

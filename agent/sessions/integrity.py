@@ -23,6 +23,7 @@ import structlog
 from agent.billing import chain, checkpoint
 from agent.billing.checkpoint import CheckpointError, Head
 from agent.billing.keys import PrivateKey, public_key_hex
+from agent.security.log import SecurityEvents
 from agent.sessions.signing import PAGINATION_KEY
 from agent.sessions.store import SessionStore, chain_head, get_state, set_state
 from agent.store.migrations import MIGRATIONS, statements
@@ -150,8 +151,15 @@ class Integrity:
     """The agent's side: writes the checkpoint after every record, checks the store at start
     and every RECHECK_S while running, and raises the security event on a finding."""
 
-    def __init__(self, store: SessionStore, station: str, key: PrivateKey):
+    def __init__(
+        self,
+        store: SessionStore,
+        station: str,
+        key: PrivateKey,
+        security: SecurityEvents | None = None,
+    ):
         self.store = store
+        self.security = security  # the agent's port (agent/security/); None: log line only
         self.station = station
         self.key = key
         self.path = checkpoint.checkpoint_path(store.path)
@@ -163,10 +171,12 @@ class Integrity:
         """Check the store; when its head agrees with the checkpoint, bring that up to date."""
         with self.store.tx() as c:
             heads = checkpoint_problems(c, self.path, self.station, public_key_hex(self.key))
-            self._report(trigger_problems(c) + heads)
+            new = self._report(trigger_problems(c) + heads)
             self.sealed = not heads
             if self.sealed:
                 self._write(c)
+        if new:  # after the commit: the port writes to the store (the OCPP outbox)
+            self._security_event()
         return self.findings
 
     def record_written(self) -> None:
@@ -188,10 +198,12 @@ class Integrity:
             self._checked = time.monotonic()
             with self.store.reading() as c:
                 heads = checkpoint_problems(c, self.path, self.station, public_key_hex(self.key))
-                self._report(trigger_problems(c) + heads)
+                new = self._report(trigger_problems(c) + heads)
                 if not heads and not self.sealed:
                     self.sealed = True
                     self._write(c)
+            if new:
+                self._security_event()
         return len(self.findings)
 
     def _write(self, c: sqlite3.Connection) -> None:
@@ -205,11 +217,18 @@ class Integrity:
         if get_state(c, MARK_KEY) is None and c.in_transaction:
             set_state(c, MARK_KEY, "1")
 
-    def _report(self, found: list[str]) -> None:
-        if found and found != self.findings:
+    def _report(self, found: list[str]) -> bool:
+        """Keep the findings; True (and logged) when they are new."""
+        new = bool(found) and found != self.findings
+        if new:
             log.error("security.tamper_detected", security_event=EVENT, store=str(self.store.path),
                       findings=found)  # fmt: skip
         self.findings = found
+        return new
+
+    def _security_event(self) -> None:
+        if self.security is not None:
+            self.security.record(EVENT, "; ".join(self.findings))
 
 
 def reseal(store: SessionStore, station: str, key: PrivateKey) -> list[str]:
