@@ -1,8 +1,9 @@
 """The diagnosis service: the engine as a bus consumer, with persistence and a 1 s tick.
 
 Readings and device health come in from the bus. The engine runs on every batch of
-events, at the moment a pending fault's raise/clear time runs out, and on a 1 s tick when
-the bus is quiet (time alone can raise or clear a fault).
+events, at the moment a pending fault's raise/clear time runs out or a condition turns by
+time alone (a look-back window's edge, a not-available time reached: engine.next_wake),
+and on a 1 s tick when the bus is quiet (time alone can raise or clear a fault).
 Its FaultRaised / FaultLatch / FaultCleared go out on the bus and into the store. A
 technician's clear (`clear_fault`, `clear_for_reset`) goes the same way. At start the faults
 still active in the store are handed back to the engine: re-evaluated, not forgotten, and
