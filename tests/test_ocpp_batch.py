@@ -64,9 +64,10 @@ async def test_queued_meter_values_travel_in_bounded_batches(tmp_path):
     rows = tx_messages(csms, db)
     c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        seqs = [s for (s,) in c.execute("SELECT seq FROM ocpp_outbox ORDER BY seq")]
+        rows_stored = c.execute("SELECT seq, action FROM ocpp_outbox ORDER BY seq").fetchall()
     finally:
         c.close()
+    seqs = [s for s, action in rows_stored if action in TX_ACTIONS]  # not security events
     assert [m.unique_id for m in rows] == [f"tx-{s}" for s in seqs]
     assert [
         mv["timestamp"] for m in rows if m.action == "MeterValues" for mv in m.payload["meterValue"]
