@@ -371,6 +371,7 @@ class TestCsms:
             "DiagnosticsStatusNotification",
             "FirmwareStatusNotification",
             "SecurityEventNotification",  # OCPP 1.6 security whitepaper
+            "LogStatusNotification",
         ):
             return {}
         return None

@@ -74,8 +74,11 @@ def records_unacknowledged(db: Path) -> int:
 
 
 def ocpp_outbox(db: Path) -> dict[str, tuple[str, str, bool]]:
-    """OCPP message id -> (session id, action, delivered) of every queued message."""
-    rows = _query(db, "SELECT seq, session_id, action, delivered_ts FROM ocpp_outbox")
+    """OCPP message id -> (session id, action, delivered) of every queued transaction
+    message (security event notifications, session id '', are not the chaos test's)."""
+    rows = _query(
+        db, "SELECT seq, session_id, action, delivered_ts FROM ocpp_outbox WHERE session_id != ''"
+    )
     return {f"tx-{seq}": (sid, action, ts is not None) for seq, sid, action, ts in rows}
 
 

@@ -62,8 +62,8 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.ocpp.context import OcppContext
 from agent.ocpp.handlers.core import CoreMixin
-from agent.ocpp.handlers.diagnostics import DiagnosticsMixin
 from agent.ocpp.handlers.local_list import LocalListMixin
+from agent.ocpp.handlers.logs import LogsMixin
 from agent.ocpp.handlers.reservation import ReservationMixin
 from agent.ocpp.handlers.smart_charging import SmartChargingMixin
 from agent.ocpp.handlers.transactions import TransactionsMixin
@@ -191,7 +191,7 @@ class EvedgeChargePoint(
     LocalListMixin,
     ReservationMixin,
     TriggerMixin,
-    DiagnosticsMixin,
+    LogsMixin,
     ChargePoint,
 ):
     """evedge as an OCPP 1.6J charge point on one WebSocket connection."""

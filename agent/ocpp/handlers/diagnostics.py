@@ -17,9 +17,10 @@ and its result is dropped).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from ocpp.routing import after, on
@@ -56,6 +57,7 @@ class DiagnosticsState:
 
     uploading: bool = False
     pending: UploadJob | None = None  # answered, to start after the conf went out
+    pending_log: tuple[UploadJob, str, int] | None = None  # GetLog's: job, logType, requestId
     tasks: set[asyncio.Task] = field(default_factory=set)
 
     def cancel(self) -> list[asyncio.Task]:
@@ -63,7 +65,7 @@ class DiagnosticsState:
         tasks = list(self.tasks)
         for t in tasks:
             t.cancel()
-        self.uploading, self.pending = False, None
+        self.uploading, self.pending, self.pending_log = False, None, None
         return tasks
 
 
@@ -82,18 +84,32 @@ async def _notify(ctx: OcppContext, status: DiagnosticsStatus, *, triggered: boo
         log.warning("ocpp.diagnostics_status_not_sent", status=status.value, error=str(e))
 
 
-async def run_upload(ctx: OcppContext, state: DiagnosticsState, job: UploadJob) -> bool:
-    """Build the bundle and upload it per `job`, with the status notifications; True when
-    it arrived."""
+# The phases of an upload, told by `notify` (DiagnosticsStatusNotification here,
+# LogStatusNotification for GetLog: agent/ocpp/handlers/logs.py).
+Phase = Literal["uploading", "uploaded", "failed"]
+_DIAGNOSTICS_STATUS = {
+    "uploading": DiagnosticsStatus.uploading,
+    "uploaded": DiagnosticsStatus.uploaded,
+    "failed": DiagnosticsStatus.upload_failed,
+}
+
+
+async def run_upload(
+    ctx: OcppContext,
+    state: DiagnosticsState,
+    job: UploadJob,
+    build: Callable[[], bytes],
+    notify: Callable[[Phase], Awaitable[None]],
+) -> bool:
+    """Build the file (`build`, in a thread) and upload it per `job`, telling each phase
+    to `notify`; True when it arrived."""
     where = public_url(job.location)
     ocfg = ctx.cfg.ocpp
     assert ocfg is not None  # the OCPP service runs only with [ocpp]
-    await _notify(ctx, DiagnosticsStatus.uploading)
+    await notify("uploading")
     ok = False
     try:
-        data = await asyncio.to_thread(
-            build_bundle, ctx.cfg, ctx.store, since=job.since, until=job.until
-        )
+        data = await asyncio.to_thread(build)
         for attempt in range(1, job.retries + 2):
             try:
                 await asyncio.to_thread(
@@ -122,7 +138,7 @@ async def run_upload(ctx: OcppContext, state: DiagnosticsState, job: UploadJob) 
         log.exception("ocpp.diagnostics_failed", location=where)
     finally:
         state.uploading = False
-    await _notify(ctx, DiagnosticsStatus.uploaded if ok else DiagnosticsStatus.upload_failed)
+    await notify("uploaded" if ok else "failed")
     return ok
 
 
@@ -146,8 +162,10 @@ class DiagnosticsMixin(OcppMixin):
         await self.ctx.link.call(req, triggered=triggered)
 
     def _job(self, location: str, retries: Any, retry_interval: Any, start_time: Any,
-             stop_time: Any) -> UploadJob:  # fmt: skip
-        """The request as a job, its retries and interval clamped to the [ocpp] bounds."""
+             stop_time: Any, kind: str = "diagnostics",
+             ext: str = "tar.gz") -> UploadJob:  # fmt: skip
+        """The request as a job, its retries and interval clamped to the [ocpp] bounds; the
+        file is named `<charge point id>-<kind>-<UTC time>.<ext>`."""
         ocfg = self.ctx.cfg.ocpp
         assert ocfg is not None  # the OCPP service runs only with [ocpp]
         stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
@@ -157,7 +175,7 @@ class DiagnosticsMixin(OcppMixin):
         low, high = ocfg.upload_retry_interval_min_s, ocfg.upload_retry_interval_max_s
         return UploadJob(
             location=location,
-            file_name=f"{cp_id}-diagnostics-{stamp}.tar.gz",
+            file_name=f"{cp_id}-{kind}-{stamp}.{ext}",
             retries=min(max(0, retries), ocfg.upload_retries_max),
             retry_interval_s=min(max(low, interval), high),
             since=_time(start_time),
@@ -197,6 +215,15 @@ class DiagnosticsMixin(OcppMixin):
         job, state.pending = state.pending, None
         if job is None:
             return
-        task = asyncio.create_task(run_upload(self.ctx, state, job), name="ocpp diagnostics")
+        ctx = self.ctx
+
+        def build() -> bytes:
+            return build_bundle(ctx.cfg, ctx.store, since=job.since, until=job.until)
+
+        async def notify(phase: Phase) -> None:
+            await _notify(ctx, _DIAGNOSTICS_STATUS[phase])
+
+        upload = run_upload(ctx, state, job, build, notify)
+        task = asyncio.create_task(upload, name="ocpp diagnostics")
         state.tasks.add(task)
         task.add_done_callback(state.tasks.discard)
