@@ -24,6 +24,7 @@ from test_ocpp_security import PASSWORD, config, pki, server_ssl  # noqa: F401 (
 from agent.mqtt.schema import COMMITTED
 from agent.security.catalog import load_catalog
 from agent.security.log import SecurityLog, log_path_for
+from agent.security.standalone import port_for
 from agent.store.db import Store
 from agent.store.migrations import MIGRATIONS, statements
 from hil.csms import TestCsms
@@ -282,3 +283,24 @@ async def test_a_replayed_mqtt_command_is_an_event_on_the_security_stream(tmp_pa
     assert [d["seq"] for d in docs] == sorted({d["seq"] for d in docs})
     assert "cmd-status-0001" in docs[1]["event"]["tech_info"]
     assert any(x["type"] == "AttemptedReplayAttacks" for x in logged(cfg.store.path))
+
+
+async def test_another_process_records_into_the_same_log_and_outbox(tmp_path):
+    """`evedge update apply` (a CLI) records InvalidFirmwareSignature with port_for(cfg): the
+    running agent's outbox sends it, and the log's seq stays one sequence."""
+    async with csms_running() as csms:
+        cfg = ocpp_config(tmp_path, csms.url)
+        async with ocpp_rig(cfg, csms):
+            await until(lambda: "StartupOfTheDevice" in types(csms), 10, "startup event")
+            ev = await asyncio.to_thread(
+                port_for(cfg).record, "InvalidFirmwareSignature", "release 9.9: bad signature"
+            )
+            await until(lambda: "InvalidFirmwareSignature" in types(csms), 15, "sent by the agent")
+            await csms.call(CP, call.Reset(type="Soft"))  # the agent records again, after it
+            await until(lambda: "ResetOrReboot" in types(csms), 10, "reset event")
+    seqs = [x["seq"] for x in logged(cfg.store.path)]
+    assert seqs == list(range(1, len(seqs) + 1)) and ev.seq in seqs
+    assert [x["type"] for x in logged(cfg.store.path)][-2:] == [
+        "InvalidFirmwareSignature",
+        "ResetOrReboot",
+    ]

@@ -6,7 +6,9 @@ the bus event the MQTT `security/events` stream carries). A critical event is
 fsynced before `record()` returns (it must survive a power cut right after a tamper or a
 reboot); others are flushed to the OS only. The file is rotated when it passes
 `max_bytes`: the full file becomes `.1` (the previous `.1` is dropped), so the log never uses
-more than about 2 x max_bytes of flash. `seq` keeps counting across rotations and restarts.
+more than about 2 x max_bytes of flash. `seq` keeps counting across rotations and restarts,
+and across processes: the agent and a CLI (`evedge update apply`) append under one lock
+file (`flock`), each reading the last seq from the file's tail first.
 
 After the line is written, each sink gets the event (the OCPP service queues a
 SecurityEventNotification in its durable outbox; the bus carries it to MQTT). A failing sink
@@ -15,6 +17,7 @@ is logged and does not stop the others: the file already holds the event.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -32,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 MAX_BYTES = 1_000_000  # per file; two files at most
 TECH_INFO_MAX = 255  # OCPP 1.6 security: techInfo is string[255]
+TAIL_BYTES = 4096  # holds several lines: one is at most ~450 bytes
 
 
 class SecurityEvent(Event):
@@ -69,7 +73,6 @@ class SecurityLog:
         self.types = types or catalog()
         self._sinks: list[Sink] = []
         self._lock = threading.Lock()
-        self._seq = self._last_seq()
 
     def add_sink(self, sink: Sink) -> None:
         """Also hand every later event to `sink` (called in the recording thread)."""
@@ -79,11 +82,12 @@ class SecurityLog:
         """See `SecurityEvents.record`; ValueError for a type not in the catalog."""
         kind = self.types.get(type)
         info = None if tech_info is None else tech_info[:TECH_INFO_MAX]
-        with self._lock:
-            self._seq += 1
-            ev = SecurityEvent(
-                seq=self._seq, type=kind.type, critical=kind.critical, tech_info=info
-            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".lock")
+        with self._lock, open(lock, "a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # released when closed
+            seq = self._last_seq() + 1
+            ev = SecurityEvent(seq=seq, type=kind.type, critical=kind.critical, tech_info=info)
             self._append(ev)
         log.warning("security.event", type=ev.type, critical=ev.critical, tech_info=info)
         for sink in self._sinks:
@@ -104,7 +108,6 @@ class SecurityLog:
 
     def _append(self, ev: SecurityEvent) -> None:
         line = ev.model_dump_json() + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes:
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
         with open(self.path, "a", encoding="utf-8") as f:
@@ -114,10 +117,20 @@ class SecurityLog:
                 os.fsync(f.fileno())
 
     def _last_seq(self) -> int:
-        last = 0
-        for ev in self.events():
-            last = max(last, ev.seq)
-        return last
+        """The seq of the newest readable line (of `.1` when the file is new); 0: none."""
+        for path in (self.path, self.path.with_name(self.path.name + ".1")):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
+                    tail = f.read().splitlines()
+            except FileNotFoundError:
+                continue
+            for line in reversed(tail):
+                try:
+                    return SecurityEvent.model_validate_json(line).seq
+                except ValidationError:
+                    continue  # a torn last line, or the cut first one of the tail
+        return 0
 
 
 def _read(path: Path) -> Iterator[SecurityEvent]:
