@@ -106,3 +106,15 @@ async def test_no_policy_stores_every_reading(store):
     events = [Reading(ts=at(s), device="m1", quantity="voltage_l1", value=230.0) for s in range(5)]
     writer = await run_writer(store, events, Deadband())
     assert len(values(store, "voltage_l1")) == 5 and writer.stats.skipped == 0
+
+
+async def test_an_int_code_counts_on_every_change_unless_it_has_a_band(store):
+    codes = [1000, 1000, 1001, 1001, 1002]  # 1 % of 1000 would hide every change
+    events = [
+        Reading(ts=at(s), device="m1", quantity=q, value=c)
+        for s, c in enumerate(codes)
+        for q in ("evse_error_code", "energy_import_wh")
+    ]
+    await run_writer(store, events, Deadband(pct=1.0, absolute={"*_wh": 10}, keep_s=60))
+    assert [x for _, x in values(store, "evse_error_code")] == [1000, 1001, 1002]
+    assert [x for _, x in values(store, "energy_import_wh")] == [1000, 1002]  # 1002: the stop

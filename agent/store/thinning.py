@@ -2,7 +2,8 @@
 
 Telemetry may be thinned (DESIGN.md); billing never goes through the readings ring. A
 reading of a (device, quantity) is stored when it is the first one seen, its quality or
-unit changed, its value moved beyond the quantity's deadband from the last stored value, or
+unit changed, its value moved beyond the quantity's deadband from the last stored value (an
+int, bool or text value without a band of its own: changed at all), or
 `keep_s` passed since the last stored one. The values in between are within the deadband of
 a stored neighbour; the newest of each series is stored at the writer's stop, so the ring's
 latest values are exact after a clean stop.
@@ -23,7 +24,8 @@ Value = Reading | Sample  # a single Reading or one value of a DeviceReadings
 
 @dataclass(frozen=True)
 class Deadband:
-    """`pct`: relative deadband (% of the last stored value) for every numeric quantity;
+    """`pct`: relative deadband (% of the last stored value) for every float quantity (an int
+    is stored on every change);
     `absolute`: deadband in the quantity's unit, instead of `pct`, by quantity name or
     fnmatch pattern (`*_wh`: a relative band on a cumulative counter would grow with it)."""
 
@@ -91,6 +93,8 @@ class Thinner:
             return math.isnan(a) != math.isnan(b)
         band = self._band(r.quantity)
         if band is None:
+            if isinstance(a, int) and isinstance(b, int):
+                return a != b  # codes and states: every change counts
             band = abs(a) * self.policy.pct / 100
         return abs(b - a) > band
 
