@@ -11,8 +11,9 @@ measures the agent process over a fixed window:
 - SQLite connections: open fds on *.db files (/proc/PID/fd)
 - bytes written (/proc/PID/io write_bytes: what reaches the block layer, the flash wear)
   and write syscalls' bytes (wchar), per hour and per day
-- disk syncs per second (fsync/fdatasync counted by `strace -f -c` in a second window,
-  when strace can attach; strace slows the process, so CPU is measured without it)
+- disk syncs per second and write() bytes per second by file (the store, its WAL, other),
+  from `strace -f -y` in a second window when strace can attach; strace slows the process,
+  so CPU is measured without it
 
 Figures are printed against the goals (no assertion). The agent is run as
 `python -m agent.cli.main`, so PYTHONPATH chooses the code measured: to measure another
@@ -160,28 +161,50 @@ class TopicCounter:
         self.client.disconnect()
 
 
-def count_syncs(pid: int, seconds: float) -> float | None:
-    """fsync + fdatasync per second over `seconds`, from `strace -c`; None if unavailable."""
+_CALL = re.compile(r"^(?:\[pid\s+(\d+)\]\s+)?(fsync|fdatasync|pwrite64|write)\(\d+<([^>]*)>")
+_RESUMED = re.compile(r"^(?:\[pid\s+(\d+)\]\s+)?<\.\.\. (pwrite64|write) resumed>")
+_RET = re.compile(r"\)\s+=\s+(\d+)\s*$")
+
+
+def trace_io(pid: int, seconds: float) -> tuple[float | None, dict[str, float]]:
+    """Over `seconds`, from strace: fsync + fdatasync per second (None if strace cannot
+    attach), and bytes written per second by file kind (db, WAL, other)."""
     strace = shutil.which("strace")
     if strace is None:
-        return None
+        return None, {}
+    # -C: each call's line (bytes by file) and the summary table (calls per syscall).
+    cmd = [strace, "-f", "-C", "-y", "-qq", "-s", "0", "-e", "trace=fsync,fdatasync,pwrite64,write"]
     p = subprocess.Popen(
-        [strace, "-f", "-c", "-e", "trace=fsync,fdatasync", "-p", str(pid)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        [*cmd, "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     time.sleep(seconds)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=30)
     if "attach" in err and "Operation not permitted" in err:
-        return None
-    calls = 0
+        return None, {}
+    syncs = 0
+    written: dict[str, float] = {}
+    unfinished: dict[str | None, str] = {}  # thread -> file of its interrupted write
     for line in err.splitlines():
+        call, resumed, ret = _CALL.match(line), _RESUMED.match(line), _RET.search(line)
         parts = line.split()
-        if parts and parts[-1] in ("fsync", "fdatasync"):
-            calls += int(parts[3] if len(parts) == 6 else parts[-2])
-    return calls / seconds
+        if len(parts) in (5, 6) and parts[-1] in ("fsync", "fdatasync") and parts[-2].isdigit():
+            syncs += int(parts[3] if len(parts) == 6 else parts[-2])  # the summary's calls
+            continue
+        if call:
+            tid, name, path = call.groups()
+            if name in ("fsync", "fdatasync"):
+                continue
+            if ret is None:
+                unfinished[tid] = path
+                continue
+        elif resumed and resumed.group(1) in unfinished and ret:
+            path = unfinished.pop(resumed.group(1))
+        else:
+            continue
+        kind = "WAL" if path.endswith("-wal") else "db" if path.endswith(".db") else "other"
+        written[kind] = written.get(kind, 0) + int(ret.group(1)) / seconds
+    return syncs / seconds, written
 
 
 async def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
@@ -262,7 +285,7 @@ async def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float | str
             topics.close()
         fds = db_fds(pid)
         nthreads = threads(pid)
-        syncs = await asyncio.to_thread(count_syncs, pid, args.strace_window)
+        syncs, by_file = await asyncio.to_thread(trace_io, pid, args.strace_window)
         if agent.poll() is not None:
             raise SystemExit("footprint: the agent exited during the window")
         per_h = 3600 / dt
@@ -274,6 +297,7 @@ async def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float | str
             "sqlite_fds": sum(fds.values()),
             "sqlite_files": ", ".join(f"{k}:{v}" for k, v in sorted(fds.items())),
             "syncs_per_s": syncs,
+            "written_per_s": by_file,
             "write_mb_per_h": (io1["write_bytes"] - io0["write_bytes"]) * per_h / 1e6,
             "wchar_mb_per_h": (io1["wchar"] - io0["wchar"]) * per_h / 1e6,
             "mqtt": "yes" if broker else "no (mosquitto not installed)",
@@ -323,6 +347,8 @@ def show(runs: list[dict]) -> None:
     print("SQLite fds per file (last run):", runs[-1]["sqlite_files"], "; MQTT:", runs[-1]["mqtt"])
     rates = ", ".join(f"{k} {v:.2f}" for k, v in runs[-1]["mqtt_per_s"].items())
     print(f"MQTT messages per s by stream (last run): {rates or 'none'}")
+    files = ", ".join(f"{k} {v / 1e3:.1f}" for k, v in sorted(runs[-1]["written_per_s"].items()))
+    print(f"write() KB/s by file, strace window (last run): {files or 'n/a'}")
 
 
 async def main() -> None:

@@ -33,7 +33,10 @@ log = structlog.get_logger(__name__)
 
 RESERVE_SUFFIX = ".reserve"
 STORE_FULL = "the store's disk is full: a charge record could not be written"
-WAL_PAGES = 1000  # SQLite's default wal_autocheckpoint
+# 16 MB of WAL between automatic checkpoints (SQLite's default: 1000 pages). A page rewritten
+# by many commits (outbox, readings index leaves) is copied into the database once per
+# checkpoint, so fewer checkpoints write less to the flash (issue 16; bench/footprint.py).
+WAL_PAGES = 4000
 FREE_CACHE_S = 2.0  # statvfs at most this often per store (writers ask on every batch)
 UNBLOCK_MB = 1.0  # this much more free space than after a failed billing write: try again
 LOG_EVERY_S = 60.0  # one log line per minute per writer while the disk stays full
@@ -70,8 +73,8 @@ def free_mb(path: Path) -> float | None:
 
 
 def wal_pages(path: Path, page_size: int) -> int:
-    """The WAL auto-checkpoint size for the store at `path`: SQLite's 1000 pages, but at most
-    1/16 of its volume (never under 16 pages)."""
+    """The WAL auto-checkpoint size for the store at `path`: `WAL_PAGES`, but at most 1/16 of
+    its volume (never under 16 pages)."""
     try:
         total = shutil.disk_usage(path.parent).total
     except OSError:
