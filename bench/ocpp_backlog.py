@@ -242,8 +242,9 @@ async def main(args: argparse.Namespace) -> None:
         drain_s = t_done - t_online
         b, dr = figures(base, args.poll_s), figures(during, args.poll_s)
         with sqlite3.connect(db) as c:
-            delivered = c.execute(
-                "SELECT count(*) FROM ocpp_outbox WHERE delivered_ts IS NOT NULL"
+            delivered = c.execute(  # the agent's own SecurityEventNotifications left out
+                "SELECT count(*) FROM ocpp_outbox WHERE delivered_ts IS NOT NULL AND action IN "
+                "('StartTransaction', 'MeterValues', 'StopTransaction')"
             ).fetchone()[0]
             ids = c.execute(
                 "SELECT count(*), count(DISTINCT transaction_id) FROM ocpp_transactions"
