@@ -131,10 +131,10 @@ async def test_startup_and_reset_reach_the_csms_and_the_log(tmp_path):
     async with csms_running() as csms:
         cfg = ocpp_config(tmp_path, csms.url)
         async with ocpp_rig(cfg, csms):
-            await until(lambda: "StartupOfTheDevice" in types(csms), 10, "startup event")
+            await until(lambda: "StartupOfTheDevice" in types(csms), 20, "startup event")
             res = await csms.call(CP, call.Reset(type="Soft"))
             assert res.status == "Accepted"
-            await until(lambda: "ResetOrReboot" in types(csms), 10, "reset event")
+            await until(lambda: "ResetOrReboot" in types(csms), 20, "reset event")
         reset = next(p for p in await schema_checked(csms) if p["type"] == "ResetOrReboot")
         assert reset["techInfo"] == "Soft Reset by the CSMS"
     lines = logged(cfg.store.path)
@@ -148,9 +148,9 @@ async def test_wrong_password_is_logged_and_told_to_the_csms_once_it_gets_throug
         csms_running(credentials={CP: "another-password-000"}) as csms,
         ocpp_service(config(pki, csms.url, 1, password_file=pw)),
     ):
-        await until(lambda: len(csms.auth_failures) >= 3, 10, "three refused connects")
+        await until(lambda: len(csms.auth_failures) >= 3, 20, "three refused connects")
         csms.credentials = {CP: PASSWORD}  # the operator fixes the CSMS side
-        await until(lambda: "FailedToAuthenticateAtCsms" in types(csms), 15, "delivered")
+        await until(lambda: "FailedToAuthenticateAtCsms" in types(csms), 20, "delivered")
     failed = [x for x in logged(pki / "evedge.db") if x["type"] == "FailedToAuthenticateAtCsms"]
     assert len(failed) == 1  # one per failure streak, not one per retry
     assert failed[0]["tech_info"] == "HTTP 401 at connect"
@@ -165,7 +165,7 @@ async def test_a_csms_certificate_that_does_not_verify_is_an_event_kept_until_se
         cfg = config(pki, csms.url, 2, **files)
         async with ocpp_service(cfg):
             await until(
-                lambda: any(x["type"] == "InvalidCsmsCertificate" for x in _lines(pki)), 10, "log"
+                lambda: any(x["type"] == "InvalidCsmsCertificate" for x in _lines(pki)), 20, "log"
             )
         assert csms.connections.get(CP, 0) == 0
         # Queued in the durable outbox while the CSMS could not be trusted ...
@@ -178,7 +178,7 @@ async def test_a_csms_certificate_that_does_not_verify_is_an_event_kept_until_se
         # ... and delivered once the right CA is configured.
         files["ca_file"] = str(pki / "ca.pem")
         async with ocpp_service(config(pki, csms.url, 2, **files)):
-            await until(lambda: "InvalidCsmsCertificate" in types(csms), 15, "delivered")
+            await until(lambda: "InvalidCsmsCertificate" in types(csms), 20, "delivered")
         sent = await schema_checked(csms)
         info = next(p for p in sent if p["type"] == "InvalidCsmsCertificate")
         assert "certificate verify failed" in info["techInfo"] or info["techInfo"]
@@ -226,7 +226,7 @@ async def test_invalid_frames_and_a_security_key_change_are_events(tmp_path):
             res = await csms.call(CP, call.ChangeConfiguration(key="SecurityProfile", value="0"))
             assert res.status == "Accepted"
             await until(
-                lambda: "ReconfigurationOfSecurityParameters" in types(csms), 10, "reconfig"
+                lambda: "ReconfigurationOfSecurityParameters" in types(csms), 20, "reconfig"
             )
         invalid = [p for p in await schema_checked(csms) if p["type"] == "InvalidMessages"]
         assert len(invalid) == 1 and "Reset refused" in invalid[0]["techInfo"]
@@ -243,7 +243,7 @@ async def test_a_broken_billing_store_at_start_is_a_tamper_event_at_the_csms(tmp
         with sqlite3.connect(cfg.store.path) as c:
             c.execute("DROP TRIGGER charge_records_immutable")
         async with ocpp_rig(cfg, csms):
-            await until(lambda: "TamperDetectionActivated" in types(csms), 10, "tamper event")
+            await until(lambda: "TamperDetectionActivated" in types(csms), 20, "tamper event")
     tamper = next(p for p in notifications(csms) if p["type"] == "TamperDetectionActivated")
     assert "charge_records_immutable" in tamper["techInfo"]
     assert any(
@@ -276,12 +276,12 @@ async def test_a_replayed_mqtt_command_is_an_event_on_the_security_stream(tmp_pa
         backend.close()
     for d in docs:
         jsonschema.validate(d, schema)
-    assert [d["event"]["type"] for d in docs][:2] == [
-        "StartupOfTheDevice",
-        "AttemptedReplayAttacks",
-    ]
-    assert [d["seq"] for d in docs] == sorted({d["seq"] for d in docs})
-    assert "cmd-status-0001" in docs[1]["event"]["tech_info"]
+    docs.sort(key=lambda d: d["seq"])
+    kinds = [d["event"]["type"] for d in docs]
+    assert kinds.index("StartupOfTheDevice") < kinds.index("AttemptedReplayAttacks")
+    assert [d["event"]["seq"] for d in docs] == sorted(d["event"]["seq"] for d in docs)
+    replay = docs[kinds.index("AttemptedReplayAttacks")]["event"]
+    assert "cmd-status-0001" in replay["tech_info"]
     assert any(x["type"] == "AttemptedReplayAttacks" for x in logged(cfg.store.path))
 
 
@@ -291,13 +291,13 @@ async def test_another_process_records_into_the_same_log_and_outbox(tmp_path):
     async with csms_running() as csms:
         cfg = ocpp_config(tmp_path, csms.url)
         async with ocpp_rig(cfg, csms):
-            await until(lambda: "StartupOfTheDevice" in types(csms), 10, "startup event")
+            await until(lambda: "StartupOfTheDevice" in types(csms), 20, "startup event")
             ev = await asyncio.to_thread(
                 port_for(cfg).record, "InvalidFirmwareSignature", "release 9.9: bad signature"
             )
-            await until(lambda: "InvalidFirmwareSignature" in types(csms), 15, "sent by the agent")
+            await until(lambda: "InvalidFirmwareSignature" in types(csms), 20, "sent by the agent")
             await csms.call(CP, call.Reset(type="Soft"))  # the agent records again, after it
-            await until(lambda: "ResetOrReboot" in types(csms), 10, "reset event")
+            await until(lambda: "ResetOrReboot" in types(csms), 20, "reset event")
     seqs = [x["seq"] for x in logged(cfg.store.path)]
     assert seqs == list(range(1, len(seqs) + 1)) and ev.seq in seqs
     assert [x["type"] for x in logged(cfg.store.path)][-2:] == [
