@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -166,6 +167,17 @@ _RESUMED = re.compile(r"^(?:\[pid\s+(\d+)\]\s+)?<\.\.\. (pwrite64|write) resumed
 _RET = re.compile(r"\)\s+=\s+(\d+)\s*$")
 
 
+def readings_rows(db: Path, start: float, end: float) -> int:
+    """Readings rows stored with a timestamp in [start, end) (epoch s): what the retention
+    policy keeps of the values polled."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        sql = "SELECT count(*) FROM readings WHERE ts >= ? AND ts < ?"
+        return conn.execute(sql, (int(start * 1e6), int(end * 1e6))).fetchone()[0]
+    finally:
+        conn.close()
+
+
 def trace_io(pid: int, seconds: float) -> tuple[float | None, dict[str, float]]:
     """Over `seconds`, from strace: fsync + fdatasync per second (None if strace cannot
     attach), and bytes written per second by file kind (db, WAL, other)."""
@@ -274,12 +286,13 @@ async def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float | str
         if topics:
             await asyncio.sleep(1.0)  # retained messages arrive at subscribe: not counted
             topics.take()
-        c0, io0, t0 = cpu_s(pid), io(pid), time.monotonic()
+        c0, io0, t0, wall0 = cpu_s(pid), io(pid), time.monotonic(), time.time()
         samples = []
         while time.monotonic() - t0 < args.window:
             await asyncio.sleep(min(5.0, args.window))
             samples.append(memory_mb(pid))
         c1, io1, dt = cpu_s(pid), io(pid), time.monotonic() - t0
+        rows = readings_rows(tmp / "evedge.db", wall0, wall0 + dt)
         mqtt_counts = topics.take() if topics else {}
         if topics:
             topics.close()
@@ -298,6 +311,7 @@ async def run_once(args: argparse.Namespace, tmp: Path) -> dict[str, float | str
             "sqlite_files": ", ".join(f"{k}:{v}" for k, v in sorted(fds.items())),
             "syncs_per_s": syncs,
             "written_per_s": by_file,
+            "readings_per_s": rows / dt,
             "write_mb_per_h": (io1["write_bytes"] - io0["write_bytes"]) * per_h / 1e6,
             "wchar_mb_per_h": (io1["wchar"] - io0["wchar"]) * per_h / 1e6,
             "mqtt": "yes" if broker else "no (mosquitto not installed)",
@@ -349,6 +363,7 @@ def show(runs: list[dict]) -> None:
     print(f"MQTT messages per s by stream (last run): {rates or 'none'}")
     files = ", ".join(f"{k} {v / 1e3:.1f}" for k, v in sorted(runs[-1]["written_per_s"].items()))
     print(f"write() KB/s by file, strace window (last run): {files or 'n/a'}")
+    print(f"readings rows stored per s (last run): {runs[-1]['readings_per_s']:.1f}")
 
 
 async def main() -> None:
