@@ -145,7 +145,7 @@ max_connections_per_uid = {PER_UID}
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert cli.returncode == 0, cli.stderr
-            assert f"refused_connections={FLOOD - PER_UID}" in cli.stdout, cli.stdout
+            assert f"refused connections {FLOOD - PER_UID}" in cli.stdout, cli.stdout
             await csms.disconnect("TEST")  # the OCPP reconnect needs a descriptor too
             await until(lambda: csms.connections.get("TEST") == 2, 30, "OCPP reconnected")
             flood_lines = lines_since(log, offset)

@@ -116,7 +116,7 @@ def test_store_status_shows_the_outbox_backlogs(tmp_path):
     assert report["sync"]["ocpp"]["outbox"] == {"pending": 2, "parked": 1, "exhausted": 1}
     assert report["sync"]["mqtt"]["backlog_by_stream"] == {"telemetry": 2, "faults": 1}
     human = " ".join(ev("status", "--config", str(st.path)).stdout.split())
-    assert "ocpp: 2, mqtt: 3" in human and "exhausted" in human
+    assert "ocpp 2, mqtt 3" in human and "exhausted" in human
 
 
 def test_section_names_in_messages_are_printed_not_eaten(tmp_path):

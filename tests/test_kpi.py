@@ -108,7 +108,8 @@ def test_kpi_section_of_the_station_config():
     from agent.config import ConfigError
 
     example = (Path(__file__).parents[1] / "config" / "station.example.toml").read_text()
-    block = "\n".join(ln[2:] for ln in example[example.index("# [kpi]") :].splitlines())
+    section = example[example.index("# [kpi]") :].split("\n\n", 1)[0]  # up to a blank line
+    block = "\n".join(ln[2:] for ln in section.splitlines())
     assert station_config(extra=block).kpi == KpiConfig()  # the documented defaults
     with pytest.raises(ConfigError, match=r"kpi\.months"):
         station_config(extra="[kpi]\nmonths = 0\n")

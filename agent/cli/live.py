@@ -218,6 +218,13 @@ def ocpp_lines(st: dict[str, Any], acknowledged: list[int]) -> list[Text | str]:
             f" · {box.get('sent_since_start', 0)} delivered"
             f" · {box.get('transactions_without_id', 0)} transactions await an id"
         )
+        if box.get("exhausted"):  # out of attempts: kept, retried after the next reconnect
+            lines.append(
+                Text(
+                    f"{box['exhausted']} exhausted their attempts (kept; retried on reconnect)",
+                    style="yellow",
+                )
+            )
     if acknowledged:
         shown = ", ".join(map(str, acknowledged[-6:]))
         lines.append(f"transactions acknowledged: {len(acknowledged)} (ids {shown})")
