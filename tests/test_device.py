@@ -14,7 +14,8 @@ PHOENIX = load_profile("phoenix-ev-charge-control")
 SDM630 = load_profile("eastron-sdm630")
 
 
-def tcp_link(port: int, timeout_s: float = 0.2) -> Link:
+def tcp_link(port: int, timeout_s: float = 2.0) -> Link:
+    """A link to the simulator; generous: a busy CI machine may be slow to accept."""
     return Link(TcpSettings("127.0.0.1", port), timeout_s=timeout_s)
 
 
