@@ -38,3 +38,11 @@ def test_rich_still_importable_after_structlog():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "True"
+
+
+def test_evedge_run_imports_leave_out_rich():
+    """`evedge run` goes through the CLI module and its error helpers: rich stays out until
+    a command prints something for a person."""
+    pytest.importorskip("rich")
+    loaded = _loaded("agent.cli.main, agent.cli.common, agent.runtime", ["rich"])
+    assert loaded == {"rich": False}

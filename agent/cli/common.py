@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 # Re-exported: every command takes its default config from here.
 from agent.cli.paths import DEFAULT_CONFIG as DEFAULT_CONFIG
@@ -28,8 +26,26 @@ from agent.cli.paths import DEMO_CONFIG as DEMO_CONFIG
 from agent.config import ConfigError, StationConfig, load_config
 from agent.store.space import DiskFullError, StoreError
 
-console = Console()
-err_console = Console(stderr=True)
+_consoles: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """`console` and `err_console`: rich Consoles made on first use, so a command that only
+    reports errors (`evedge run`, the daemon) never imports rich."""
+    if name not in ("console", "err_console"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _consoles:
+        from rich.console import Console
+
+        _consoles[name] = Console(stderr=name == "err_console")
+    return _consoles[name]
+
+
+def _say(*parts: str | tuple[str, str]) -> None:
+    """One line on stderr with rich's styles (imported only now)."""
+    from rich.text import Text
+
+    __getattr__("err_console").print(Text.assemble(*parts), highlight=False)
 
 
 class Exit(IntEnum):
@@ -89,7 +105,7 @@ def fail(message: str, code: Exit, error: str | None = None) -> typer.Exit:
     """Print an error for a person (and with --json the JSON error object on stdout);
     return the Exit to raise. `error` names the error for machines (default: the exit
     code's name)."""
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+    _say(("error:", "bold red"), " ", message)
     if json_requested():
         emit_json(error_json(error or code.name.lower(), message))
     return typer.Exit(int(code))
@@ -97,7 +113,7 @@ def fail(message: str, code: Exit, error: str | None = None) -> typer.Exit:
 
 def note(message: str, label: str = "note") -> None:
     """A note for a person on stderr (`label`: note, warning), printed as plain text."""
-    err_console.print(Text.assemble((f"{label}:", "yellow"), " ", message), highlight=False)
+    _say((f"{label}:", "yellow"), " ", message)
 
 
 def load_or_exit(path: Path) -> StationConfig:
@@ -106,9 +122,7 @@ def load_or_exit(path: Path) -> StationConfig:
         return load_config(path)
     except ConfigError as e:
         for file_path, msg in e.problems:
-            err_console.print(
-                Text.assemble((str(e.file), "red"), f": {file_path}: {msg}"), highlight=False
-            )
+            _say((str(e.file), "red"), f": {file_path}: {msg}")
         if json_requested():
             emit_json(config_error_json(e))
         raise typer.Exit(int(Exit.USAGE)) from None
