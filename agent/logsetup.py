@@ -101,6 +101,18 @@ def json_logs_by_default(stream=None, environ=None) -> bool:
     return not (stream or sys.stderr).isatty()
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time of writing, not when logging was set up:
+    a CLI command run in-process (tests, a runner) may set up logging while stderr is a
+    stream that is closed afterwards."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str = "info", json: bool = False, stream=None) -> None:
     """Configure structlog and stdlib logging once for the process."""
     lvl = getattr(logging, level.upper())
@@ -118,7 +130,7 @@ def setup_logging(level: str = "info", json: bool = False, stream=None) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or _CurrentStderr()),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(lvl, logging.WARNING), stream=stream or sys.stderr)
+    logging.basicConfig(level=max(lvl, logging.WARNING), stream=stream or _CurrentStderr())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import pytest
 import structlog
@@ -137,3 +138,21 @@ def test_console_logs_on_a_terminal_json_under_systemd_or_into_a_pipe() -> None:
         os.close(leader)
         os.close(follower)
         os.close(read_end)
+
+
+def test_logging_follows_stderr_after_a_closed_one(monkeypatch, capsys):
+    """A command run in-process sets up logging while stderr is the runner's stream, which is
+    closed afterwards: later log lines go to the stderr of their time, never raise."""
+    import io
+
+    import structlog
+
+    from agent.logsetup import setup_logging
+
+    runner_err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", runner_err)
+    setup_logging("info")
+    monkeypatch.undo()
+    runner_err.close()
+    structlog.get_logger("t").warning("after.the.runner")
+    assert "after.the.runner" in capsys.readouterr().err
