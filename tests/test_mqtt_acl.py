@@ -203,3 +203,14 @@ async def test_a_refused_charge_record_is_kept_and_delivered_once_the_acl_is_fix
     assert dropped_events >= 3
     arrived = {m.json()["seq"] for m in backend.on("sessions/events")}
     assert not arrived & set(range(1, dropped_events + 1)), sorted(arrived)[:5]
+
+
+def test_the_shipped_acl_names_every_stream():
+    """A new stream without its ACL line is refused by a locked broker (charge records are
+    kept, others dropped): every stream the agent publishes has its `pattern write`."""
+    lines = set(ACL.read_text().splitlines())
+    for stream in Stream:
+        if stream is Stream.REPLIES:  # replies go under reply/# and cmd/+/reply
+            continue
+        topic = "evedge/v1/%u/" + stream.value + ("/+" if stream is Stream.DISPLAY else "")
+        assert f"pattern write {topic}" in lines, stream
