@@ -66,13 +66,7 @@ MREC_CODES: dict[str, str] = {
 # CX017 EVSEContactorFault, welded included, is OCPP's PowerSwitchFailure). A rule with one
 # of these errorCodes must carry its MREC code, and one with the MREC code that errorCode.
 MREC_OCPP16: dict[str, str] = {
-    "CX001": "ConnectorLockFailure",
-    "CX002": "GroundFailure",
-    "CX003": "HighTemperature",
-    "CX004": "OverCurrentFailure",
-    "CX005": "OverVoltage",
-    "CX006": "UnderVoltage",
-    "CX007": "WeakSignal",
+    **{c: MREC_CODES[c] for c in ("CX001", "CX002", "CX003", "CX004", "CX005", "CX006", "CX007")},
     "CX017": "PowerSwitchFailure",
 }
 OCPP16_MREC: dict[str, str] = {v: k for k, v in MREC_OCPP16.items()}
